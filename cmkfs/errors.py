@@ -1,0 +1,68 @@
+"""The cmkfs error hierarchy.
+
+Every error cmkfs raises derives from :class:`CMKError`.  Each subclass also
+derives from the builtin a caller would naturally catch, except
+:class:`IntegrityError`: it must not be an ``OSError`` so that no generic
+"retry on I/O error" path swallows evidence of tampering.
+
+Messages never contain key material or plaintext.  Integrity failures use one
+fixed message whatever the check that failed, so an attacker learns nothing
+from the text.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CMKError",
+    "FormatError",
+    "IntegrityError",
+    "KeyRevokedError",
+    "KeyNotFoundError",
+    "VaultUnavailableError",
+    "ConfigurationError",
+    "UnsupportedOperationError",
+]
+
+INTEGRITY_MESSAGE = "encrypted file failed authentication (tampered, truncated or wrong key)"
+
+
+class CMKError(Exception):
+    """Base class of every error raised by cmkfs."""
+
+
+class FormatError(CMKError, ValueError):
+    """The bytes are not a cmkfs file, or use a version or parameter this
+    release does not understand (a foreign or malformed file)."""
+
+
+class IntegrityError(CMKError):
+    """Authentication failed: tampering, truncation, appended data, a spliced
+    header or the wrong key.  The message is fixed and says nothing about
+    which check failed."""
+
+    def __init__(self, message: str = INTEGRITY_MESSAGE) -> None:
+        super().__init__(message)
+
+
+class KeyRevokedError(CMKError, PermissionError):
+    """The key-encryption key is disabled, revoked, destroyed or not allowed
+    to perform the operation.  Content protected by it is unreadable."""
+
+
+class KeyNotFoundError(CMKError, LookupError):
+    """The key URI or key version does not exist in its vault."""
+
+
+class VaultUnavailableError(CMKError, ConnectionError):
+    """The key vault or HSM could not be reached (after bounded retries) and
+    no unexpired cached key may be used: cmkfs fails closed."""
+
+
+class ConfigurationError(CMKError, ValueError):
+    """Invalid options: a bad key URI, a cache TTL above the limit, a
+    segment size out of range, a missing optional dependency, ..."""
+
+
+class UnsupportedOperationError(CMKError, NotImplementedError):
+    """The operation cannot be done safely on encrypted files (append mode,
+    seeking while writing, a filesystem method cmkfs does not delegate)."""

@@ -1,0 +1,527 @@
+"""Streaming encryption and random-access decryption of format v1 files.
+
+:class:`EncryptingWriter` takes writes of any size and emits the header and
+then one sealed segment per ``segment_size`` plaintext bytes, holding at most
+``1 + depth`` segments in memory.  A full segment is only sealed once more
+data arrives, because the final segment carries the "last" flag: closing
+seals whatever is buffered as the final segment (an empty one only for an
+empty file).
+
+:class:`DecryptingReader` opens a file from any ranged source, authenticates
+the header commitment and the final segment (which proves the file's length,
+so truncation at a segment boundary is caught at open), then serves any
+plaintext range by fetching and opening only the segments that cover it.
+
+Both re-ask their :class:`~cmkfs.keys.KeySource` for the DEK whenever the
+key's deadline has passed, before the next segment: a revoked key stops
+long-lived handles too.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import deque
+from concurrent.futures import Executor, ThreadPoolExecutor
+from typing import Callable, Protocol
+
+from .errors import FormatError, IntegrityError, UnsupportedOperationError
+from .format import (
+    DEFAULT_SEGMENT_SIZE,
+    HEADER_PREFIX_SIZE,
+    MAX_SEGMENTS,
+    NONCE_PREFIX_SIZE,
+    SALT_SIZE,
+    TAG_SIZE,
+    ContentClass,
+    FileParams,
+    Header,
+    check_segment_size,
+    header_length_from_prefix,
+    plaintext_size,
+)
+from .keys import DataKey, KeySource
+from .segment import SegmentCipher, check_commitment, derive_file_key
+
+__all__ = ["EncryptingWriter", "DecryptingReader", "RangeSource", "BytesSource", "shared_executor"]
+
+# A first read this large fetches a whole header in one request in practice
+# (headers are 150-800 bytes), without pulling much payload.
+HEADER_PROBE_SIZE = 4096
+# Largest ciphertext window fetched at once by a large read: bounds memory
+# for read(-1) on big files and lets decryption overlap the next fetch.
+MAX_FETCH = 8 * 1024 * 1024
+
+_executor: ThreadPoolExecutor | None = None
+_executor_lock = threading.Lock()
+
+
+def shared_executor() -> ThreadPoolExecutor:
+    """The process-wide pool that seals/opens segments in parallel.
+
+    cryptography >= 42 releases the GIL inside AES-GCM, so a few threads
+    scale with cores.  Created lazily; sized to the machine (at most 4).
+    """
+    global _executor
+    with _executor_lock:
+        if _executor is None:
+            workers = max(1, min(4, os.cpu_count() or 1))
+            _executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cmkfs-seg")
+        return _executor
+
+
+def default_threads() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+class _Keyed:
+    """The shared "hold a file key, re-confirm it at the deadline" logic."""
+
+    def __init__(self, keys: KeySource, header: Header, data_key: DataKey) -> None:
+        self._keys = keys
+        self._clock = keys.clock
+        self._header = header
+        self._cipher: SegmentCipher | None = None
+        self._deadline = float("-inf")
+        self._install(data_key)
+
+    def _install(self, data_key: DataKey) -> None:
+        file_key, commitment = derive_file_key(data_key.dek, self._header.params)
+        try:
+            # A DEK that does not match the header's commitment is the wrong
+            # key, or a tampered key block: refuse before opening anything.
+            check_commitment(self._header.commitment, commitment)
+        except IntegrityError:
+            file_key[:] = bytes(len(file_key))
+            raise
+        if self._cipher is not None:
+            self._cipher.wipe()
+        self._cipher = SegmentCipher(file_key, self._header.params.nonce_prefix)
+        self._deadline = data_key.expires_at
+
+    def _cipher_now(self) -> SegmentCipher:
+        """The cipher, after re-confirming the key with the source if its TTL passed."""
+        if self._cipher is None:
+            raise ValueError("I/O operation on closed file")
+        if self._clock() >= self._deadline:
+            self._refresh()
+        return self._cipher
+
+    def _refresh(self) -> None:
+        data_key = self._keys.data_key_for_read(self._header.key_block)
+        self._install(data_key)
+
+    def _forget_key(self) -> None:
+        if self._cipher is not None:
+            self._cipher.wipe()
+            self._cipher = None
+
+
+class EncryptingWriter(_Keyed):
+    """Encrypts a stream of writes into ``sink`` (anything with ``write``).
+
+    ``sink.write`` must consume its argument before returning (a file or a
+    socket does): output buffers are reused.  Call :meth:`close` to seal the
+    final segment; :meth:`abort` drops everything without sealing, so an
+    interrupted stream never ends with a valid final segment.
+    """
+
+    def __init__(
+        self,
+        sink,
+        keys: KeySource,
+        *,
+        segment_size: int = DEFAULT_SEGMENT_SIZE,
+        content_class: ContentClass = ContentClass.OTHER,
+        threads: int | None = None,
+        executor: Executor | None = None,
+    ) -> None:
+        check_segment_size(segment_size)
+        self._sink = sink
+        self._size = segment_size
+        data_key = keys.data_key_for_write(content_class)
+        params = FileParams(segment_size, os.urandom(SALT_SIZE), os.urandom(NONCE_PREFIX_SIZE), ContentClass(content_class))
+        _, commitment = derive_file_key(data_key.dek, params)
+        header = Header(params, commitment, data_key.key_block)
+        super().__init__(keys, header, data_key)
+        self._threads = default_threads() if threads is None else max(1, threads)
+        self._executor = executor if executor is not None else (shared_executor() if self._threads > 1 else None)
+        self._depth = 2 * self._threads  # segments in flight beyond the one being filled
+        self._buf = bytearray(segment_size)
+        self._fill = 0
+        self._index = 0
+        self._plain = 0
+        self._pending: deque = deque()  # (future, out, in_buf or None) in segment order
+        self._spare_in: list[bytearray] = []
+        self._spare_out: list[bytearray] = []
+        self._out = bytearray(segment_size + TAG_SIZE)  # the inline path's reusable buffer
+        self.closed = False
+        self.header = header
+        self._sink.write(header.encode())
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"{self._plain} bytes written"
+        return f"EncryptingWriter(key_uri={self.header.key_block.key_uri!r}, {state})"
+
+    def __reduce__(self):
+        raise TypeError("an open EncryptingWriter cannot be pickled")
+
+    @property
+    def plaintext_written(self) -> int:
+        return self._plain
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        if self.closed:
+            raise ValueError("write to closed file")
+        view = memoryview(data)
+        if view.ndim != 1 or view.itemsize != 1:
+            view = view.cast("B")
+        n = len(view)
+        size = self._size
+        borrowed = False
+        while len(view):
+            if self._fill == size:
+                # More data follows, so the buffered segment is not the last.
+                self._emit_buffer()
+            if self._fill == 0 and len(view) > size:
+                # Seal whole segments straight from the caller's memory (no
+                # copy); keep at least one byte back, it may end the file.
+                count = (len(view) - 1) // size
+                for i in range(count):
+                    self._emit(view[i * size : (i + 1) * size], None)
+                borrowed = True
+                view = view[count * size :]
+                continue
+            take = min(size - self._fill, len(view))
+            self._buf[self._fill : self._fill + take] = view[:take]
+            self._fill += take
+            view = view[take:]
+        if borrowed:
+            # The caller may reuse its buffer once we return.
+            self._drain(0)
+        self._plain += n
+        return n
+
+    def _emit_buffer(self) -> None:
+        buf = self._buf
+        self._buf = self._spare_in.pop() if self._spare_in else bytearray(self._size)
+        self._fill = 0
+        self._emit(memoryview(buf), buf)
+
+    def _emit(self, plain: memoryview, owned: bytearray | None, last: bool = False) -> None:
+        if self._index >= MAX_SEGMENTS:
+            raise OverflowError("file too large for this segment size")
+        if self._clock() >= self._deadline:
+            self._drain(0)  # in-flight segments use the current cipher; finish them first
+        cipher = self._cipher_now()
+        index = self._index
+        self._index += 1
+        if self._executor is None:
+            out = self._out if len(plain) == self._size else bytearray(len(plain) + TAG_SIZE)
+            cipher.seal_into(index, last, plain, out)
+            self._sink.write(out)
+            if owned is not None:
+                self._spare_in.append(owned)
+            return
+        out = self._spare_out.pop() if (self._spare_out and len(plain) == self._size) else bytearray(len(plain) + TAG_SIZE)
+        future = self._executor.submit(cipher.seal_into, index, last, plain, out)
+        self._pending.append((future, out, owned))
+        self._drain(self._depth)
+
+    def _drain(self, keep: int) -> None:
+        """Write out finished segments, in order, until at most ``keep`` remain in flight."""
+        while len(self._pending) > keep:
+            future, out, owned = self._pending.popleft()
+            future.result()
+            self._sink.write(out)
+            if len(out) == self._size + TAG_SIZE:
+                self._spare_out.append(out)
+            if owned is not None:
+                self._spare_in.append(owned)
+
+    def flush(self) -> None:
+        """Nothing to do: a partial segment cannot be sealed before close."""
+
+    def close(self) -> None:
+        """Seal the final segment and finish.  Does not close the sink."""
+        if self.closed:
+            return
+        try:
+            self._emit(memoryview(self._buf)[: self._fill], None, last=True)
+            self._drain(0)
+        except BaseException:
+            self.abort()
+            raise
+        self.closed = True
+        self._release()
+
+    def abort(self) -> None:
+        """Drop buffered plaintext and keys without sealing a final segment."""
+        for future, _, _ in self._pending:
+            future.cancel()
+        for future, _, _ in self._pending:
+            if not future.cancelled():
+                try:
+                    future.result()
+                except Exception:  # noqa: BLE001 - we are discarding anyway
+                    pass
+        self._pending.clear()
+        self.closed = True
+        self._release()
+
+    def _release(self) -> None:
+        self._forget_key()
+        for buf in [self._buf, *self._spare_in]:
+            buf[:] = bytes(len(buf))  # plaintext does not outlive the writer
+        self._spare_in.clear()
+        self._spare_out.clear()
+        self._fill = 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        # Never seal a final segment for a stream that failed part-way.
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class RangeSource(Protocol):
+    """A ranged, read-only view of ciphertext."""
+
+    size: int
+
+    def read_range(self, start: int, end: int):
+        """Exactly the bytes ``[start, end)`` (``end <= size``)."""
+
+
+class BytesSource:
+    """A :class:`RangeSource` over an in-memory ciphertext."""
+
+    def __init__(self, data) -> None:
+        self._view = memoryview(data)
+        self.size = len(self._view)
+
+    def read_range(self, start: int, end: int):
+        return self._view[start:end]
+
+
+class FileSource:
+    """A :class:`RangeSource` over a seekable binary file object."""
+
+    def __init__(self, fileobj, size: int | None = None) -> None:
+        self._f = fileobj
+        if size is None:
+            size = fileobj.seek(0, os.SEEK_END)
+        self.size = size
+        self._lock = threading.Lock()
+
+    def read_range(self, start: int, end: int):
+        with self._lock:
+            self._f.seek(start)
+            data = self._f.read(end - start)
+        if len(data) != end - start:
+            raise IntegrityError()  # the file shrank under us
+        return data
+
+
+class DecryptingReader(_Keyed):
+    """Random-access plaintext view of an encrypted file.
+
+    Opening reads the header (one request), unwraps the DEK through ``keys``,
+    checks the key commitment and authenticates the final segment.  After
+    that :meth:`read` fetches only the segments covering the asked range.
+    """
+
+    def __init__(self, source: RangeSource, keys: KeySource, *, threads: int | None = None) -> None:
+        self._source = source
+        size = source.size
+        probe = bytes(source.read_range(0, min(size, HEADER_PROBE_SIZE)))
+        if len(probe) < HEADER_PREFIX_SIZE:
+            header_length_from_prefix(probe)  # raises the right FormatError
+        header_len = header_length_from_prefix(probe)
+        if header_len > size:
+            raise IntegrityError()
+        if header_len > len(probe):
+            probe += bytes(source.read_range(len(probe), header_len))
+        header = Header.decode(probe[:header_len])
+        self.header = header
+        self.header_length = header_len
+        self.segment_size = header.params.segment_size
+        self.ciphertext_size = size
+        self.size = plaintext_size(size, header_len, self.segment_size)
+        self.segment_count = max(1, -(-self.size // self.segment_size))
+        super().__init__(keys, header, keys.data_key_for_read(header.key_block))
+        self._threads = default_threads() if threads is None else max(1, threads)
+        # Small plaintext cache: the final segment (proved at open, and where
+        # Parquet footers live) and the most recently opened run of segments.
+        self._cache: dict[int, bytes] = {}
+        self._recent: tuple[int, int, bytearray] | None = None
+        tail = self._fetch_and_open(self.segment_count - 1, self.segment_count)
+        self._cache[self.segment_count - 1] = bytes(tail)
+
+    def __repr__(self) -> str:
+        return f"DecryptingReader(key_uri={self.header.key_block.key_uri!r}, size={self.size})"
+
+    def __reduce__(self):
+        raise TypeError("an open DecryptingReader cannot be pickled")
+
+    @property
+    def content_class(self) -> ContentClass:
+        return self.header.params.content_class
+
+    def close(self) -> None:
+        self._forget_key()
+        self._cache.clear()
+        if self._recent is not None:
+            buf = self._recent[2]
+            buf[:] = bytes(len(buf))
+        self._recent = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _segment_plain_len(self, index: int) -> int:
+        if index < self.segment_count - 1:
+            return self.segment_size
+        return self.size - (self.segment_count - 1) * self.segment_size
+
+    def _fetch_and_open(self, first: int, stop: int) -> bytearray:
+        """Fetch segments ``[first, stop)`` in one ranged read and open them."""
+        seg_ct = self.segment_size + TAG_SIZE
+        start = self.header_length + first * seg_ct
+        end = min(self.ciphertext_size, self.header_length + stop * seg_ct)
+        ciphertext = memoryview(self._source.read_range(start, end))
+        if len(ciphertext) != end - start:
+            raise IntegrityError()
+        plain_len = sum(self._segment_plain_len(i) for i in range(first, stop))
+        out = bytearray(plain_len)
+        out_view = memoryview(out)
+        last_index = self.segment_count - 1
+        jobs = []
+        pos_c = pos_p = 0
+        for index in range(first, stop):
+            n = self._segment_plain_len(index)
+            cipher = self._cipher_now()
+            args = (index, index == last_index, ciphertext[pos_c : pos_c + n + TAG_SIZE], out_view[pos_p : pos_p + n])
+            jobs.append((cipher, args))
+            pos_c += n + TAG_SIZE
+            pos_p += n
+        if self._threads > 1 and len(jobs) > 1:
+            futures = [shared_executor().submit(c.open_into, *a) for c, a in jobs]
+            failed = False
+            for f in futures:
+                try:
+                    f.result()
+                except IntegrityError:
+                    failed = True
+            if failed:
+                out[:] = bytes(len(out))  # never hand back a partly verified buffer
+                raise IntegrityError()
+        else:
+            for cipher, args in jobs:
+                try:
+                    cipher.open_into(*args)
+                except IntegrityError:
+                    out[:] = bytes(len(out))
+                    raise
+        return out
+
+    def read(self, offset: int = 0, length: int = -1) -> bytes:
+        """Plaintext bytes ``[offset, offset + length)`` (clipped to the file)."""
+        if self._cipher is None:
+            raise ValueError("I/O operation on closed file")
+        if offset < 0:
+            raise ValueError("negative offset")
+        end = self.size if length is None or length < 0 else min(self.size, offset + length)
+        if offset >= end:
+            return b""
+        seg = self.segment_size
+        first, stop = offset // seg, (end - 1) // seg + 1
+        if stop - first == 1:
+            plain = self._segment(first)
+            base = first * seg
+            return bytes(plain[offset - base : end - base])
+        parts = []
+        window = max(1, MAX_FETCH // (seg + TAG_SIZE))
+        i = first
+        while i < stop:
+            j = min(stop, i + window)
+            plain = self._run(i, j)
+            lo = max(offset, i * seg) - i * seg
+            hi = min(end, j * seg) - i * seg
+            parts.append(memoryview(plain)[lo:hi])
+            i = j
+        return b"".join(parts)
+
+    def _segment(self, index: int):
+        cached = self._cache.get(index)
+        if cached is not None:
+            self._cipher_now()  # the key must still be valid to serve cached plaintext
+            return cached
+        return memoryview(self._run(index, index + 1))
+
+    def _run(self, first: int, stop: int) -> bytearray:
+        recent = self._recent
+        if recent is not None and recent[0] <= first and stop <= recent[1]:
+            self._cipher_now()
+            lo = (first - recent[0]) * self.segment_size
+            hi = lo + sum(self._segment_plain_len(i) for i in range(first, stop))
+            return recent[2][lo:hi]
+        if stop - first == 1 and first in self._cache:
+            self._cipher_now()
+            return bytearray(self._cache[first])
+        plain = self._fetch_and_open(first, stop)
+        self._recent = (first, stop, plain)
+        return plain
+
+    def segments_for(self, offset: int, length: int) -> tuple[int, int]:
+        """Ciphertext byte range that a read of ``[offset, offset+length)`` fetches."""
+        seg = self.segment_size
+        end = min(self.size, offset + length)
+        first, stop = offset // seg, max(offset // seg + 1, (end - 1) // seg + 1)
+        seg_ct = seg + TAG_SIZE
+        return self.header_length + first * seg_ct, min(self.ciphertext_size, self.header_length + stop * seg_ct)
+
+
+def encrypt_bytes(data, keys: KeySource, *, segment_size: int = DEFAULT_SEGMENT_SIZE,
+                  content_class: ContentClass = ContentClass.OTHER, threads: int | None = 1) -> bytes:
+    """One-shot encryption of an in-memory buffer (a convenience over the writer)."""
+    chunks: list[bytes] = []
+
+    class _Collect:
+        def write(self, b):
+            chunks.append(bytes(b))
+
+    with EncryptingWriter(_Collect(), keys, segment_size=segment_size, content_class=content_class, threads=threads) as w:
+        w.write(data)
+    return b"".join(chunks)
+
+
+def decrypt_bytes(blob, keys: KeySource) -> bytes:
+    """One-shot decryption of an in-memory ciphertext."""
+    with DecryptingReader(BytesSource(blob), keys, threads=1) as reader:
+        return reader.read(0, -1)
+
+
+def read_header(source: RangeSource) -> Header:
+    """Decode only the header of a file (no key needed): for status and rewrap."""
+    probe = bytes(source.read_range(0, min(source.size, HEADER_PROBE_SIZE)))
+    header_len = header_length_from_prefix(probe)
+    if header_len > source.size:
+        raise FormatError("file is truncated inside its header")
+    if header_len > len(probe):
+        probe += bytes(source.read_range(len(probe), header_len))
+    return Header.decode(probe[:header_len])
+
+
+def reject_append() -> None:
+    raise UnsupportedOperationError("encrypted files cannot be appended to; rewrite the file")
