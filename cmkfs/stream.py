@@ -216,7 +216,10 @@ class EncryptingWriter(_Keyed):
             raise OverflowError("file too large for this segment size")
         if self._clock() >= self._deadline:
             self._drain(0)  # in-flight segments use the current cipher; finish them first
-        cipher = self._cipher_now()
+            self._refresh()
+        # Not _cipher_now(): a second clock read could refresh (and wipe the
+        # cipher of in-flight segments) without the drain above.
+        cipher = self._cipher
         index = self._index
         self._index += 1
         if self._executor is None:
@@ -408,9 +411,11 @@ class DecryptingReader(_Keyed):
         last_index = self.segment_count - 1
         jobs = []
         pos_c = pos_p = 0
+        # One key check per run: a refresh inside the loop would wipe the
+        # cipher that the jobs built so far still hold.
+        cipher = self._cipher_now()
         for index in range(first, stop):
             n = self._segment_plain_len(index)
-            cipher = self._cipher_now()
             args = (index, index == last_index, ciphertext[pos_c : pos_c + n + TAG_SIZE], out_view[pos_p : pos_p + n])
             jobs.append((cipher, args))
             pos_c += n + TAG_SIZE
