@@ -52,10 +52,22 @@ class DataKey:
     def __reduce__(self):
         raise TypeError("DataKey holds key material and cannot be pickled")
 
+    def snapshot(self) -> bytes | None:
+        """A copy of the DEK, or ``None`` if it was wiped (expired or revoked).
+
+        Another thread may wipe the key at any moment; ``wipe`` marks it
+        expired *before* zeroing it, so a copy taken before the mark is
+        checked is known to be intact.
+        """
+        copy = bytes(self._dek)
+        if self.expires_at == -math.inf:
+            return None
+        return copy
+
     def wipe(self) -> None:
         """Overwrite the DEK in place (every holder of this object sees zeros)."""
+        self.expires_at = -math.inf  # first: see snapshot()
         self._dek[:] = bytes(DEK_SIZE)
-        self.expires_at = -math.inf
 
 
 class KeySource(Protocol):

@@ -25,7 +25,7 @@ from collections import deque
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Callable, Protocol
 
-from .errors import FormatError, IntegrityError, UnsupportedOperationError
+from .errors import FormatError, IntegrityError, KeyRevokedError, UnsupportedOperationError
 from .format import (
     DEFAULT_SEGMENT_SIZE,
     HEADER_PREFIX_SIZE,
@@ -86,7 +86,8 @@ class _Keyed:
         self._install(data_key)
 
     def _install(self, data_key: DataKey) -> None:
-        file_key, commitment = derive_file_key(data_key.dek, self._header.params)
+        dek = self._snapshot(data_key)
+        file_key, commitment = derive_file_key(dek, self._header.params)
         try:
             # A DEK that does not match the header's commitment is the wrong
             # key, or a tampered key block: refuse before opening anything.
@@ -97,13 +98,28 @@ class _Keyed:
         if self._cipher is not None:
             self._cipher.wipe()
         self._cipher = SegmentCipher(file_key, self._header.params.nonce_prefix)
+        self._data_key = data_key
         self._deadline = data_key.expires_at
+
+    def _snapshot(self, data_key: DataKey) -> bytes:
+        """The DEK's bytes; if the cache wiped it meanwhile, ask the source again."""
+        for _ in range(3):
+            dek = data_key.snapshot()
+            if dek is not None:
+                return dek
+            data_key = self._keys.data_key_for_read(data_key.key_block)
+        raise KeyRevokedError("the data key was withdrawn while in use")
+
+    def _expired(self) -> bool:
+        # The live DataKey, not a copy of its deadline: a revocation seen by
+        # the cache wipes it and stops this handle at its next segment.
+        return self._clock() >= self._data_key.expires_at
 
     def _cipher_now(self) -> SegmentCipher:
         """The cipher, after re-confirming the key with the source if its TTL passed."""
         if self._cipher is None:
             raise ValueError("I/O operation on closed file")
-        if self._clock() >= self._deadline:
+        if self._expired():
             self._refresh()
         return self._cipher
 
@@ -139,9 +155,15 @@ class EncryptingWriter(_Keyed):
         check_segment_size(segment_size)
         self._sink = sink
         self._size = segment_size
-        data_key = keys.data_key_for_write(content_class)
+        for _ in range(3):
+            data_key = keys.data_key_for_write(content_class)
+            dek = data_key.snapshot()  # None if the cache wiped it just now
+            if dek is not None:
+                break
+        else:
+            raise KeyRevokedError("the data key was withdrawn while in use")
         params = FileParams(segment_size, os.urandom(SALT_SIZE), os.urandom(NONCE_PREFIX_SIZE), ContentClass(content_class))
-        _, commitment = derive_file_key(data_key.dek, params)
+        _, commitment = derive_file_key(dek, params)
         header = Header(params, commitment, data_key.key_block)
         super().__init__(keys, header, data_key)
         self._threads = default_threads() if threads is None else max(1, threads)
@@ -214,7 +236,7 @@ class EncryptingWriter(_Keyed):
     def _emit(self, plain: memoryview, owned: bytearray | None, last: bool = False) -> None:
         if self._index >= MAX_SEGMENTS:
             raise OverflowError("file too large for this segment size")
-        if self._clock() >= self._deadline:
+        if self._expired():
             self._drain(0)  # in-flight segments use the current cipher; finish them first
             self._refresh()
         # Not _cipher_now(): a second clock read could refresh (and wipe the
@@ -522,7 +544,7 @@ def read_header(source: RangeSource) -> Header:
     probe = bytes(source.read_range(0, min(source.size, HEADER_PROBE_SIZE)))
     header_len = header_length_from_prefix(probe)
     if header_len > source.size:
-        raise FormatError("file is truncated inside its header")
+        raise IntegrityError()  # cut short inside its header: truncation, as DecryptingReader reports it
     if header_len > len(probe):
         probe += bytes(source.read_range(len(probe), header_len))
     return Header.decode(probe[:header_len])

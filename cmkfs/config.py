@@ -1,0 +1,62 @@
+"""Where cmkfs keeps its embedded state, and which key it uses by default.
+
+``$CMKFS_HOME`` (default ``~/.cmkfs``) holds the embedded key vault and a
+small ``config.json``.  The default key URI comes from ``$CMKFS_KEY``, else
+from ``config.json``'s ``"default_key"``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .errors import ConfigurationError
+
+__all__ = ["cmkfs_home", "default_key_uri", "load_config", "ENV_HOME", "ENV_KEY", "ENV_AUDIT"]
+
+ENV_HOME = "CMKFS_HOME"
+ENV_KEY = "CMKFS_KEY"
+ENV_AUDIT = "CMKFS_AUDIT_LOG"
+CONFIG_FILE = "config.json"
+MAX_CONFIG_SIZE = 64 * 1024
+
+
+def cmkfs_home(home: str | os.PathLike | None = None) -> Path:
+    """The embedded state directory: ``home``, ``$CMKFS_HOME`` or ``~/.cmkfs``."""
+    if home is not None:
+        return Path(home).expanduser()
+    env = os.environ.get(ENV_HOME)
+    return Path(env).expanduser() if env else Path.home() / ".cmkfs"
+
+
+def load_config(home: str | os.PathLike | None = None) -> dict:
+    path = cmkfs_home(home) / CONFIG_FILE
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_CONFIG_SIZE + 1)
+    except FileNotFoundError:
+        return {}
+    if len(raw) > MAX_CONFIG_SIZE:
+        raise ConfigurationError(f"{path} is too large to be a cmkfs configuration file")
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise ConfigurationError(f"{path} is not valid JSON: {exc.msg} at line {exc.lineno}") from None
+    if not isinstance(data, dict):
+        raise ConfigurationError(f"{path} must hold a JSON object")
+    return data
+
+
+def default_key_uri(home: str | os.PathLike | None = None) -> str:
+    """``$CMKFS_KEY``, else the embedded configuration's default key."""
+    env = os.environ.get(ENV_KEY)
+    if env:
+        return env
+    uri = load_config(home).get("default_key")
+    if not uri:
+        raise ConfigurationError(
+            "no key configured: pass key='local://NAME' (or an Azure Key Vault / pkcs11 URI), "
+            f"set ${ENV_KEY}, or create one with `cmkfs keys create NAME --default`"
+        )
+    return str(uri)

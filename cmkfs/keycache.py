@@ -1,0 +1,229 @@
+"""The strict, short-lived cache of unwrapped data keys (the production KeySource).
+
+The promise: when a customer revokes a key, everything it protects becomes
+unreadable within the cache TTL (at most one hour).  So:
+
+* A DEK is usable until ``confirmed_at + ttl``, where ``confirmed_at`` is the
+  monotonic time *before* the vault call that last confirmed it.  Use never
+  extends it; expiry is checked on every get and by the engine before every
+  segment (the engine re-asks :meth:`KeyCache.data_key_for_read`).
+* Writes reuse one DEK for many files (each file derives its own key by
+  HKDF with a fresh salt), bounded by the TTL and by ``max_files_per_dek`` —
+  like the AWS Encryption SDK's caching materials manager — so 10,000 small
+  files cost O(1) vault calls.
+* When a vault says a key is revoked, disabled or gone, every cache in the
+  process drops every entry for that key at once, and the dropped DEKs are
+  overwritten in place, which also stops open handles that share them.
+* Transient vault errors are retried with exponential backoff, boundedly; an
+  expired entry is never served because the vault is unreachable (fail
+  closed).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+import weakref
+from typing import Callable
+
+from cachetools import TLRUCache
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, stop_after_delay, wait_exponential_jitter
+
+from .audit import AuditLog, audit_log
+from .errors import CMKError, ConfigurationError, KeyNotFoundError, KeyRevokedError, VaultUnavailableError
+from .format import ContentClass, KeyBlock
+from .keys import DataKey, new_dek
+from .providers.base import KeyProvider, provider_for, split_key_uri
+
+__all__ = ["KeyCache", "MAX_CACHE_TTL", "DEFAULT_CACHE_TTL", "check_ttl", "purge_key"]
+
+MAX_CACHE_TTL = 3600.0  # the revocation promise: one hour, never more
+DEFAULT_CACHE_TTL = 900.0  # 15 minutes
+DEFAULT_MAX_FILES_PER_DEK = 100_000
+DEFAULT_MAX_ENTRIES = 1024
+DEFAULT_RETRY_ATTEMPTS = 4
+DEFAULT_RETRY_DEADLINE = 20.0  # seconds spent retrying one vault call, at most
+
+_CACHES: "weakref.WeakSet[KeyCache]" = weakref.WeakSet()
+_CACHES_LOCK = threading.Lock()
+
+
+def check_ttl(ttl) -> float:
+    """Validate a cache TTL in seconds: a number in ``[0, 3600]``."""
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or math.isnan(ttl):
+        raise ConfigurationError("cache_ttl must be a number of seconds")
+    if ttl < 0 or ttl > MAX_CACHE_TTL:
+        raise ConfigurationError(
+            f"cache_ttl must be between 0 and {int(MAX_CACHE_TTL)} seconds: revoked keys must stop "
+            "working within one hour"
+        )
+    return float(ttl)
+
+
+def purge_key(key_uri: str) -> None:
+    """Drop (and overwrite) every cached DEK of ``key_uri`` in this process."""
+    base = split_key_uri(key_uri)[0]
+    with _CACHES_LOCK:
+        caches = list(_CACHES)
+    for cache in caches:
+        cache._purge(base)
+
+
+class _WipingCache(TLRUCache):
+    """A TLRU cache that overwrites DEKs when they leave it."""
+
+    def popitem(self):
+        key, data_key = super().popitem()
+        data_key.wipe()
+        return key, data_key
+
+    def expire(self, time=None):
+        expired = super().expire(time)
+        for _, data_key in expired:
+            data_key.wipe()
+        return expired
+
+
+def _ttu(_key, data_key: DataKey, _now: float) -> float:
+    return data_key.expires_at
+
+
+class KeyCache:
+    """Supplies DEKs to the engine, talking to vaults only when it must.
+
+    ``key_uri`` is the key new files are written under (it may be ``None``
+    for a read-only cache).  ``providers`` maps a key URI to its provider
+    (default: :func:`cmkfs.providers.base.provider_for`); ``clock`` is a
+    monotonic clock, injectable for tests.
+    """
+
+    def __init__(
+        self,
+        key_uri: str | None = None,
+        *,
+        ttl: float = DEFAULT_CACHE_TTL,
+        clock: Callable[[], float] = time.monotonic,
+        providers: Callable[[str], KeyProvider] | None = None,
+        max_files_per_dek: int = DEFAULT_MAX_FILES_PER_DEK,
+        max_entries: int = DEFAULT_MAX_ENTRIES,
+        retry_attempts: int = DEFAULT_RETRY_ATTEMPTS,
+        retry_deadline: float = DEFAULT_RETRY_DEADLINE,
+        audit: AuditLog | None = None,
+    ) -> None:
+        self.ttl = check_ttl(ttl)
+        self.key_uri = key_uri
+        self.clock = clock
+        self._providers = providers or provider_for
+        self._max_files = max(1, int(max_files_per_dek))
+        self._retry_attempts = max(1, int(retry_attempts))
+        self._retry_deadline = float(retry_deadline)
+        self._audit = audit
+        self._lock = threading.RLock()
+        self._unwrapped = _WipingCache(maxsize=max_entries, ttu=_ttu, timer=clock)
+        self._write_key: DataKey | None = None
+        self._write_uses = 0
+        self.vault_calls = 0  # wraps + unwraps sent to a vault (for benchmarks and tests)
+        with _CACHES_LOCK:
+            _CACHES.add(self)
+
+    def __repr__(self) -> str:
+        return f"KeyCache(key_uri={self.key_uri!r}, ttl={self.ttl:g}, entries={len(self._unwrapped)})"
+
+    def __reduce__(self):
+        raise TypeError("KeyCache holds key material and cannot be pickled; pickle its key URI instead")
+
+    # -- KeySource -------------------------------------------------------
+
+    def data_key_for_write(self, content_class: ContentClass = ContentClass.OTHER) -> DataKey:
+        if not self.key_uri:
+            raise ConfigurationError("this filesystem has no key to write with")
+        with self._lock:
+            current = self._write_key
+            if current is not None and self.clock() < current.expires_at and self._write_uses < self._max_files:
+                self._write_uses += 1
+                return current
+            confirmed_at = self.clock()
+            dek = new_dek()
+            try:
+                key_block = self._vault_call("wrap", self.key_uri, None, lambda p: p.wrap(self.key_uri, dek))
+            except BaseException:
+                dek[:] = bytes(len(dek))
+                raise
+            data_key = DataKey(dek, key_block, confirmed_at + self.ttl)
+            if self.ttl > 0:
+                self._unwrapped[_cache_key(key_block)] = data_key
+            # The previous write key stays in the unwrap cache (open writers
+            # refresh through it) and is wiped when it expires there.
+            self._write_key, self._write_uses = data_key, 1
+            return data_key
+
+    def data_key_for_read(self, key_block: KeyBlock) -> DataKey:
+        cache_key = _cache_key(key_block)
+        with self._lock:
+            cached = self._unwrapped.get(cache_key)
+            if cached is not None and self.clock() < cached.expires_at:
+                return cached
+            confirmed_at = self.clock()
+            dek = self._vault_call("unwrap", key_block.key_uri, key_block.key_version, lambda p: p.unwrap(key_block))
+            data_key = DataKey(dek, key_block, confirmed_at + self.ttl)
+            if self.ttl > 0:
+                self._unwrapped[cache_key] = data_key
+            return data_key
+
+    # -- housekeeping ----------------------------------------------------
+
+    def purge(self, key_uri: str | None = None) -> None:
+        """Drop cached DEKs (of one key, or all) from this cache only."""
+        self._purge(split_key_uri(key_uri)[0] if key_uri else None)
+
+    def _purge(self, base: str | None) -> None:
+        with self._lock:
+            for cache_key in list(self._unwrapped.keys()):
+                if base is None or cache_key[0] == base:
+                    self._unwrapped.pop(cache_key).wipe()
+            if self._write_key is not None and (base is None or split_key_uri(self._write_key.key_block.key_uri)[0] == base):
+                self._write_key.wipe()
+                self._write_key = None
+
+    def close(self) -> None:
+        self._purge(None)
+
+    def __del__(self):
+        try:
+            self._purge(None)
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+    # -- the vault boundary ------------------------------------------------
+
+    def _vault_call(self, operation: str, key_uri: str, version: str | None, call):
+        audit = self._audit or audit_log()
+        provider = self._providers(key_uri)
+        retrying = Retrying(
+            retry=retry_if_exception_type(VaultUnavailableError),
+            stop=stop_after_attempt(self._retry_attempts) | stop_after_delay(self._retry_deadline),
+            wait=wait_exponential_jitter(initial=0.1, max=2.0),
+            reraise=True,
+        )
+        try:
+            for attempt in retrying:
+                with attempt:
+                    self.vault_calls += 1
+                    result = call(provider)
+        except (KeyRevokedError, KeyNotFoundError) as exc:
+            audit.record(operation, key_uri, version, type(exc).__name__)
+            # The vault said no: nobody in this process may keep using this key.
+            purge_key(key_uri)
+            raise
+        except CMKError as exc:
+            audit.record(operation, key_uri, version, type(exc).__name__)
+            raise
+        if operation == "wrap":
+            version = result.key_version
+        audit.record(operation, key_uri, version, "ok")
+        return result
+
+
+def _cache_key(key_block: KeyBlock) -> tuple:
+    return (split_key_uri(key_block.key_uri)[0], key_block.key_version, int(key_block.wrap_alg), bytes(key_block.wrapped_dek))

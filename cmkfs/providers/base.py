@@ -1,0 +1,167 @@
+"""The key provider interface and the registry that picks a provider by key URI.
+
+A provider fronts one kind of vault or HSM.  It only ever wraps and unwraps
+data keys (envelope encryption): the key-encryption key never leaves the
+vault, except for the embedded ``local://`` vault whose whole point is to be
+the vault.
+
+Providers translate their backend's errors where they enter, with
+``raise ... from exc``:
+
+============================  ===========================================
+backend says                  provider raises
+============================  ===========================================
+key disabled / revoked /      :class:`~cmkfs.errors.KeyRevokedError`
+operation forbidden
+key or version not found      :class:`~cmkfs.errors.KeyNotFoundError`
+timeout / throttled /         :class:`~cmkfs.errors.VaultUnavailableError`
+connection refused            (the key cache retries these, boundedly)
+unwrap failed on the data     :class:`~cmkfs.errors.IntegrityError`
+(tampered wrapped key)
+============================  ===========================================
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib
+import threading
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..errors import ConfigurationError
+from ..format import KeyBlock
+
+__all__ = ["KeyInfo", "KeyProvider", "register_provider", "provider_for", "split_key_uri"]
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """What a vault says about a key (never its material)."""
+
+    key_uri: str
+    current_version: str
+    enabled: bool
+    algorithm: str
+    versions: tuple[str, ...] = ()
+    size_bits: int | None = None
+    warnings: tuple[str, ...] = field(default=())
+
+
+class KeyProvider(abc.ABC):
+    """One vault or HSM.  Implementations are thread-safe and hold no DEKs.
+
+    Key URIs passed in are *unversioned* (``local://sales``); a versioned
+    URI selects that version for :meth:`wrap` where the backend allows it.
+    """
+
+    #: URI prefixes this provider serves, e.g. ``("local://",)``.
+    prefixes: tuple[str, ...] = ()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+    def __reduce__(self):
+        # Providers may hold credentials or sessions; pickles carry key URIs only.
+        raise TypeError(f"{type(self).__name__} cannot be pickled; pickle the key URI instead")
+
+    @abc.abstractmethod
+    def wrap(self, key_uri: str, dek: bytes) -> KeyBlock:
+        """Wrap ``dek`` under the current (or the URI's named) version of the key."""
+
+    @abc.abstractmethod
+    def unwrap(self, key_block: KeyBlock) -> bytearray:
+        """Unwrap the DEK in ``key_block`` with the version it names."""
+
+    @abc.abstractmethod
+    def describe(self, key_uri: str) -> KeyInfo:
+        """The key's state: current version, enabled, algorithm, warnings."""
+
+    def canonical_uri(self, key_uri: str) -> str:
+        """The key URI without a version: what the key cache groups entries by."""
+        return split_key_uri(key_uri)[0]
+
+    def close(self) -> None:
+        """Release sessions and connections."""
+
+
+_FACTORIES: dict[str, str | Callable[..., KeyProvider]] = {
+    "local://": "cmkfs.providers.local:LocalVaultProvider",
+    "https://": "cmkfs.providers.azure_keyvault:AzureKeyVaultProvider",
+    "pkcs11:": "cmkfs.providers.pkcs11:PKCS11Provider",
+}
+_INSTANCES: dict[tuple, KeyProvider] = {}
+_LOCK = threading.Lock()
+
+
+def register_provider(prefix: str, factory: str | Callable[..., KeyProvider]) -> None:
+    """Serve key URIs starting with ``prefix`` by ``factory`` ("module:Class" or a callable)."""
+    with _LOCK:
+        _FACTORIES[prefix] = factory
+        for cached in [k for k in _INSTANCES if k[0] == prefix]:
+            _INSTANCES.pop(cached).close()
+
+
+def _prefix_of(key_uri: str) -> str:
+    if not isinstance(key_uri, str) or not key_uri:
+        raise ConfigurationError("a key URI is required (local://NAME, https://VAULT.vault.azure.net/keys/NAME, pkcs11:...)")
+    for prefix in sorted(_FACTORIES, key=len, reverse=True):
+        if key_uri.startswith(prefix):
+            return prefix
+    raise ConfigurationError(
+        f"unsupported key URI scheme in {key_uri.split(':', 1)[0]!r}: "
+        "use local://NAME, https://VAULT.vault.azure.net/keys/NAME or pkcs11:token=...;object=..."
+    )
+
+
+def _load(factory: str | Callable[..., KeyProvider]) -> Callable[..., KeyProvider]:
+    if callable(factory):
+        return factory
+    module, _, name = factory.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def provider_for(key_uri: str, **options) -> KeyProvider:
+    """The provider for ``key_uri``, shared per process and per option set.
+
+    ``options`` are provider specific (``home=`` for ``local://``,
+    ``credential=`` for Azure, ``module=``/``pin=`` for PKCS#11); they are
+    part of the sharing key so two configurations never mix.
+    """
+    prefix = _prefix_of(key_uri)
+    marker = (prefix, tuple(sorted((k, id(v) if not isinstance(v, (str, int, float, type(None))) else v) for k, v in options.items())))
+    with _LOCK:
+        provider = _INSTANCES.get(marker)
+        if provider is None:
+            provider = _load(_FACTORIES[prefix])(**options)
+            _INSTANCES[marker] = provider
+        return provider
+
+
+def split_key_uri(key_uri: str) -> tuple[str, str | None]:
+    """Split a key URI into ``(unversioned URI, version or None)``.
+
+    ``local://NAME?version=3`` and ``pkcs11:...?version=3`` carry the version
+    as a query attribute; Azure spells it as the last path element
+    (``https://v.vault.azure.net/keys/NAME/VERSION``).
+    """
+    if key_uri.startswith("https://"):
+        head, sep, rest = key_uri.partition("/keys/")
+        parts = rest.strip("/").split("/")
+        if not sep or not parts[0] or len(parts) > 2:
+            raise ConfigurationError("an Azure Key Vault key URI looks like https://VAULT.vault.azure.net/keys/NAME[/VERSION]")
+        base = f"{head}/keys/{parts[0]}"
+        return base, (parts[1] if len(parts) == 2 else None)
+    base, sep, query = key_uri.partition("?")
+    version = None
+    if sep:
+        rest = []
+        for item in query.replace(";", "&").split("&"):
+            name, _, value = item.partition("=")
+            if name == "version":
+                version = value
+            elif item:
+                rest.append(item)
+        if rest:
+            base = base + "?" + "&".join(rest)
+    return base, version
