@@ -1,0 +1,329 @@
+#!/usr/bin/env python
+"""Generate the cmkfs format v1 test vectors (tests/vectors/v1.json).
+
+Run from the repository root::
+
+    python scripts/make_vectors.py            # rewrite tests/vectors/v1.json
+    python scripts/make_vectors.py --check    # fail if the file is stale
+
+The output is deterministic.  Every random value (DEKs, KEKs, wrap nonces,
+and the salt and nonce prefix the writer draws from ``os.urandom``) comes
+from a SHA-256 counter stream keyed by the seed and the vector's name: the
+script replaces ``os.urandom`` while it runs the library's own writer, so
+the vectors are what ``cmkfs.stream.EncryptingWriter`` really produces.
+Only this script does that; the library always uses the OS generator.
+
+Each record holds what an independent decryptor needs (see docs/FORMAT.md,
+"Test vectors"): the KEK, the wrapping algorithm, the key URI and version,
+the expected outcome, and the ciphertext.  Negative vectors are derived
+from positive ones by the edit their comment describes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import struct
+import sys
+from pathlib import Path
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.keywrap import aes_key_wrap_with_padding
+
+from cmkfs.format import (
+    CHECKSUM_SIZE,
+    TAG_SIZE,
+    ContentClass,
+    FileParams,
+    Header,
+    KeyBlock,
+    WrapAlgorithm,
+)
+from cmkfs.keys import StaticKeySource
+from cmkfs.segment import SegmentCipher, derive_file_key
+from cmkfs.stream import encrypt_bytes
+
+SEED = b"cmkfs format v1 test vectors, seed 1"
+OUT = Path(__file__).resolve().parent.parent / "tests" / "vectors" / "v1.json"
+WRAP_AAD_LABEL = b"cmkfs/v1 wrap"
+KEY_URI = "local://vectors"
+KEY_VERSION = "1"
+SEGMENT = 4096  # the smallest segment size keeps multi-segment vectors small
+INLINE_LIMIT = 64  # plaintexts up to this size are stored as hex, larger ones as a rule + digest
+PATTERN_RULE = "byte[i] = i mod 251, for i = 0 .. length-1"
+
+
+class Drbg:
+    """SHA-256(seed || label || counter) blocks: deterministic bytes per label."""
+
+    def __init__(self, label: str) -> None:
+        self._prefix = SEED + b"\x00" + label.encode("utf-8") + b"\x00"
+        self._counter = 0
+        self._pool = b""
+
+    def __call__(self, n: int) -> bytes:
+        while len(self._pool) < n:
+            self._pool += hashlib.sha256(self._prefix + struct.pack(">Q", self._counter)).digest()
+            self._counter += 1
+        out, self._pool = self._pool[:n], self._pool[n:]
+        return out
+
+
+@contextlib.contextmanager
+def deterministic_urandom(label: str):
+    real = os.urandom
+    os.urandom = Drbg("urandom:" + label)
+    try:
+        yield
+    finally:
+        os.urandom = real
+
+
+def pattern(n: int) -> bytes:
+    return bytes(i % 251 for i in range(n))
+
+
+def wrap_aad(key_uri: str, key_version: str) -> bytes:
+    return WRAP_AAD_LABEL + key_uri.encode("utf-8") + b"\x00" + key_version.encode("utf-8")
+
+
+def wrap(alg: WrapAlgorithm, kek: bytes, dek: bytes, uri: str, version: str, rng: Drbg) -> KeyBlock:
+    if alg == WrapAlgorithm.A256GCM:
+        nonce = rng(12)
+        wrapped = nonce + AESGCM(kek).encrypt(nonce, dek, wrap_aad(uri, version))
+    elif alg == WrapAlgorithm.A256KWP:
+        wrapped = aes_key_wrap_with_padding(kek, dek)
+    else:
+        raise ValueError(alg)
+    return KeyBlock(alg, uri, version, wrapped)
+
+
+KEK = Drbg("kek")(32)
+OTHER_KEK = Drbg("other kek")(32)
+
+
+def encrypt(name: str, plaintext: bytes, *, content_class=ContentClass.OTHER, segment_size=SEGMENT,
+            alg=WrapAlgorithm.A256GCM, uri=KEY_URI, version=KEY_VERSION) -> tuple[bytes, bytes]:
+    rng = Drbg("keys:" + name)
+    dek = rng(32)
+    block = wrap(alg, KEK, dek, uri, version, rng)
+    with deterministic_urandom(name):
+        blob = encrypt_bytes(plaintext, StaticKeySource(dek, block), segment_size=segment_size,
+                             content_class=content_class, threads=1)
+    return blob, dek
+
+
+def header_length(blob: bytes) -> int:
+    (block_len,) = struct.unpack_from(">I", blob, 88)
+    return 92 + block_len + CHECKSUM_SIZE
+
+
+def fix_checksum(header: bytes) -> bytes:
+    body = header[:-CHECKSUM_SIZE]
+    return body + hashlib.sha256(body).digest()[:CHECKSUM_SIZE]
+
+
+def record(name: str, comment: str, outcome: str, blob: bytes, *, plaintext: bytes | None = None,
+           dek: bytes | None = None, kek: bytes = KEK, alg=WrapAlgorithm.A256GCM, uri=KEY_URI,
+           version=KEY_VERSION, segment_size=SEGMENT, content_class=ContentClass.OTHER,
+           derived_from: str | None = None) -> dict:
+    rec: dict = {
+        "name": name,
+        "comment": comment,
+        "outcome": outcome,
+        "kek": kek.hex(),
+        "wrap_alg": alg.name,
+        "key_uri": uri,
+        "key_version": version,
+        "segment_size": segment_size,
+        "content_class": content_class.name,
+    }
+    if derived_from:
+        rec["derived_from"] = derived_from
+    if plaintext is not None:
+        rec["plaintext_size"] = len(plaintext)
+        rec["plaintext_sha256"] = hashlib.sha256(plaintext).hexdigest()
+        if len(plaintext) <= INLINE_LIMIT:
+            rec["plaintext"] = plaintext.hex()
+        else:
+            rec["plaintext_pattern"] = PATTERN_RULE
+    if dek is not None:
+        rec["dek"] = dek.hex()  # informational: lets a decryptor check its unwrap step
+    rec["ciphertext_size"] = len(blob)
+    rec["ciphertext"] = blob.hex()
+    return rec
+
+
+def build() -> dict:
+    vectors: list[dict] = []
+    made: dict[str, tuple[bytes, bytes, bytes]] = {}
+
+    def ok(name, comment, plaintext, **kw):
+        blob, dek = encrypt(name, plaintext, **kw)
+        made[name] = (blob, dek, plaintext)
+        meta = {k: kw[k] for k in ("content_class", "segment_size", "alg", "uri", "version") if k in kw}
+        vectors.append(record(name, comment, "ok", blob, plaintext=plaintext, dek=dek, **meta))
+
+    def bad(name, comment, outcome, blob, derived_from, **kw):
+        vectors.append(record(name, comment, outcome, blob, derived_from=derived_from, **kw))
+
+    # ---- positive vectors -------------------------------------------------
+    ok("empty", "empty plaintext: exactly one segment, an empty final segment (16-byte tag only)", b"")
+    ok("one-byte", "one byte: a single final segment of 1 + 16 bytes", b"\x42")
+    ok("one-full-segment", "exactly one segment of plaintext: the final segment is full-size (allowed)",
+       pattern(SEGMENT))
+    ok("segment-plus-one", "segment size + 1: a full non-final segment, then a 1-byte final segment",
+       pattern(SEGMENT + 1))
+    ok("multi-segment", "three full segments and a 1000-byte final segment, segment size 4096",
+       pattern(3 * SEGMENT + 1000))
+    ok("three-segments", "two full segments and a 10-byte final segment (base of several negatives)",
+       pattern(2 * SEGMENT + 10))
+    ok("large-segment-size", "segment size 65536 holding 100 bytes: the reader must take S from the header",
+       pattern(100), segment_size=65536)
+    samples = {
+        ContentClass.OTHER: b"plain bytes, content class OTHER",
+        ContentClass.PARQUET: b"PAR1\x15\x04\x15\x10\x15\x14L\x15\x02\x15\x00\x12\x00\x00PAR1",
+        ContentClass.VERTIPAQ: b"vertipaq model bytes",
+        ContentClass.IMAGE: b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR",
+        ContentClass.CSV: b"id,amount\n1,9.50\n2,12.00\n",
+        ContentClass.JSON: b'{"id": 1, "amount": 9.5}\n',
+    }
+    for cls, text in samples.items():
+        ok(f"class-{cls.name.lower()}", f"content class {cls.name} ({int(cls)}) in header byte 10", text,
+           content_class=cls)
+    ok("wrap-a256kwp", "DEK wrapped with AES key wrap with padding (RFC 5649), wrap_alg 3: 40-byte wrapped DEK",
+       b"wrapped with A256KWP", alg=WrapAlgorithm.A256KWP)
+    ok("utf8-key-uri", "non-ASCII key URI and version: lengths count UTF-8 bytes, and the wrap AAD uses them",
+       b"utf-8 names", uri="local://\u00e9quipe-finance", version="2025-\u00e9t\u00e9")
+
+    # Re-wrap: the same DEK under a fresh wrapping (new nonce).  Only the key
+    # block and the checksum change; params, commitment and segments do not.
+    blob, dek, plain = made["segment-plus-one"]
+    hl = header_length(blob)
+    header = Header.decode(blob[:hl])
+    new_block = wrap(WrapAlgorithm.A256GCM, KEK, dek, KEY_URI, "2", Drbg("rewrap"))
+    rewrapped = header.with_key_block(new_block).encode() + blob[hl:]
+    vectors.append(record("rewrapped", "segment-plus-one after key rotation: key block re-wrapped under key "
+                          "version 2, checksum recomputed; every segment byte-identical to segment-plus-one",
+                          "ok", rewrapped, plaintext=plain, dek=dek, version="2", derived_from="segment-plus-one"))
+
+    # ---- negative vectors -------------------------------------------------
+    small, _, _ = made["one-byte"]
+    hl_small = header_length(small)
+    b = bytearray(small)
+    b[-1] ^= 0x01
+    bad("flipped-tag-bit", "one-byte with the lowest bit of the final tag flipped", "integrity", bytes(b), "one-byte")
+
+    b = bytearray(small)
+    b[hl_small] ^= 0x80
+    bad("flipped-ciphertext-bit", "one-byte with the top bit of the ciphertext byte flipped", "integrity",
+        bytes(b), "one-byte")
+
+    b = bytearray(small)
+    b[20] ^= 0x04  # inside the salt
+    bad("flipped-header-bit", "one-byte with a bit of the salt flipped (checksum left as is)", "integrity",
+        bytes(b), "one-byte")
+
+    b = bytearray(small)
+    b[20] ^= 0x04
+    fixed = fix_checksum(bytes(b[:hl_small])) + bytes(b[hl_small:])
+    bad("salt-changed-checksum-fixed", "one-byte with a salt bit flipped and the checksum recomputed: the "
+        "key commitment no longer matches", "integrity", fixed, "one-byte")
+
+    b = bytearray(small)
+    b[10] = int(ContentClass.CSV)
+    fixed = fix_checksum(bytes(b[:hl_small])) + bytes(b[hl_small:])
+    bad("content-class-changed", "one-byte relabelled as CSV with the checksum recomputed: params are bound "
+        "by the key derivation, so the commitment fails", "integrity", fixed, "one-byte")
+
+    base, base_dek, _ = made["three-segments"]
+    hl_base = header_length(base)
+    step = SEGMENT + TAG_SIZE
+    bad("truncated-at-segment-boundary", "three-segments cut after its second segment: the new last segment "
+        "was sealed as non-final", "integrity", base[: hl_base + 2 * step], "three-segments")
+    bad("truncated-to-header", "three-segments cut right after its header: no segment at all", "integrity",
+        base[:hl_base], "three-segments")
+    bad("truncated-in-header", "three-segments cut inside its key block", "integrity",
+        base[: hl_base - 30], "three-segments")
+    bad("appended-byte", "one-byte with a zero byte appended", "integrity", small + b"\x00", "one-byte")
+    bad("appended-tag-sized-segment", "one-full-segment with an extra 16 bytes appended: sizes that imply an "
+        "empty final segment after a non-empty file are impossible", "integrity",
+        made["one-full-segment"][0] + bytes(TAG_SIZE), "one-full-segment")
+
+    segs = base[hl_base:]
+    swapped = base[:hl_base] + segs[step : 2 * step] + segs[:step] + segs[2 * step :]
+    bad("swapped-segments", "three-segments with segments 0 and 1 exchanged", "integrity", swapped,
+        "three-segments")
+
+    other, _, _ = made["class-other"]
+    hl_other = header_length(other)
+    bad("spliced-header", "header of class-other followed by the segments of one-byte (same KEK)", "integrity",
+        other[:hl_other] + small[hl_small:], "class-other + one-byte")
+
+    bad("wrong-kek", "one-byte, but the KEK given is not the one that wrapped the DEK: unwrap fails",
+        "integrity", small, "one-byte", kek=OTHER_KEK)
+
+    # A well-formed header whose key block validly wraps a different DEK:
+    # only the key commitment can tell.
+    small_header = Header.decode(small[:hl_small])
+    foreign_block = wrap(WrapAlgorithm.A256GCM, KEK, Drbg("foreign dek")(32), KEY_URI, KEY_VERSION, Drbg("fw"))
+    bad("commitment-mismatch", "one-byte whose key block wraps another DEK (valid wrap, checksum recomputed)",
+        "integrity", small_header.with_key_block(foreign_block).encode() + small[hl_small:], "one-byte")
+
+    # Cryptographically valid but forbidden: a non-empty file followed by an
+    # empty final segment.  A writer never produces it; a reader refuses it.
+    full_blob, full_dek, full_plain = made["one-full-segment"]
+    hl_full = header_length(full_blob)
+    full_header = Header.decode(full_blob[:hl_full])
+    file_key, _ = derive_file_key(full_dek, full_header.params)
+    cipher = SegmentCipher(file_key, full_header.params.nonce_prefix)
+    forged = full_blob[:hl_full] + cipher.seal(0, False, full_plain) + cipher.seal(1, True, b"")
+    bad("empty-final-after-full", "one-full-segment re-sealed as a non-final segment plus an empty final "
+        "segment: both tags verify, but only an empty file may end with an empty segment", "integrity",
+        forged, "one-full-segment")
+
+    b = bytearray(small)
+    b[8] = 2
+    bad("unsupported-version", "one-byte with the version byte set to 2", "format", bytes(b), "one-byte")
+    bad("foreign-file", "a Parquet file that is not encrypted", "format", samples[ContentClass.PARQUET], None)
+    bad("foreign-empty", "an empty file is not a cmkfs file (an encrypted empty file has a header)", "format",
+        b"", None)
+
+    return {
+        "description": "cmkfs format v1 test vectors; see docs/FORMAT.md, 'Test vectors'",
+        "generator": "scripts/make_vectors.py",
+        "seed": SEED.decode(),
+        "wrap_a256gcm_aad": "b'cmkfs/v1 wrap' || key_uri (UTF-8) || 0x00 || key_version (UTF-8)",
+        "plaintext_pattern_rule": PATTERN_RULE,
+        "outcomes": {
+            "ok": "decrypts to the plaintext (hex, or plaintext_sha256 of the pattern)",
+            "integrity": "must be refused as an integrity failure, with no plaintext released",
+            "format": "must be refused as not a cmkfs v1 file",
+        },
+        "vectors": vectors,
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 if the stored vectors differ")
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args(argv)
+    text = json.dumps(build(), indent=1, ensure_ascii=True) + "\n"
+    if args.check:
+        current = args.out.read_text() if args.out.exists() else ""
+        if current != text:
+            print(f"{args.out} is stale: run scripts/make_vectors.py", file=sys.stderr)
+            return 1
+        return 0
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(f"wrote {args.out} ({len(text)} bytes)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Install everything the test suite needs (venv, extras, SoftHSM2, Azurite) and run it.
+# Extra arguments go to pytest, e.g. scripts/test.sh -k keycache
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/bootstrap.sh test
+export CMKFS_AZURITE_BIN="${XDG_CACHE_HOME:-$HOME/.cache}/cmkfs-test/azurite/node_modules/.bin/azurite-blob"
+exec "${CMKFS_VENV:-.venv}/bin/python" -m pytest "$@"
