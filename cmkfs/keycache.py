@@ -45,8 +45,32 @@ DEFAULT_MAX_ENTRIES = 1024
 DEFAULT_RETRY_ATTEMPTS = 4
 DEFAULT_RETRY_DEADLINE = 20.0  # seconds spent retrying one vault call, at most
 
+SWEEP_INTERVAL = 5.0  # idle processes drop expired DEKs within this long after their TTL
+
 _CACHES: "weakref.WeakSet[KeyCache]" = weakref.WeakSet()
 _CACHES_LOCK = threading.Lock()
+_SWEEPER: threading.Thread | None = None
+
+
+def _sweep_forever() -> None:
+    # Expiry is also checked on every use; this only makes sure an idle
+    # process does not keep expired DEKs in memory until its next file.
+    while True:
+        time.sleep(SWEEP_INTERVAL)
+        with _CACHES_LOCK:
+            caches = list(_CACHES)
+        for cache in caches:
+            try:
+                cache.sweep()
+            except Exception:  # noqa: BLE001 - never let the sweeper die
+                pass
+
+
+def _start_sweeper() -> None:
+    global _SWEEPER
+    if _SWEEPER is None or not _SWEEPER.is_alive():
+        _SWEEPER = threading.Thread(target=_sweep_forever, name="cmkfs-key-sweeper", daemon=True)
+        _SWEEPER.start()
 
 
 def check_ttl(ttl) -> float:
@@ -126,6 +150,7 @@ class KeyCache:
         self.vault_calls = 0  # wraps + unwraps sent to a vault (for benchmarks and tests)
         with _CACHES_LOCK:
             _CACHES.add(self)
+            _start_sweeper()
 
     def __repr__(self) -> str:
         return f"KeyCache(key_uri={self.key_uri!r}, ttl={self.ttl:g}, entries={len(self._unwrapped)})"
@@ -139,6 +164,7 @@ class KeyCache:
         if not self.key_uri:
             raise ConfigurationError("this filesystem has no key to write with")
         with self._lock:
+            self._unwrapped.expire()
             current = self._write_key
             if current is not None and self.clock() < current.expires_at and self._write_uses < self._max_files:
                 self._write_uses += 1
@@ -161,6 +187,7 @@ class KeyCache:
     def data_key_for_read(self, key_block: KeyBlock) -> DataKey:
         cache_key = _cache_key(key_block)
         with self._lock:
+            self._unwrapped.expire()
             cached = self._unwrapped.get(cache_key)
             if cached is not None and self.clock() < cached.expires_at:
                 return cached
@@ -172,6 +199,14 @@ class KeyCache:
             return data_key
 
     # -- housekeeping ----------------------------------------------------
+
+    def sweep(self) -> None:
+        """Drop and overwrite every DEK whose TTL has passed."""
+        with self._lock:
+            self._unwrapped.expire()
+            if self._write_key is not None and not self.clock() < self._write_key.expires_at:
+                self._write_key.wipe()
+                self._write_key = None
 
     def purge(self, key_uri: str | None = None) -> None:
         """Drop cached DEKs (of one key, or all) from this cache only."""
