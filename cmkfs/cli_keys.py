@@ -1,0 +1,194 @@
+"""``cmkfs keys``: manage the embedded vault's keys (``local://NAME``).
+
+Data (key URIs, versions, JSON) goes to stdout; confirmations and errors go
+to stderr.  Key material is never printed.
+"""
+
+from __future__ import annotations
+
+import click
+
+from .cli import CliState, emit_json, fail, pass_state, passphrase_from_env
+from .config import default_key_uri
+from .errors import ConfigurationError
+
+__all__ = ["command"]
+
+_PASSPHRASE_HELP = "Read the vault passphrase from this environment variable (default: $CMKFS_PASSPHRASE)."
+
+
+def _name(value: str) -> str:
+    """Accept ``NAME`` or ``local://NAME``."""
+    from .providers.local import PREFIX, parse_local_uri
+
+    if value.startswith(PREFIX):
+        name, version = parse_local_uri(value)
+        if version is not None:
+            raise ConfigurationError("name a key, not a key version")
+        return name
+    if "://" in value or ":" in value:
+        raise ConfigurationError("cmkfs keys manages the embedded vault only: use NAME or local://NAME")
+    return value
+
+
+def _default_uri(state: CliState) -> str | None:
+    try:
+        return default_key_uri(state.home)
+    except ConfigurationError:
+        return None
+
+
+def _note(message: str) -> None:
+    click.echo(message, err=True)
+
+
+@click.group("keys")
+def command() -> None:
+    """Create, rotate, revoke and destroy keys in the embedded vault."""
+
+
+@command.command("create")
+@click.argument("name")
+@click.option("--default", "make_default", is_flag=True, help="Also make it the default key (config.json).")
+@click.option("--passphrase-env", metavar="VAR", default=None, help=_PASSPHRASE_HELP + " Protects the key material.")
+@click.option("--json", "as_json", is_flag=True, help="Print the key's details as JSON.")
+@pass_state
+def create(state: CliState, name: str, make_default: bool, passphrase_env: str | None, as_json: bool) -> None:
+    """Create key NAME and print its URI (local://NAME)."""
+    name = _name(name)
+    vault = state.vault(passphrase_from_env(passphrase_env))
+    info = vault.create(name)
+    if make_default:
+        vault.set_default(name)
+    if as_json:
+        details = vault.details(name)
+        details["default"] = make_default or _default_uri(state) == info.key_uri
+        emit_json(details)
+    else:
+        click.echo(info.key_uri)
+    if make_default:
+        _note(f"{info.key_uri} is now the default key")
+
+
+@command.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_state
+def list_keys(state: CliState, as_json: bool) -> None:
+    """List the keys in the vault (destroyed ones included)."""
+    vault = state.vault()
+    default = _default_uri(state)
+    rows = []
+    for name in vault.list_keys():
+        details = vault.details(name)
+        details["default"] = details["key_uri"] == default
+        rows.append(details)
+    if as_json:
+        emit_json(rows)
+        return
+    if not rows:
+        _note(f"no keys in {vault.root}: create one with `cmkfs keys create NAME --default`")
+        return
+    width = max(len(r["key_uri"]) for r in rows)
+    for r in rows:
+        live = sum(1 for v in r["versions"] if v["state"] != "destroyed")
+        current = r["current_version"] or "-"
+        mark = "*" if r["default"] else " "
+        click.echo(f"{mark} {r['key_uri']:<{width}}  {r['state']:<9}  version {current:<4}  {live} live version(s)  protection: {r['protection']}")
+
+
+@command.command("show")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_state
+def show(state: CliState, name: str, as_json: bool) -> None:
+    """Show a key's state and versions (never its material)."""
+    name = _name(name)
+    details = state.vault().details(name)
+    details["default"] = details["key_uri"] == _default_uri(state)
+    if as_json:
+        emit_json(details)
+        return
+    click.echo(f"key:             {details['key_uri']}{'  (default)' if details['default'] else ''}")
+    click.echo(f"state:           {details['state']}")
+    click.echo(f"current version: {details['current_version'] or '-'}")
+    click.echo(f"protection:      {details['protection']}")
+    click.echo(f"created:         {details['created']}")
+    click.echo(f"updated:         {details['updated']}")
+    click.echo("versions:")
+    for v in details["versions"]:
+        click.echo(f"  {v['version']:>4}  {v['state']:<9}  created {v['created']}")
+
+
+@command.command("rotate")
+@click.argument("name")
+@click.option("--passphrase-env", metavar="VAR", default=None, help=_PASSPHRASE_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_state
+def rotate(state: CliState, name: str, passphrase_env: str | None, as_json: bool) -> None:
+    """Add a new version of NAME and make it current; print the new version.
+
+    New files use it at once (after each process's cached data key rolls,
+    within its cache TTL); older versions keep unwrapping existing files.
+    """
+    name = _name(name)
+    version = state.vault(passphrase_from_env(passphrase_env)).rotate(name)
+    if as_json:
+        emit_json({"key_uri": f"local://{name}", "current_version": version})
+    else:
+        click.echo(version)
+
+
+@command.command("disable")
+@click.argument("name")
+@pass_state
+def disable(state: CliState, name: str) -> None:
+    """Revoke NAME: every wrap and unwrap is refused.
+
+    New processes are refused at once; running processes within their key
+    cache TTL (15 minutes by default, never more than one hour).
+    """
+    name = _name(name)
+    state.vault().disable(name)
+    _note(f"local://{name} disabled: running processes stop using it within their cache TTL (at most 1 hour)")
+
+
+@command.command("enable")
+@click.argument("name")
+@pass_state
+def enable(state: CliState, name: str) -> None:
+    """Restore a disabled key."""
+    name = _name(name)
+    state.vault().enable(name)
+    _note(f"local://{name} enabled")
+
+
+@command.command("destroy")
+@click.argument("name")
+@click.option("--version", "version", metavar="V", default=None, help="Destroy only this (non-current) version.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@pass_state
+def destroy(state: CliState, name: str, version: str | None, yes: bool) -> None:
+    """Overwrite and remove NAME's key material.  PERMANENT.
+
+    Everything the key (or the version) protects becomes unreadable for good.
+    """
+    name = _name(name)
+    vault = state.vault()
+    vault.details(name)  # fail on a missing key before asking
+    what = f"version {version} of local://{name}" if version else f"local://{name}"
+    if not yes:
+        _note(f"Destroying {what} makes everything it protects permanently unreadable.")
+        typed = click.prompt(f"Type the key name ({name}) to confirm", default="", show_default=False, err=True)
+        if typed != name:
+            fail("not confirmed; nothing was destroyed")
+    vault.destroy(name, version)
+    _note(f"{what} destroyed")
+
+
+@command.command("default")
+@click.argument("name")
+@pass_state
+def default(state: CliState, name: str) -> None:
+    """Make NAME the default key (written to config.json as "default_key")."""
+    name = _name(name)
+    click.echo(state.vault().set_default(name))
