@@ -1,0 +1,272 @@
+"""The file objects that :class:`~cmkfs.filesystem.CMKFileSystem` hands out.
+
+:class:`CMKReadFile` is an fsspec buffered file in read mode whose
+``_fetch_range`` decrypts: opening it reads the header and the final segment
+(one request each), and every later read fetches only the segments that
+cover it, so a Parquet footer and one column never download the whole file.
+Its read-ahead cache lives in memory for the life of the handle only.
+
+:class:`CMKWriteFile` is deliberately *not* an fsspec buffered file: those
+commit on ``__exit__`` even while an exception propagates, and on
+``__del__``.  Here a write is published only by an explicit ``commit()`` or a
+``close()`` that is not running inside a failure; everything else discards,
+and an interrupted stream never gets its sealed final segment.
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+import warnings
+
+from fsspec.caching import MMapCache
+from fsspec.spec import AbstractBufferedFile
+
+from .errors import ConfigurationError, UnsupportedOperationError
+from .format import DEFAULT_SEGMENT_SIZE
+from .stream import DecryptingReader, EncryptingWriter
+
+__all__ = ["CMKReadFile", "CMKWriteFile", "PlaintextReader", "IN_MEMORY_CACHE_TYPES"]
+
+# fsspec read caches that keep their blocks in process memory.  "mmap" (and
+# anything built on MMapCache) writes the fetched bytes to a local file:
+# for us that would be decrypted plaintext on disk, so it is refused.
+IN_MEMORY_CACHE_TYPES = frozenset({"none", "bytes", "readahead", "adaptive", "blockcache", "first", "all", "parts", "background"})
+
+
+class PlaintextReader:
+    """The :class:`~cmkfs.stream.DecryptingReader` interface over a file that is
+    not encrypted, for the ``allow_plaintext_read`` migration option."""
+
+    segment_size = DEFAULT_SEGMENT_SIZE
+
+    def __init__(self, source) -> None:
+        self._source = source
+        self.size = source.size
+
+    def read(self, offset: int = 0, length: int = -1) -> bytes:
+        end = self.size if length is None or length < 0 else min(self.size, offset + length)
+        if offset >= end:
+            return b""
+        return bytes(self._source.read_range(offset, end))
+
+    def close(self) -> None:
+        pass
+
+
+class CMKReadFile(AbstractBufferedFile):
+    """Read-only, seekable plaintext view of one encrypted file."""
+
+    def __init__(self, fs, path, reader, source, *, block_size=None, cache_type="readahead",
+                 cache_options=None, **kwargs) -> None:
+        cache_type = "none" if cache_type is None else cache_type
+        if cache_type not in IN_MEMORY_CACHE_TYPES:
+            raise ConfigurationError(
+                f"cache_type={cache_type!r} would keep decrypted data outside process memory; "
+                f"use one of {sorted(IN_MEMORY_CACHE_TYPES)}"
+            )
+        self._reader = reader
+        self._source = source
+        kwargs.pop("size", None)  # a caller's size is the ciphertext's or stale: the header decides
+        super().__init__(
+            fs,
+            path,
+            mode="rb",
+            block_size=block_size or reader.segment_size,
+            autocommit=True,
+            cache_type=cache_type,
+            cache_options=cache_options,
+            size=reader.size,
+            **kwargs,
+        )
+
+    # An outer layer (fsspec's blockcache) swaps in an MMapCache that spills
+    # fetched blocks to a local file: refuse it, whoever tries.
+    @property
+    def cache(self):
+        return self.__dict__.get("_cmk_cache")
+
+    @cache.setter
+    def cache(self, value) -> None:
+        if isinstance(value, MMapCache):
+            raise ConfigurationError(
+                "a disk cache over cmk:// would store decrypted data; put the cache under the "
+                "encryption instead (cmk::simplecache::PROTOCOL://...)"
+            )
+        self.__dict__["_cmk_cache"] = value
+
+    @property
+    def encrypted(self) -> bool:
+        return isinstance(self._reader, DecryptingReader)
+
+    @property
+    def content_class(self):
+        return getattr(self._reader, "content_class", None)
+
+    def _fetch_range(self, start, end):
+        return self._reader.read(start, end - start)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        try:
+            super().close()  # drops the read-ahead cache
+        finally:
+            self.__dict__["_cmk_cache"] = None
+            self._reader.close()  # overwrites its plaintext buffers and forgets the file key
+            self._source.close()
+
+    def __repr__(self) -> str:
+        return f"<CMKReadFile {self.path!r} size={self.size}{' closed' if self.closed else ''}>"
+
+
+class CMKWriteFile:
+    """Write-only stream that encrypts into an atomic sink.
+
+    * ``write`` encrypts segment by segment (memory stays bounded);
+    * ``close()`` seals the final segment and publishes the file, unless it
+      runs while an exception is propagating (``fsspec.open`` closes from
+      its ``__exit__`` on errors too): then it discards;
+    * ``commit()`` publishes regardless; ``discard()`` drops everything;
+    * leaving a ``with`` block by an exception discards, and so does
+      garbage collection of a file never closed.
+    """
+
+    def __init__(self, fs, path, sink, keys, *, segment_size, content_class, threads=None) -> None:
+        self.fs = fs
+        self.path = path
+        self.mode = "wb"
+        self._sink = sink
+        self._closed = True
+        # An exception already being handled when the file was opened is not
+        # a failure of this write (a fallback written from an except block).
+        self._exc_at_open = sys.exc_info()[1]
+        try:
+            self._writer = EncryptingWriter(sink, keys, segment_size=segment_size,
+                                            content_class=content_class, threads=threads)
+        except BaseException:
+            sink.discard()
+            raise
+        self._closed = False
+        self._pos = 0
+
+    # -- io surface ---------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def name(self) -> str:
+        return self.path
+
+    def readable(self) -> bool:
+        return False
+
+    def writable(self) -> bool:
+        return not self._closed
+
+    def seekable(self) -> bool:
+        return False
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        raise io.UnsupportedOperation("an encrypting stream has no file descriptor")
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        target = {0: offset, 1: self._pos + offset}.get(whence)
+        if target == self._pos:
+            return self._pos  # a no-op seek (some writers probe with seek(0, 1))
+        raise UnsupportedOperationError("encrypted files are written sequentially: seeking while writing is not supported")
+
+    def read(self, *args):
+        raise io.UnsupportedOperation("file opened for writing")
+
+    def truncate(self, *args):
+        raise UnsupportedOperationError("encrypted files cannot be truncated in place; rewrite the file")
+
+    def write(self, data) -> int:
+        if self._closed:
+            raise ValueError("I/O operation on closed file.")
+        try:
+            n = self._writer.write(data)
+        except BaseException:
+            self.discard()
+            raise
+        self._pos += n
+        return n
+
+    def writelines(self, lines) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        if self._closed:
+            raise ValueError("I/O operation on closed file.")
+        # Nothing to push: a partial segment can only be sealed at close.
+
+    # -- outcome ------------------------------------------------------------
+
+    def commit(self) -> None:
+        """Seal the final segment and publish the file at its path."""
+        if self._closed:
+            return
+        try:
+            self._writer.close()
+            self._sink.commit()
+        except BaseException:
+            self.discard()
+            raise
+        self._closed = True
+
+    def discard(self) -> None:
+        """Drop everything written so far; the previous version (if any) stays."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._writer.abort()
+        finally:
+            self._sink.discard()
+
+    def close(self) -> None:
+        """Publish, unless an exception is propagating through the caller: then discard."""
+        if self._closed:
+            return
+        exc = sys.exc_info()[1]
+        if exc is not None and exc is not self._exc_at_open:
+            self.discard()
+        else:
+            self.commit()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.commit()
+        else:
+            self.discard()
+
+    def __del__(self):
+        if not getattr(self, "_closed", True):
+            # Never publish from a finaliser: an unclosed file is an unfinished write.
+            warnings.warn(f"unclosed encrypted file {self.path!r} was discarded, not written", ResourceWarning, stacklevel=2)
+            try:
+                self.discard()
+            except Exception:  # noqa: BLE001 - interpreter shutdown
+                pass
+
+    def __reduce__(self):
+        raise TypeError("an open encrypted file cannot be pickled")
+
+    def __repr__(self) -> str:
+        return f"<CMKWriteFile {self.path!r} {'closed' if self._closed else f'{self._pos} bytes written'}>"
+
+
+io.RawIOBase.register(CMKWriteFile)

@@ -1,0 +1,354 @@
+"""Atomic commit and ranged reads, per target filesystem.
+
+The encrypting layer needs two things from the storage under it, and
+nothing else touches the target's bytes:
+
+* an :class:`AtomicSink`: ``write(data)`` ciphertext, then ``commit()`` to
+  make it appear at the final path, or ``discard()`` to drop it.  A reader
+  of the final path sees the previous version or the new one, never a mix
+  (where the target allows it: see the table below);
+* a :class:`RangeSource`: ``size`` and ``read_range(start, end)``, so a
+  reader fetches exactly the header and segments it needs.
+
+=================  ==========================================  ====================
+target             commit                                      ranged read
+=================  ==========================================  ====================
+local (``file``)   temp file ``.NAME.cmkfs-partial-RANDOM`` in  ``os.pread`` on one
+                   the same directory, fsync, ``os.replace``    file descriptor
+memory             buffered, ``pipe_file`` on commit            ``cat_file(start, end)``
+any other fsspec   ``fs.open(path, "wb")``; commit = close;     ``cat_file(start, end)``
+                   discard = ``f.discard()`` (else ``rm``)
+=================  ==========================================  ====================
+
+The generic path is only as atomic as the backend's own upload: object
+stores (S3, Azure Blob, GCS) publish a blob at close, but backends that
+stream to the final path (SFTP, FTP, ...) show a partial file while it is
+written.  A partial file never has a sealed final segment, so cmkfs refuses
+to read it (IntegrityError) rather than return truncated plaintext.
+
+Other modules extend this with :func:`register_target`; the Azure Blob
+module (``cmkfs.targets_azure``) is imported lazily for ``abfs``, ``az`` and
+``abfss`` when present.
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+import os
+import re
+import secrets
+import threading
+from typing import Callable, Protocol
+
+from fsspec.implementations.local import LocalFileSystem
+from fsspec.implementations.memory import MemoryFileSystem
+
+from .errors import IntegrityError
+
+__all__ = [
+    "AtomicSink",
+    "RangeSource",
+    "open_atomic_sink",
+    "open_range_source",
+    "register_target",
+    "is_partial_name",
+    "PARTIAL_MARKER",
+]
+
+PARTIAL_MARKER = ".cmkfs-partial-"
+# ".NAME.cmkfs-partial-RANDOM": hidden, and recognisable so listings skip it.
+_PARTIAL_RE = re.compile(r"^\..+" + re.escape(PARTIAL_MARKER) + r"[0-9a-f]{16}$")
+LAZY_TARGET_MODULES = {"abfs": "cmkfs.targets_azure", "az": "cmkfs.targets_azure", "abfss": "cmkfs.targets_azure"}
+
+SinkFactory = Callable[..., "AtomicSink"]
+SourceFactory = Callable[..., "RangeSource"]
+
+_SINKS: dict[str, SinkFactory] = {}
+_SOURCES: dict[str, SourceFactory] = {}
+_LOCK = threading.Lock()
+_LAZY_TRIED: set[str] = set()
+
+
+class AtomicSink(Protocol):
+    """Ciphertext goes in through ``write``; nothing is visible before ``commit``."""
+
+    def write(self, data) -> int: ...
+
+    def commit(self) -> None: ...
+
+    def discard(self) -> None: ...
+
+
+class RangeSource(Protocol):
+    size: int
+
+    def read_range(self, start: int, end: int): ...
+
+    def close(self) -> None: ...
+
+
+def register_target(protocol_names, sink_factory: SinkFactory | None = None,
+                    source_factory: SourceFactory | None = None) -> None:
+    """Use ``sink_factory(fs, path, metadata=None, exclusive=False)`` and/or
+    ``source_factory(fs, path, size=None)`` for filesystems whose protocol
+    is one of ``protocol_names``."""
+    names = (protocol_names,) if isinstance(protocol_names, str) else tuple(protocol_names)
+    with _LOCK:
+        for name in names:
+            if sink_factory is not None:
+                _SINKS[name] = sink_factory
+            if source_factory is not None:
+                _SOURCES[name] = source_factory
+
+
+def is_partial_name(path: str) -> bool:
+    """True for the temp files an in-progress local write leaves beside its target."""
+    return bool(_PARTIAL_RE.match(path.rstrip("/").rsplit("/", 1)[-1]))
+
+
+def _protocols(fs) -> tuple[str, ...]:
+    proto = fs.protocol
+    return (proto,) if isinstance(proto, str) else tuple(proto)
+
+
+def _lookup(table: dict, fs):
+    for name in _protocols(fs):
+        if name in LAZY_TARGET_MODULES and name not in _LAZY_TRIED:
+            _LAZY_TRIED.add(name)
+            try:
+                importlib.import_module(LAZY_TARGET_MODULES[name])  # registers itself on import
+            except ImportError:
+                pass  # optional: fall back to the generic fsspec path
+        factory = table.get(name)
+        if factory is not None:
+            return factory
+    return None
+
+
+def open_atomic_sink(fs, path: str, metadata: dict | None = None, *, exclusive: bool = False) -> AtomicSink:
+    """An :class:`AtomicSink` writing ``path`` on ``fs``.
+
+    ``exclusive`` makes commit fail with ``FileExistsError`` if ``path``
+    exists (mode ``"xb"``), atomically where the target allows it.
+    """
+    factory = _lookup(_SINKS, fs)
+    if factory is not None:
+        return factory(fs, path, metadata=metadata, exclusive=exclusive)
+    if isinstance(fs, LocalFileSystem):
+        return LocalSink(fs, path, exclusive=exclusive)
+    if isinstance(fs, MemoryFileSystem):
+        return MemorySink(fs, path, exclusive=exclusive)
+    return FsspecSink(fs, path, metadata=metadata, exclusive=exclusive)
+
+
+def open_range_source(fs, path: str, size: int | None = None) -> RangeSource:
+    """A :class:`RangeSource` over ``path`` on ``fs`` (close it when done)."""
+    factory = _lookup(_SOURCES, fs)
+    if factory is not None:
+        return factory(fs, path, size=size)
+    if isinstance(fs, LocalFileSystem):
+        return LocalSource(path)
+    return CatFileSource(fs, path, size=size)
+
+
+# -- local -----------------------------------------------------------------
+
+
+class LocalSink:
+    """Temp file beside the target, fsync, ``os.replace``: readers see old or new."""
+
+    def __init__(self, fs: LocalFileSystem, path: str, *, exclusive: bool = False) -> None:
+        path = fs._strip_protocol(path)
+        directory, name = os.path.split(path)
+        if getattr(fs, "auto_mkdir", False) and directory:
+            os.makedirs(directory, exist_ok=True)
+        if os.path.isdir(path):
+            raise IsADirectoryError(path)
+        if exclusive and os.path.lexists(path):
+            raise FileExistsError(path)
+        self.path = path
+        self._exclusive = exclusive
+        self._tmp = os.path.join(directory, f".{name}{PARTIAL_MARKER}{secrets.token_hex(8)}")
+        # O_EXCL: never follow or reuse somebody else's file.  It holds ciphertext
+        # only, so it gets the permissions a plain open() would give.
+        fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+        self._file = io.FileIO(fd, "wb", closefd=True)
+        self._done = False
+
+    def write(self, data) -> int:
+        view = memoryview(data)
+        total = 0
+        while total < len(view):
+            total += self._file.write(view[total:])
+        return total
+
+    def commit(self) -> None:
+        if self._done:
+            return
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            if self._exclusive:
+                os.link(self._tmp, self.path)  # fails if the path exists: atomic create-only
+                os.unlink(self._tmp)
+            else:
+                os.replace(self._tmp, self.path)
+            _fsync_dir(os.path.dirname(self.path))
+        except BaseException:
+            self.discard()
+            raise
+        self._done = True
+
+    def discard(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        try:
+            self._file.close()
+        finally:
+            try:
+                os.unlink(self._tmp)
+            except FileNotFoundError:
+                pass
+
+
+def _fsync_dir(directory: str) -> None:
+    try:
+        fd = os.open(directory or ".", os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on directories; the rename is still atomic
+    finally:
+        os.close(fd)
+
+
+class LocalSource:
+    """``os.pread`` on one descriptor: the file we opened stays the file we read,
+    even if a writer replaces the path meanwhile."""
+
+    def __init__(self, path: str) -> None:
+        self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        self.size = os.fstat(self._fd).st_size
+
+    def read_range(self, start: int, end: int):
+        if self._fd < 0:
+            raise ValueError("I/O operation on closed file")
+        out = bytearray(end - start)
+        view = memoryview(out)
+        pos = 0
+        while pos < len(out):
+            chunk = os.pread(self._fd, len(out) - pos, start + pos)
+            if not chunk:
+                raise IntegrityError()  # shorter than it was at open: truncated under us
+            view[pos : pos + len(chunk)] = chunk
+            pos += len(chunk)
+        return out
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __del__(self):
+        self.close()
+
+
+# -- memory ----------------------------------------------------------------
+
+
+class MemorySink:
+    """Buffer the ciphertext, publish it with one ``pipe_file`` on commit."""
+
+    def __init__(self, fs: MemoryFileSystem, path: str, *, exclusive: bool = False) -> None:
+        self._fs = fs
+        self.path = path
+        self._exclusive = exclusive
+        if fs.isdir(path):
+            raise IsADirectoryError(path)
+        if exclusive and fs.exists(path):
+            raise FileExistsError(path)
+        self._buf: io.BytesIO | None = io.BytesIO()
+
+    def write(self, data) -> int:
+        return self._buf.write(data)
+
+    def commit(self) -> None:
+        if self._buf is None:
+            return
+        data, self._buf = self._buf.getvalue(), None
+        self._fs.pipe_file(self.path, data, mode="create" if self._exclusive else "overwrite")
+
+    def discard(self) -> None:
+        self._buf = None
+
+
+# -- any fsspec filesystem ---------------------------------------------------
+
+
+class FsspecSink:
+    """``fs.open(path, "wb")``: as atomic as the backend's upload (see module doc)."""
+
+    def __init__(self, fs, path: str, metadata: dict | None = None, *, exclusive: bool = False) -> None:
+        self._fs = fs
+        self.path = path
+        kwargs = {"metadata": metadata} if metadata else {}
+        if exclusive and fs.exists(path):
+            raise FileExistsError(path)
+        self._f = fs.open(path, "xb" if exclusive else "wb", **kwargs)
+        self._done = False
+
+    def write(self, data) -> int:
+        return self._f.write(data)
+
+    def commit(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._f.close()
+
+    def discard(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        f = self._f
+        discard = getattr(f, "discard", None)
+        if callable(discard):
+            discard()  # aborts a multipart / block upload where the backend supports it
+            try:
+                f.closed = True  # so the file's own close()/__del__ never commits
+            except AttributeError:
+                pass
+        else:
+            try:
+                f.close()
+            finally:
+                try:
+                    self._fs.rm_file(self.path)
+                except FileNotFoundError:
+                    pass
+
+
+class CatFileSource:
+    """Ranged reads through ``cat_file(path, start, end)``: no read-ahead of the
+    target's own (adlfs would otherwise pull 50 MiB blocks)."""
+
+    def __init__(self, fs, path: str, size: int | None = None) -> None:
+        self._fs = fs
+        self._path = path
+        self.size = int(fs.info(path)["size"]) if size is None else int(size)
+
+    def read_range(self, start: int, end: int):
+        if end <= start:
+            return b""
+        data = self._fs.cat_file(self._path, start=start, end=end)
+        if len(data) != end - start:
+            raise IntegrityError()  # the object changed size under us
+        return data
+
+    def close(self) -> None:
+        pass
