@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-pytest_plugins: list[str] = ["tests.services.kv_server"]
+pytest_plugins: list[str] = ["tests.services.azurite", "tests.services.kv_server", "tests.services.softhsm"]
 
 
 @pytest.fixture(autouse=True)

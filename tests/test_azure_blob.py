@@ -1,0 +1,320 @@
+"""Azure Blob targets against a real Azurite (started by tests/services/azurite.py).
+
+The sink and source are exercised directly with the streaming engine, and
+then through the ``cmk`` filesystem (``cmk::abfs://...``).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from cmkfs.format import DEFAULT_SEGMENT_SIZE, TAG_SIZE, ContentClass
+from cmkfs.keycache import KeyCache
+from cmkfs.providers.local import LocalVaultProvider
+from cmkfs.stream import DecryptingReader, EncryptingWriter
+from cmkfs import targets, targets_azure
+from cmkfs.targets_azure import (
+    AzureBlobSink,
+    AzureBlobSource,
+    blob_metadata,
+    read_blob_header,
+    read_header_range,
+    set_blob_metadata,
+)
+
+pytestmark = [pytest.mark.azurite, pytest.mark.timeout(120)]
+
+KEY_NAME = "azure-test"
+SMALL_BLOCK = 64 * 1024  # forces many staged blocks with small files
+
+
+@pytest.fixture
+def vault(isolated_cmkfs_home):
+    provider = LocalVaultProvider(isolated_cmkfs_home)
+    provider.create(KEY_NAME)
+    return provider
+
+
+@pytest.fixture
+def keys(vault):
+    return KeyCache(f"local://{KEY_NAME}", providers=lambda uri: vault)
+
+
+def encrypt_to(sink, keys, data: bytes, *, step: int = 100_003, **kwargs):
+    with EncryptingWriter(sink, keys, threads=1, **kwargs) as writer:
+        for pos in range(0, len(data), step):
+            writer.write(data[pos : pos + step])
+    return writer
+
+
+def decrypt_from(fs, path, keys, **kwargs):
+    with AzureBlobSource(fs, path, **kwargs) as source, DecryptingReader(source, keys, threads=1) as reader:
+        return reader.read(0, -1)
+
+
+def blob_bytes(azurite, container, name) -> bytes:
+    with azurite.service_client() as client:
+        return client.get_blob_client(container, name).download_blob().readall()
+
+
+def uncommitted_blocks(azurite, container, name) -> list:
+    with azurite.service_client() as client:
+        _, uncommitted = client.get_blob_client(container, name).get_block_list("uncommitted")
+        return uncommitted
+
+
+# -- the sink ----------------------------------------------------------------
+
+
+def test_commit_publishes_blob_with_metadata(abfs, abfs_container, keys, azurite):
+    path = f"{abfs_container}/dir/data.bin"
+    data = os.urandom(700_000)
+    sink = AzureBlobSink(abfs, path, {"origin": "test"}, block_size=SMALL_BLOCK)
+    writer = encrypt_to(sink, keys, data, segment_size=64 * 1024, content_class=ContentClass.PARQUET)
+    assert sink.bytes_written > 10 * SMALL_BLOCK
+    assert not abfs.exists(path)  # staged, not visible
+    assert len(uncommitted_blocks(azurite, abfs_container, "dir/data.bin")) >= 10
+    sink.commit()
+
+    abfs.invalidate_cache()
+    assert abfs.info(path)["size"] == sink.bytes_written
+    meta = blob_metadata(abfs, path)
+    header = writer.header
+    assert meta == {
+        "cmkfs_format": 1,
+        "cmkfs_key_uri": f"local://{KEY_NAME}",
+        "cmkfs_key_version": header.key_block.key_version,
+        "cmkfs_plaintext_size": len(data),
+        "cmkfs_segment_size": 64 * 1024,
+        "cmkfs_header_length": header.length,
+        "cmkfs_content_class": "parquet",
+    }
+    assert abfs.info(path)["metadata"]["origin"] == "test"
+    assert read_blob_header(abfs, path) == header
+    assert decrypt_from(abfs, path, keys) == data
+    # Nothing the metadata says is secret: no key bytes, only names.
+    assert all(len(str(v)) < 200 for v in meta.values())
+
+
+@pytest.mark.parametrize("size", [0, 1, DEFAULT_SEGMENT_SIZE + 1])
+def test_boundary_sizes_round_trip(abfs, abfs_container, keys, size):
+    path = f"{abfs_container}/sized-{size}"
+    data = os.urandom(size)
+    sink = AzureBlobSink(abfs, path)
+    encrypt_to(sink, keys, data)
+    sink.commit()
+    assert blob_metadata(abfs, path)["cmkfs_plaintext_size"] == size
+    assert decrypt_from(abfs, path, keys) == data
+
+
+def test_discard_leaves_nothing_and_keeps_previous_version(abfs, abfs_container, keys, azurite):
+    path = f"{abfs_container}/kept.bin"
+    old = os.urandom(300_000)
+    sink = AzureBlobSink(abfs, path)
+    encrypt_to(sink, keys, old)
+    sink.commit()
+    committed = blob_bytes(azurite, abfs_container, "kept.bin")
+
+    replacement = AzureBlobSink(abfs, path, block_size=SMALL_BLOCK)
+    encrypt_to(replacement, keys, os.urandom(1_000_000))
+    assert uncommitted_blocks(azurite, abfs_container, "kept.bin")  # really staged
+    replacement.discard()
+    replacement.discard()  # idempotent
+    with pytest.raises(ValueError):
+        replacement.write(b"x")
+    assert blob_bytes(azurite, abfs_container, "kept.bin") == committed
+    assert decrypt_from(abfs, path, keys) == old
+
+    fresh = AzureBlobSink(abfs, f"{abfs_container}/never.bin", block_size=SMALL_BLOCK)
+    encrypt_to(fresh, keys, os.urandom(500_000))
+    fresh.discard()
+    abfs.invalidate_cache()
+    assert not abfs.exists(f"{abfs_container}/never.bin")
+    assert abfs.ls(abfs_container, detail=False) == [path]
+
+
+def test_engine_abort_mid_stream_commits_nothing(abfs, abfs_container, keys):
+    path = f"{abfs_container}/aborted.bin"
+    sink = AzureBlobSink(abfs, path, block_size=SMALL_BLOCK)
+    with pytest.raises(RuntimeError):
+        with EncryptingWriter(sink, keys, threads=1) as writer:
+            writer.write(os.urandom(400_000))
+            raise RuntimeError("producer failed")
+    sink.discard()
+    assert not abfs.exists(path)
+
+
+def test_exclusive_create(abfs, abfs_container, keys):
+    path = f"{abfs_container}/once.bin"
+    first = AzureBlobSink(abfs, path, exclusive=True)
+    racer = AzureBlobSink(abfs, path, exclusive=True)  # both pass the courtesy check
+    encrypt_to(first, keys, b"first")
+    encrypt_to(racer, keys, b"second")
+    first.commit()
+    with pytest.raises(FileExistsError):
+        racer.commit()  # If-None-Match: * at commit decides
+    with pytest.raises(FileExistsError):
+        AzureBlobSink(abfs, path, exclusive=True)
+    assert decrypt_from(abfs, path, keys) == b"first"
+
+
+def test_missing_container_is_file_not_found(abfs, keys):
+    sink = AzureBlobSink(abfs, "no-such-container-x1/file.bin")
+    encrypt_to(sink, keys, b"data")
+    with pytest.raises(FileNotFoundError):
+        sink.commit()
+    with pytest.raises(FileNotFoundError):
+        AzureBlobSource(abfs, "no-such-container-x1/file.bin")
+    with pytest.raises(IsADirectoryError):
+        AzureBlobSink(abfs, "just-a-container")
+
+
+def test_killed_writer_leaves_previous_blob(abfs, abfs_container, keys, azurite, isolated_cmkfs_home):
+    path = f"{abfs_container}/crash.bin"
+    old = os.urandom(200_000)
+    sink = AzureBlobSink(abfs, path)
+    encrypt_to(sink, keys, old)
+    sink.commit()
+    committed = blob_bytes(azurite, abfs_container, "crash.bin")
+
+    child = textwrap.dedent(
+        """
+        import os, sys, time
+        from adlfs import AzureBlobFileSystem
+        from cmkfs.keycache import KeyCache
+        from cmkfs.providers.local import LocalVaultProvider
+        from cmkfs.stream import EncryptingWriter
+        from cmkfs.targets_azure import AzureBlobSink
+
+        vault = LocalVaultProvider(os.environ["CMKFS_HOME"])
+        keys = KeyCache(sys.argv[3], providers=lambda uri: vault)
+        fs = AzureBlobFileSystem(connection_string=sys.argv[1])
+        sink = AzureBlobSink(fs, sys.argv[2], block_size=64 * 1024)
+        writer = EncryptingWriter(sink, keys, threads=1)
+        writer.write(os.urandom(2_000_000))
+        while sink._pending:
+            sink._wait_one()
+        print("staged", flush=True)
+        time.sleep(60)
+        """
+    )
+    env = dict(os.environ, CMKFS_HOME=str(isolated_cmkfs_home))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", child, azurite.connection_string, path, f"local://{KEY_NAME}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True,
+    )
+    try:
+        line = proc.stdout.readline()
+        assert line.strip() == "staged", proc.stderr.read() if proc.poll() is not None else line
+        assert len(uncommitted_blocks(azurite, abfs_container, "crash.bin")) >= 20
+        os.kill(proc.pid, signal.SIGKILL)
+        assert proc.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert blob_bytes(azurite, abfs_container, "crash.bin") == committed
+    assert decrypt_from(abfs, path, keys) == old
+
+
+# -- the source --------------------------------------------------------------
+
+
+@pytest.fixture
+def big_blob(abfs, abfs_container, keys):
+    path = f"{abfs_container}/big.bin"
+    data = os.urandom(20 * 1024 * 1024)
+    sink = AzureBlobSink(abfs, path)
+    writer = encrypt_to(sink, keys, data, step=4 * 1024 * 1024)
+    sink.commit()
+    return path, data, writer.header.length
+
+
+def test_range_reads_fetch_only_what_they_need(abfs, keys, big_blob):
+    path, data, header_len = big_blob
+    seg_ct = DEFAULT_SEGMENT_SIZE + TAG_SIZE
+    source = AzureBlobSource(abfs, path)
+    assert source.size == abfs.info(path)["size"]
+    with DecryptingReader(source, keys, threads=1) as reader:
+        assert reader.read(len(data) - 100, 100) == data[-100:]
+        assert source.bytes_fetched < 2 * seg_ct + header_len
+        before = source.bytes_fetched
+        middle = 10 * 1024 * 1024 + 12345
+        assert reader.read(middle, 100) == data[middle : middle + 100]
+        assert source.bytes_fetched - before == seg_ct  # exactly the one segment
+    assert source.requests <= 4  # properties, header probe, final segment, middle segment
+
+
+def test_source_with_listed_size_and_adlfs_client(abfs, keys, big_blob):
+    path, data, _ = big_blob
+    size = abfs.info(path)["size"]
+    for use_adlfs in (False, True):
+        source = AzureBlobSource(abfs, path, size=size, use_adlfs_client=use_adlfs)
+        assert source.requests == 0  # the listed size saves the properties request
+        with DecryptingReader(source, keys, threads=1) as reader:
+            assert reader.read(5_000_000, 1_000_000) == data[5_000_000:6_000_000]
+
+
+def test_replaced_blob_is_not_mixed_into_a_read(abfs, abfs_container, keys):
+    path = f"{abfs_container}/swap.bin"
+    for content in (b"a" * 600_000, b"b" * 600_000):
+        sink = AzureBlobSink(abfs, path)
+        encrypt_to(sink, keys, content, segment_size=64 * 1024)
+        if content[:1] == b"a":
+            sink.commit()
+            source = AzureBlobSource(abfs, path)
+            reader = DecryptingReader(source, keys, threads=1)
+            assert reader.read(0, 10) == b"a" * 10
+        else:
+            sink.commit()
+    with pytest.raises(OSError) as info:
+        reader.read(300_000, 10)
+    assert info.value.errno == errno.ESTALE
+    reader.close()
+
+
+def test_adlfs_client_sink(abfs, abfs_container, keys):
+    path = f"{abfs_container}/via-adlfs.bin"
+    data = os.urandom(300_000)
+    sink = AzureBlobSink(abfs, path, block_size=SMALL_BLOCK, use_adlfs_client=True)
+    encrypt_to(sink, keys, data)
+    sink.commit()
+    assert blob_metadata(abfs, path)["cmkfs_plaintext_size"] == len(data)
+    assert decrypt_from(abfs, path, keys, use_adlfs_client=True) == data
+
+
+def test_header_helpers_and_metadata_rewrite(abfs, abfs_container, keys, vault):
+    path = f"{abfs_container}/hdr.bin"
+    sink = AzureBlobSink(abfs, path, {"owner": "finance"})
+    header = encrypt_to(sink, keys, os.urandom(100_000)).header
+    sink.commit()
+    raw = read_header_range(abfs, path)
+    assert raw == header.encode()
+    assert read_blob_header(abfs, path) == header
+
+    new_version = vault.rotate(KEY_NAME)
+    rewrapped = header.with_key_block(vault.wrap(f"local://{KEY_NAME}", bytes(32)))
+    set_blob_metadata(abfs, path, rewrapped)
+    meta = blob_metadata(abfs, path)
+    assert meta["cmkfs_key_version"] == new_version
+    assert abfs.info(path)["metadata"]["owner"] == "finance"  # other entries kept
+
+
+def test_registered_for_adlfs_protocols(abfs, abfs_container, keys):
+    path = f"{abfs_container}/registered.bin"
+    sink = targets.open_atomic_sink(abfs, path)
+    assert isinstance(sink, AzureBlobSink)
+    encrypt_to(sink, keys, b"hello")
+    sink.commit()
+    source = targets.open_range_source(abfs, path)
+    assert isinstance(source, AzureBlobSource)
+    with DecryptingReader(source, keys, threads=1) as reader:
+        assert reader.read() == b"hello"
+    assert set(targets_azure.PROTOCOLS) <= set(targets._SINKS)
