@@ -192,8 +192,9 @@ class LocalVaultProvider(KeyProvider):
     prefixes = (PREFIX,)
 
     def __init__(self, home: str | os.PathLike | None = None, passphrase: str | bytes | None = None) -> None:
-        self.home = cmkfs_home(home)
-        self.root = self.home / VAULT_DIR
+        # Without an explicit home, follow $CMKFS_HOME at every call: the registry
+        # shares one instance per process, and it must not pin an old value.
+        self._home = Path(home).expanduser() if home is not None else None
         if isinstance(passphrase, str):
             passphrase = passphrase.encode("utf-8")
         if passphrase is not None and not isinstance(passphrase, bytes):
@@ -204,6 +205,14 @@ class LocalVaultProvider(KeyProvider):
 
     def __repr__(self) -> str:
         return f"LocalVaultProvider(home={str(self.home)!r})"
+
+    @property
+    def home(self) -> Path:
+        return self._home if self._home is not None else cmkfs_home()
+
+    @property
+    def root(self) -> Path:
+        return self.home / VAULT_DIR
 
     def close(self) -> None:
         with self._derived_lock:
