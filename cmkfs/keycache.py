@@ -238,7 +238,7 @@ class KeyCache:
         retrying = Retrying(
             retry=retry_if_exception_type(VaultUnavailableError),
             stop=stop_after_attempt(self._retry_attempts) | stop_after_delay(self._retry_deadline),
-            wait=wait_exponential_jitter(initial=0.1, max=2.0),
+            wait=_capped_wait(self._retry_deadline),
             reraise=True,
         )
         try:
@@ -258,6 +258,17 @@ class KeyCache:
             version = result.key_version
         audit.record(operation, key_uri, version, "ok")
         return result
+
+
+def _capped_wait(deadline: float):
+    backoff = wait_exponential_jitter(initial=0.1, max=2.0)
+
+    def wait(state) -> float:
+        # Never sleep past the deadline: it bounds the whole retry, waits included.
+        spent = state.seconds_since_start or 0.0
+        return max(0.0, min(backoff(state), deadline - spent))
+
+    return wait
 
 
 def _cache_key(key_block: KeyBlock) -> tuple:
