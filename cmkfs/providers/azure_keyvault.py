@@ -125,7 +125,9 @@ def parse_key_uri(key_uri: str) -> tuple[str, str, str | None]:
         raise ConfigurationError("an Azure Key Vault key name is 1-127 letters, digits and dashes")
     if version is not None and not _VERSION_RE.match(version):
         raise ConfigurationError("an Azure Key Vault key version is letters and digits")
-    return f"https://{parts.netloc.lower()}", name, version
+    # The host is kept as written: the key cache groups and purges entries by
+    # the URI's exact spelling, so the key block must name the key the same way.
+    return f"https://{parts.netloc}", name, version
 
 
 def _b64url_decode(value: str) -> bytes:
@@ -179,7 +181,7 @@ class AzureKeyVaultProvider(KeyProvider):
         Each JWK (a ``JsonWebKey`` or a dict; ``n``, ``e``, ``d``... as raw
         bytes or base64url text) must carry a versioned key identifier in
         ``kid`` (``https://VAULT.vault.azure.net/keys/NAME/VERSION``); a bare
-        name is placed under ``https://local.invalid/keys/``.  The last JWK
+        ``NAME/VERSION`` is placed under ``https://local.invalid/keys/``.  The last JWK
         given for a name is its current version.  A JWK without the private
         parts can wrap but not unwrap.  Key blocks written in local mode name
         the same key URI and version as the vault would, so files written
@@ -218,10 +220,6 @@ class AzureKeyVaultProvider(KeyProvider):
     def __repr__(self) -> str:
         mode = "local" if self._local is not None else "vault"
         return f"AzureKeyVaultProvider(mode={mode!r})"
-
-    def canonical_uri(self, key_uri: str) -> str:
-        vault, name, _ = parse_key_uri(key_uri)
-        return f"{vault}/keys/{name}"
 
     def wrap(self, key_uri: str, dek: bytes) -> KeyBlock:
         vault, name, version = parse_key_uri(key_uri)
@@ -294,9 +292,9 @@ class AzureKeyVaultProvider(KeyProvider):
             clients = list(self._key_clients.values()) + list(self._crypto_clients.values())
             self._key_clients.clear()
             self._crypto_clients.clear()
-            credential, self._credential = (self._credential if self._own_credential else None), (
-                None if self._own_credential else self._credential
-            )
+            credential = self._credential if self._own_credential else None
+            if self._own_credential:
+                self._credential = None
         for client in clients:
             try:
                 client.close()
