@@ -299,6 +299,17 @@ def test_persistent_503_fails_after_bounded_retries(keyvault, provider):
     assert len([r for r in keyvault.requests if r[2] == 503]) == 3
 
 
+@pytest.mark.parametrize("status, error", [(500, VaultUnavailableError), (502, VaultUnavailableError),
+                                           (504, VaultUnavailableError), (401, KeyRevokedError),
+                                           (403, KeyRevokedError), (404, KeyNotFoundError), (418, ConfigurationError)])
+def test_status_table(keyvault, provider, status, error):
+    keyvault.create_key("sales")
+    block = provider.wrap(keyvault.key_uri("sales"), os.urandom(32))
+    keyvault.set_failure(status)
+    with pytest.raises(error):
+        provider.unwrap(block)
+
+
 def test_stopped_vault_fails_closed(keyvault, provider):
     keyvault.create_key("sales")
     now = [1000.0]

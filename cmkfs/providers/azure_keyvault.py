@@ -396,7 +396,8 @@ class AzureKeyVaultProvider(KeyProvider):
             if status == 400 and operation == "unwrapKey":
                 # The vault could not decrypt the wrapped key: tampered, or another key's.
                 raise IntegrityError() from exc
-            kind = STATUS_ERRORS.get(status) or (VaultUnavailableError if status and status >= 500 else ConfigurationError)
+            # Unlisted 4xx: our request is wrong.  Anything else (5xx, an unreadable answer): the vault is.
+            kind = STATUS_ERRORS.get(status) or (ConfigurationError if status and 400 <= status < 500 else VaultUnavailableError)
             raise kind(f"Azure Key Vault refused {operation} on {uri}: HTTP {status} {code}: {message[:200]}") from exc
         except (core.ServiceRequestError, core.ServiceResponseError) as exc:
             raise VaultUnavailableError(f"Azure Key Vault {vault} unreachable during {operation} on {uri}") from exc
