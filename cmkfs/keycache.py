@@ -261,7 +261,7 @@ class KeyCache:
 
 
 def _capped_wait(deadline: float):
-    backoff = wait_exponential_jitter(initial=0.1, max=2.0)
+    backoff = wait_exponential_jitter(multiplier=0.1, max=2.0)
 
     def wait(state) -> float:
         # Never sleep past the deadline: it bounds the whole retry, waits included.
