@@ -1,8 +1,8 @@
 """Streaming encryption and random-access decryption of format v1 files.
 
 :class:`EncryptingWriter` takes writes of any size and emits the header and
-then one sealed segment per ``segment_size`` plaintext bytes, holding at most
-``1 + depth`` segments in memory.  A full segment is only sealed once more
+then one sealed segment per ``segment_size`` plaintext bytes, holding a bounded
+amount in memory (one segment, plus about 2 MiB per pool thread).  A full segment is only sealed once more
 data arrives, because the final segment carries the "last" flag: closing
 seals whatever is buffered as the final segment (an empty one only for an
 empty file).
@@ -19,9 +19,9 @@ long-lived handles too.
 
 from __future__ import annotations
 
+import io
 import os
 import threading
-from collections import deque
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Callable, Protocol
 
@@ -51,6 +51,10 @@ HEADER_PROBE_SIZE = 4096
 # Largest ciphertext window fetched at once by a large read: bounds memory
 # for read(-1) on big files and lets decryption overlap the next fetch.
 MAX_FETCH = 8 * 1024 * 1024
+# Plaintext one thread seals per batch when a large write is split across the
+# pool: big enough that the hand-off (~20 us) is noise, small enough that the
+# output buffers stay a few MiB whatever the write size.
+BATCH_BYTES = 2 * 1024 * 1024
 
 _executor: ThreadPoolExecutor | None = None
 _executor_lock = threading.Lock()
@@ -168,15 +172,19 @@ class EncryptingWriter(_Keyed):
         super().__init__(keys, header, data_key)
         self._threads = default_threads() if threads is None else max(1, threads)
         self._executor = executor if executor is not None else (shared_executor() if self._threads > 1 else None)
-        self._depth = 2 * self._threads  # segments in flight beyond the one being filled
+        # Full segments from small writes wait here and are sealed a batch at
+        # a time, the calling thread taking a share: one hand-off per batch,
+        # and the caller sits in AES (GIL released) instead of waiting.
+        self._per_thread = max(1, BATCH_BYTES // segment_size)
+        self._batch_segments = self._threads * max(1, self._per_thread // 2)
+        self._ready: list[tuple[int, bytearray]] = []
         self._buf = bytearray(segment_size)
         self._fill = 0
         self._index = 0
         self._plain = 0
-        self._pending: deque = deque()  # (future, out, in_buf or None) in segment order
         self._spare_in: list[bytearray] = []
-        self._spare_out: list[bytearray] = []
         self._out = bytearray(segment_size + TAG_SIZE)  # the inline path's reusable buffer
+        self._run_outs: list[bytearray] = []  # one output buffer per thread for _seal_run
         self.closed = False
         self.header = header
         self._sink.write(header.encode())
@@ -199,8 +207,10 @@ class EncryptingWriter(_Keyed):
         if self.closed:
             raise ValueError("write to closed file")
         view = memoryview(data)
-        if view.ndim != 1 or view.itemsize != 1:
-            view = view.cast("B")
+        if view.format != "B" or view.ndim != 1:
+            # cryptography only takes unsigned-byte buffers: pyarrow hands out
+            # format "b" views, numpy anything.  A non-contiguous view is copied.
+            view = view.cast("B") if view.c_contiguous else memoryview(view.tobytes())
         n = len(view)
         size = self._size
         borrowed = False
@@ -212,8 +222,11 @@ class EncryptingWriter(_Keyed):
                 # Seal whole segments straight from the caller's memory (no
                 # copy); keep at least one byte back, it may end the file.
                 count = (len(view) - 1) // size
-                for i in range(count):
-                    self._emit(view[i * size : (i + 1) * size], None)
+                if self._executor is not None and count > 1:
+                    self._seal_run(view[: count * size], count)
+                else:
+                    for i in range(count):
+                        self._emit(view[i * size : (i + 1) * size], None)
                 borrowed = True
                 view = view[count * size :]
                 continue
@@ -221,9 +234,6 @@ class EncryptingWriter(_Keyed):
             self._buf[self._fill : self._fill + take] = view[:take]
             self._fill += take
             view = view[take:]
-        if borrowed:
-            # The caller may reuse its buffer once we return.
-            self._drain(0)
         self._plain += n
         return n
 
@@ -237,7 +247,7 @@ class EncryptingWriter(_Keyed):
         if self._index >= MAX_SEGMENTS:
             raise OverflowError("file too large for this segment size")
         if self._expired():
-            self._drain(0)  # in-flight segments use the current cipher; finish them first
+            self._flush_ready()  # queued segments were accepted under the current key; seal them first
             self._refresh()
         # Not _cipher_now(): a second clock read could refresh (and wipe the
         # cipher of in-flight segments) without the drain above.
@@ -251,21 +261,84 @@ class EncryptingWriter(_Keyed):
             if owned is not None:
                 self._spare_in.append(owned)
             return
-        out = self._spare_out.pop() if (self._spare_out and len(plain) == self._size) else bytearray(len(plain) + TAG_SIZE)
-        future = self._executor.submit(cipher.seal_into, index, last, plain, out)
-        self._pending.append((future, out, owned))
-        self._drain(self._depth)
-
-    def _drain(self, keep: int) -> None:
-        """Write out finished segments, in order, until at most ``keep`` remain in flight."""
-        while len(self._pending) > keep:
-            future, out, owned = self._pending.popleft()
-            future.result()
+        if owned is None:
+            # Borrowed memory or the final segment: everything queued goes first.
+            self._flush_ready()
+            out = self._out if len(plain) == self._size else bytearray(len(plain) + TAG_SIZE)
+            cipher.seal_into(index, last, plain, out)
             self._sink.write(out)
-            if len(out) == self._size + TAG_SIZE:
-                self._spare_out.append(out)
-            if owned is not None:
-                self._spare_in.append(owned)
+            return
+        self._ready.append((index, owned))
+        if len(self._ready) >= self._batch_segments:
+            self._flush_ready()
+
+    def _flush_ready(self) -> None:
+        """Seal and write the queued full segments, split over the pool and this thread."""
+        ready = self._ready
+        if not ready:
+            return
+        cipher = self._cipher
+        share = -(-len(ready) // self._threads)
+        groups = [ready[k : k + share] for k in range(0, len(ready), share)]
+        outs = self._outs_for(len(groups))
+        futures = [self._executor.submit(_seal_list, self._size, cipher, g, o) for g, o in zip(groups[1:], outs[1:])]
+        try:
+            _seal_list(self._size, cipher, groups[0], outs[0])
+        finally:
+            for f in futures:
+                f.result()
+        step = self._size + TAG_SIZE
+        for group, out in zip(groups, outs):
+            view = memoryview(out)
+            for k in range(len(group)):
+                self._sink.write(view[k * step : (k + 1) * step])
+        self._spare_in.extend(buf for _, buf in ready)
+        ready.clear()
+
+    def _outs_for(self, count: int) -> list[bytearray]:
+        outs = self._run_outs
+        while len(outs) < count:
+            outs.append(bytearray(self._per_thread * (self._size + TAG_SIZE)))
+        return outs
+
+    def _seal_run(self, run: memoryview, count: int) -> None:
+        """Seal ``count`` whole, non-final segments of ``run`` on the pool and write them.
+
+        The calling thread seals one share itself and hands the others over in
+        contiguous batches (one task per thread, not one per segment), so the
+        per-segment cost stays a slice and a call.
+        """
+        self._flush_ready()  # segments queued by earlier writes go out first
+        size = self._size
+        step = size + TAG_SIZE
+        threads = self._threads
+        per_batch = self._per_thread
+        outs = self._outs_for(threads)
+        done = 0
+        while done < count:
+            if self._expired():  # re-confirmed before every round of batches
+                self._refresh()
+            cipher = self._cipher
+            n = min(count - done, per_batch * threads)
+            share = -(-n // threads)
+            batches = []
+            for t, lo in enumerate(range(0, n, share)):
+                hi = min(n, lo + share)
+                batches.append((cipher, self._index + done + lo, run[(done + lo) * size : (done + hi) * size], outs[t]))
+            if self._index + done + n > MAX_SEGMENTS:
+                raise OverflowError("file too large for this segment size")
+            futures = [self._executor.submit(_seal_batch, size, *b) for b in batches[1:]]
+            try:
+                _seal_batch(size, *batches[0])
+            finally:
+                for f in futures:
+                    f.result()
+            for _, _, plain, out in batches:
+                view = memoryview(out)
+                for k in range(len(plain) // size):
+                    self._sink.write(view[k * step : (k + 1) * step])
+            done += n
+        self._index += count
 
     def flush(self) -> None:
         """Nothing to do: a partial segment cannot be sealed before close."""
@@ -276,7 +349,6 @@ class EncryptingWriter(_Keyed):
             return
         try:
             self._emit(memoryview(self._buf)[: self._fill], None, last=True)
-            self._drain(0)
         except BaseException:
             self.abort()
             raise
@@ -285,24 +357,16 @@ class EncryptingWriter(_Keyed):
 
     def abort(self) -> None:
         """Drop buffered plaintext and keys without sealing a final segment."""
-        for future, _, _ in self._pending:
-            future.cancel()
-        for future, _, _ in self._pending:
-            if not future.cancelled():
-                try:
-                    future.result()
-                except Exception:  # noqa: BLE001 - we are discarding anyway
-                    pass
-        self._pending.clear()
         self.closed = True
         self._release()
 
     def _release(self) -> None:
         self._forget_key()
-        for buf in [self._buf, *self._spare_in]:
+        for buf in [self._buf, *self._spare_in, *(b for _, b in self._ready)]:
             buf[:] = bytes(len(buf))  # plaintext does not outlive the writer
         self._spare_in.clear()
-        self._spare_out.clear()
+        self._ready.clear()
+        self._run_outs.clear()
         self._fill = 0
 
     def __enter__(self):
@@ -314,6 +378,31 @@ class EncryptingWriter(_Keyed):
             self.close()
         else:
             self.abort()
+
+
+def _seal_list(size: int, cipher: SegmentCipher, jobs: list, out: bytearray) -> None:
+    """Seal ``(index, plaintext)`` full, non-final segments into ``out``, back to back."""
+    seal = cipher.seal_into
+    step = size + TAG_SIZE
+    view = memoryview(out)
+    for k, (index, plain) in enumerate(jobs):
+        seal(index, False, plain, view[k * step : (k + 1) * step])
+
+
+def _seal_batch(size: int, cipher: SegmentCipher, index: int, plain: memoryview, out: bytearray) -> None:
+    """Seal consecutive whole segments of ``plain`` (none final) into ``out``, back to back."""
+    seal = cipher.seal_into
+    step = size + TAG_SIZE
+    view = memoryview(out)
+    for k in range(len(plain) // size):
+        seal(index + k, False, plain[k * size : (k + 1) * size], view[k * step : (k + 1) * step])
+
+
+def _open_batch(cipher: SegmentCipher, jobs: list) -> None:
+    """Open ``(index, last, ciphertext, out)`` jobs in order."""
+    open_into = cipher.open_into
+    for index, last, ct, out in jobs:
+        open_into(index, last, ct, out)
 
 
 class RangeSource(Protocol):
@@ -384,11 +473,13 @@ class DecryptingReader(_Keyed):
         super().__init__(keys, header, keys.data_key_for_read(header.key_block))
         self._threads = default_threads() if threads is None else max(1, threads)
         # Small plaintext cache: the final segment (proved at open, and where
-        # Parquet footers live) and the most recently opened run of segments.
+        # Parquet footers live) and the most recently opened segment, kept in
+        # one reused buffer so a small read allocates only its result.
         self._cache: dict[int, bytes] = {}
-        self._recent: tuple[int, int, bytearray] | None = None
-        tail = self._fetch_and_open(self.segment_count - 1, self.segment_count)
-        self._cache[self.segment_count - 1] = bytes(tail)
+        self._scratch = bytearray(self.segment_size)
+        self._recent: int | None = None
+        last = self.segment_count - 1
+        self._cache[last] = self._cipher_now().open(last, True, self._fetch(last, last + 1))
 
     def __repr__(self) -> str:
         return f"DecryptingReader(key_uri={self.header.key_block.key_uri!r}, size={self.size})"
@@ -403,9 +494,7 @@ class DecryptingReader(_Keyed):
     def close(self) -> None:
         self._forget_key()
         self._cache.clear()
-        if self._recent is not None:
-            buf = self._recent[2]
-            buf[:] = bytes(len(buf))
+        self._scratch[:] = bytes(len(self._scratch))
         self._recent = None
 
     def __enter__(self):
@@ -419,48 +508,15 @@ class DecryptingReader(_Keyed):
             return self.segment_size
         return self.size - (self.segment_count - 1) * self.segment_size
 
-    def _fetch_and_open(self, first: int, stop: int) -> bytearray:
-        """Fetch segments ``[first, stop)`` in one ranged read and open them."""
+    def _fetch(self, first: int, stop: int) -> memoryview:
+        """The ciphertext of segments ``[first, stop)``, in one ranged read."""
         seg_ct = self.segment_size + TAG_SIZE
         start = self.header_length + first * seg_ct
         end = min(self.ciphertext_size, self.header_length + stop * seg_ct)
         ciphertext = memoryview(self._source.read_range(start, end))
         if len(ciphertext) != end - start:
             raise IntegrityError()
-        plain_len = sum(self._segment_plain_len(i) for i in range(first, stop))
-        out = bytearray(plain_len)
-        out_view = memoryview(out)
-        last_index = self.segment_count - 1
-        jobs = []
-        pos_c = pos_p = 0
-        # One key check per run: a refresh inside the loop would wipe the
-        # cipher that the jobs built so far still hold.
-        cipher = self._cipher_now()
-        for index in range(first, stop):
-            n = self._segment_plain_len(index)
-            args = (index, index == last_index, ciphertext[pos_c : pos_c + n + TAG_SIZE], out_view[pos_p : pos_p + n])
-            jobs.append((cipher, args))
-            pos_c += n + TAG_SIZE
-            pos_p += n
-        if self._threads > 1 and len(jobs) > 1:
-            futures = [shared_executor().submit(c.open_into, *a) for c, a in jobs]
-            failed = False
-            for f in futures:
-                try:
-                    f.result()
-                except IntegrityError:
-                    failed = True
-            if failed:
-                out[:] = bytes(len(out))  # never hand back a partly verified buffer
-                raise IntegrityError()
-        else:
-            for cipher, args in jobs:
-                try:
-                    cipher.open_into(*args)
-                except IntegrityError:
-                    out[:] = bytes(len(out))
-                    raise
-        return out
+        return ciphertext
 
     def read(self, offset: int = 0, length: int = -1) -> bytes:
         """Plaintext bytes ``[offset, offset + length)`` (clipped to the file)."""
@@ -474,41 +530,87 @@ class DecryptingReader(_Keyed):
         seg = self.segment_size
         first, stop = offset // seg, (end - 1) // seg + 1
         if stop - first == 1:
-            plain = self._segment(first)
             base = first * seg
-            return bytes(plain[offset - base : end - base])
-        parts = []
-        window = max(1, MAX_FETCH // (seg + TAG_SIZE))
-        i = first
-        while i < stop:
-            j = min(stop, i + window)
-            plain = self._run(i, j)
-            lo = max(offset, i * seg) - i * seg
-            hi = min(end, j * seg) - i * seg
-            parts.append(memoryview(plain)[lo:hi])
-            i = j
-        return b"".join(parts)
+            return bytes(self._segment(first)[offset - base : end - base])
+        # Several segments: open them straight into the result.  BytesIO over
+        # a fresh bytes object gives a writable view of it, and getvalue()
+        # then hands that same object back without a copy (CPython; elsewhere
+        # it copies once, which is still correct).
+        result = io.BytesIO(bytes(end - offset))
+        view = result.getbuffer()
+        try:
+            window = max(1, MAX_FETCH // (seg + TAG_SIZE))
+            for i in range(first, stop, window):
+                self._open_window(i, min(stop, i + window), offset, end, view)
+        except BaseException:
+            view[:] = bytes(len(view))  # never leave a partly verified result behind
+            raise
+        finally:
+            view.release()
+        return result.getvalue()
+
+    def _open_window(self, first: int, stop: int, offset: int, end: int, view: memoryview) -> None:
+        """Fetch segments ``[first, stop)`` in one request; put plaintext ``[offset, end)`` of them into ``view``.
+
+        Segments wholly inside the range are opened in place; a partly
+        covered first or last one goes through the scratch buffer.
+        """
+        ciphertext = self._fetch(first, stop)
+        seg = self.segment_size
+        step = seg + TAG_SIZE
+        last_index = self.segment_count - 1
+        # One key check per window: a refresh inside the loop would wipe the
+        # cipher that the jobs built so far still hold.
+        cipher = self._cipher_now()
+        whole = []
+        for index in range(first, stop):
+            lo = index * seg
+            n = seg if index < last_index else self.size - lo
+            ct = ciphertext[(index - first) * step : (index - first) * step + n + TAG_SIZE]
+            if offset <= lo and lo + n <= end:
+                whole.append((index, index == last_index, ct, view[lo - offset : lo - offset + n]))
+            else:
+                plain = self._open_scratch(cipher, index, index == last_index, ct, n)
+                a, b = max(offset, lo), min(end, lo + n)
+                view[a - offset : b - offset] = plain[a - lo : b - lo]
+        if self._threads > 1 and len(whole) > 1:
+            share = -(-len(whole) // self._threads)
+            futures = [shared_executor().submit(_open_batch, cipher, whole[k : k + share])
+                       for k in range(share, len(whole), share)]
+            try:
+                _open_batch(cipher, whole[:share])
+            finally:
+                errors = [f.exception() for f in futures]
+            for exc in errors:
+                if exc is not None:
+                    raise exc
+        else:
+            _open_batch(cipher, whole)
+
+    def _open_scratch(self, cipher: SegmentCipher, index: int, last: bool, ct, n: int) -> memoryview:
+        """Open one segment into the reused scratch buffer, which then caches it."""
+        self._recent = None
+        plain = memoryview(self._scratch)[:n]
+        try:
+            cipher.open_into(index, last, ct, plain)
+        except IntegrityError:
+            plain[:] = bytes(n)
+            raise
+        self._recent = index
+        return plain
 
     def _segment(self, index: int):
+        """The plaintext of one segment, from a cache or fetched and opened."""
         cached = self._cache.get(index)
         if cached is not None:
             self._cipher_now()  # the key must still be valid to serve cached plaintext
             return cached
-        return memoryview(self._run(index, index + 1))
-
-    def _run(self, first: int, stop: int) -> bytearray:
-        recent = self._recent
-        if recent is not None and recent[0] <= first and stop <= recent[1]:
+        n = self._segment_plain_len(index)
+        if self._recent == index:
             self._cipher_now()
-            lo = (first - recent[0]) * self.segment_size
-            hi = lo + sum(self._segment_plain_len(i) for i in range(first, stop))
-            return recent[2][lo:hi]
-        if stop - first == 1 and first in self._cache:
-            self._cipher_now()
-            return bytearray(self._cache[first])
-        plain = self._fetch_and_open(first, stop)
-        self._recent = (first, stop, plain)
-        return plain
+            return memoryview(self._scratch)[:n]
+        ciphertext = self._fetch(index, index + 1)
+        return self._open_scratch(self._cipher_now(), index, index == self.segment_count - 1, ciphertext, n)
 
     def segments_for(self, offset: int, length: int) -> tuple[int, int]:
         """Ciphertext byte range that a read of ``[offset, offset+length)`` fetches."""
