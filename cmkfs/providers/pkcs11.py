@@ -445,7 +445,6 @@ class PKCS11Provider(KeyProvider):
         self._bindings: dict[str, PKCS11URI] = {}
         self._tokens: dict[tuple[str, str], _Token] = {}
         self._lock = threading.Lock()
-        self._closed = False
 
     def __repr__(self) -> str:
         return f"PKCS11Provider(module={self._module!r})"
@@ -476,9 +475,7 @@ class PKCS11Provider(KeyProvider):
         return module, pin
 
     def _token_for(self, module: str, label: str) -> _Token:
-        with self._lock:
-            if self._closed:
-                self._closed = False  # a closed provider reopens on use, like a dropped connection
+        with self._lock:  # a closed provider reopens on use, like a dropped connection
             token = self._tokens.get((module, label))
             if token is None:
                 token = self._tokens[(module, label)] = _acquire(module, label)
@@ -526,7 +523,8 @@ class PKCS11Provider(KeyProvider):
         if kind in (None, "aes"):
             for obj in session.get_objects({**query, a.CLASS: oc.SECRET_KEY, a.KEY_TYPE: kt.AES}):
                 found.append(_Version(_version_of(obj[a.ID]), "aes", obj, obj))
-        if kind in (None, "rsa"):
+        if kind == "rsa" or (kind is None and not found):
+            # Searches cost a scan of the token in some HSMs: look for RSA pairs only when no AES key matched.
             privates = list(session.get_objects({**query, a.CLASS: oc.PRIVATE_KEY, a.KEY_TYPE: kt.RSA}))
             publics = {bytes(o[a.ID]): o for o in session.get_objects({**query, a.CLASS: oc.PUBLIC_KEY, a.KEY_TYPE: kt.RSA})}
             for priv in privates:
@@ -575,7 +573,9 @@ class PKCS11Provider(KeyProvider):
             d = session.create_object(_session_key(dek, {}))
             made.append(d)
             ok = k.wrap_key(d, mechanism=mechanism) == aes_key_wrap_with_padding(kek, dek)
-        except p.PKCS11Error:
+        except p.PKCS11Error as exc:
+            if _session_lost(exc) or isinstance(exc, (p.DeviceError, p.GeneralError)):
+                raise
             # Tokens that refuse plaintext key import: trust KWP, and check PAD by its output size on every wrap.
             ok = True
         finally:
@@ -695,7 +695,6 @@ class PKCS11Provider(KeyProvider):
     def close(self) -> None:
         with self._lock:
             tokens, self._tokens = list(self._tokens.values()), {}
-            self._closed = True
         for token in tokens:
             _release(token)
 
