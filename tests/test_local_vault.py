@@ -235,6 +235,18 @@ def test_files_are_private_whatever_the_umask(isolated_cmkfs_home):
     assert seen >= 5  # config.json, .lock, meta.json, v1.key, v2.key
 
 
+def test_an_existing_home_keeps_its_mode_but_the_vault_is_private(tmp_path):
+    home = tmp_path / "project"
+    home.mkdir()
+    os.chmod(home, 0o755)
+    LocalVaultProvider(home).create("k")
+    assert stat.S_IMODE(os.stat(home).st_mode) == 0o755  # not ours to change
+    assert stat.S_IMODE(os.stat(home / "vault").st_mode) == 0o700
+    os.chmod(home / "vault", 0o755)
+    LocalVaultProvider(home).create("j")  # the next change makes it private again
+    assert stat.S_IMODE(os.stat(home / "vault").st_mode) == 0o700
+
+
 # -- passphrase ----------------------------------------------------------------
 
 

@@ -156,11 +156,15 @@ def _atomic_write(path: Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
-def _make_private_dir(path: Path) -> None:
+def _make_private_dir(path: Path, *, ours: bool = True) -> None:
+    """Create ``path`` as 0700.  An existing directory that is not ours (the
+    home the user named) keeps its mode; the vault's own directories are
+    always made private again."""
     try:
         os.mkdir(path, 0o700)
     except FileExistsError:
-        pass
+        if not ours:
+            return
     os.chmod(path, 0o700)  # mkdir's mode is filtered by the umask
 
 
@@ -293,7 +297,7 @@ class LocalVaultProvider(KeyProvider):
             passphrase = self._get_passphrase() if protect is None or protect else None
             if protect and passphrase is None:
                 raise ConfigurationError(f"set {ENV_PASSPHRASE} (or pass passphrase=) to create a passphrase-protected key")
-            _make_private_dir(self.home)
+            _make_private_dir(self.home, ours=False)
             _make_private_dir(self.root)
             with self._locked(shared=False):
                 key_dir = self.root / name
@@ -579,7 +583,7 @@ class LocalVaultProvider(KeyProvider):
 def set_default_key(key_uri: str, home: str | os.PathLike | None = None) -> str:
     """Record ``key_uri`` as ``"default_key"`` in ``$CMKFS_HOME/config.json`` (atomically)."""
     home = cmkfs_home(home)
-    _make_private_dir(home)
+    _make_private_dir(home, ours=False)
     config = load_config(home)
     config["default_key"] = key_uri
     data = json.dumps(config, indent=1, sort_keys=True).encode("utf-8")
