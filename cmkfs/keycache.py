@@ -249,7 +249,12 @@ class KeyCache:
         except (KeyRevokedError, KeyNotFoundError) as exc:
             audit.record(operation, key_uri, version, type(exc).__name__)
             # The vault said no: nobody in this process may keep using this key.
+            # Purge under the provider's canonical spelling too: key blocks name
+            # the key without query attributes (a PKCS#11 module path, say).
             purge_key(key_uri)
+            canonical = provider.canonical_uri(key_uri)
+            if canonical != split_key_uri(key_uri)[0]:
+                purge_key(canonical)
             raise
         except CMKError as exc:
             audit.record(operation, key_uri, version, type(exc).__name__)
