@@ -28,7 +28,7 @@ import weakref
 from typing import Callable
 
 from cachetools import TLRUCache
-from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, stop_after_delay, wait_exponential_jitter
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, stop_after_delay, wait_random_exponential
 
 from .audit import AuditLog, audit_log
 from .errors import CMKError, ConfigurationError, KeyNotFoundError, KeyRevokedError, VaultUnavailableError
@@ -266,7 +266,7 @@ class KeyCache:
 
 
 def _capped_wait(deadline: float):
-    backoff = wait_exponential_jitter(multiplier=0.1, max=2.0)
+    backoff = wait_random_exponential(multiplier=0.1, max=2.0)  # full jitter
 
     def wait(state) -> float:
         # Never sleep past the deadline: it bounds the whole retry, waits included.
