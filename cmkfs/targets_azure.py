@@ -18,7 +18,9 @@ Writes: uncommitted blocks
     (after a week, or at the next commit to that blob).  A writer that is
     killed part-way therefore leaves the previous blob intact.  Block ids
     start with a random per-upload prefix, so two writers of the same path
-    never commit each other's blocks: the last commit wins, whole.
+    never commit each other's blocks.  A commit drops every block of the
+    blob still uncommitted, so of two overlapping uploads the first commit
+    wins and the other fails with ``OSError(EBUSY)``, publishing nothing.
 
 Metadata: status without downloads
     The commit sets blob metadata describing the file, read from the

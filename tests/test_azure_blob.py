@@ -168,8 +168,12 @@ def test_exclusive_create(abfs, abfs_container, keys):
 def test_missing_container_is_file_not_found(abfs, keys):
     sink = AzureBlobSink(abfs, "no-such-container-x1/file.bin")
     encrypt_to(sink, keys, b"data")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError) as info:
         sink.commit()
+    # Service error code and path only: never the account, key or request URL.
+    assert "ContainerNotFound" in str(info.value)
+    assert "AccountKey" not in str(info.value) and "127.0.0.1" not in str(info.value)
+    assert "AccountKey" not in repr(sink)
     with pytest.raises(FileNotFoundError):
         AzureBlobSource(abfs, "no-such-container-x1/file.bin")
     with pytest.raises(IsADirectoryError):
@@ -431,3 +435,22 @@ def test_pandas_parquet_round_trip_and_column_subset(azurite, abfs_container, cm
     # One float column of eight, plus the footer, segment rounding at both
     # ends of the column chunk and one segment of read-ahead: about a sixth.
     assert fetched < 0.3 * stored, (fetched, stored)
+
+
+def test_concurrent_writers_never_mix(abfs, abfs_container, keys):
+    path = f"{abfs_container}/race.bin"
+    slow = AzureBlobSink(abfs, path, block_size=SMALL_BLOCK)
+    fast = AzureBlobSink(abfs, path, block_size=SMALL_BLOCK)
+    slow_data, fast_data = os.urandom(400_000), os.urandom(300_000)
+    encrypt_to(slow, keys, slow_data)
+    encrypt_to(fast, keys, fast_data)
+    fast.commit()
+    # The first commit dropped the slow writer's uncommitted blocks.
+    with pytest.raises(OSError) as info:
+        slow.commit()
+    assert info.value.errno == errno.EBUSY
+    assert decrypt_from(abfs, path, keys) == fast_data
+    later = AzureBlobSink(abfs, path)
+    encrypt_to(later, keys, slow_data)
+    later.commit()  # writers that do not overlap: the last one wins
+    assert decrypt_from(abfs, path, keys) == slow_data
