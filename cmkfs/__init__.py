@@ -10,6 +10,7 @@ from .errors import (
     UnsupportedOperationError,
     VaultUnavailableError,
 )
+from .filesystem import CMKFileSystem
 from .format import ContentClass, KeyBlock, WrapAlgorithm
 from .keys import DataKey, KeySource, StaticKeySource
 from .stream import DecryptingReader, EncryptingWriter, decrypt_bytes, encrypt_bytes
@@ -25,6 +26,7 @@ __all__ = [
     "KeyRevokedError",
     "UnsupportedOperationError",
     "VaultUnavailableError",
+    "CMKFileSystem",
     "ContentClass",
     "KeyBlock",
     "WrapAlgorithm",

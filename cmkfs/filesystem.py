@@ -446,7 +446,7 @@ class CMKFileSystem(ChainedFileSystem):
             f = self._open_write(rpath, exclusive=mode == "create", **kwargs)
             try:
                 chunk = max(self.segment_size, (_TRANSFER_CHUNK // self.segment_size) * self.segment_size)
-                buf = bytearray(chunk)
+                buf = bytearray(max(1, min(size, chunk)))  # small files get small buffers
                 view = memoryview(buf)
                 while True:
                     n = src.readinto(buf)
