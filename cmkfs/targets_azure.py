@@ -512,8 +512,8 @@ class AzureBlobSink:
         if self._state != "open":
             raise ValueError("commit of a discarded sink")
         try:
-            if self._buf or not self._ids:
-                self._stage_buffer()
+            if self._buf:
+                self._stage_buffer()  # (an empty list commits an empty blob: no empty block)
             while self._pending:
                 self._wait_one()
             try:

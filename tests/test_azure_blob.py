@@ -140,6 +140,13 @@ def test_discard_leaves_nothing_and_keeps_previous_version(abfs, abfs_container,
     assert abfs.ls(abfs_container, detail=False) == [path]
 
 
+def test_zero_bytes_commit_an_empty_blob(abfs, abfs_container):
+    sink = AzureBlobSink(abfs, f"{abfs_container}/empty")
+    sink.commit()  # not a cmkfs stream: no cmkfs metadata, but still atomic
+    assert abfs.cat_file(f"{abfs_container}/empty") == b""
+    assert blob_metadata(abfs, f"{abfs_container}/empty") == {}
+
+
 def test_engine_abort_mid_stream_commits_nothing(abfs, abfs_container, keys):
     path = f"{abfs_container}/aborted.bin"
     sink = AzureBlobSink(abfs, path, block_size=SMALL_BLOCK)
