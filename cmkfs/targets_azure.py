@@ -128,7 +128,7 @@ def _azure_errors():
     return exceptions
 
 
-def _translate(exc: BaseException, path: str, *, writing: bool = False, reading: bool = False) -> BaseException:
+def _translate(exc: BaseException, path: str, *, writing: bool = False) -> BaseException:
     """An Azure SDK error as the builtin a caller catches.
 
     Only the service's error code and status go into the message: SDK
@@ -375,7 +375,7 @@ def blob_metadata(fs, path: str) -> dict:
         props = ops.properties(version_id)
     except Exception as exc:
         if _is_azure_error(exc):
-            raise _translate(exc, path, reading=True) from exc
+            raise _translate(exc, path) from exc
         raise
     return decode_metadata(props.metadata)
 
@@ -545,9 +545,8 @@ class AzureBlobSink:
                     pass
         self._pending.clear()
 
-    def close(self) -> None:
-        """Commit: the file-like spelling, for code that closes what it writes."""
-        self.commit()
+    # No close(): a generic "close what you opened" path must never publish
+    # a stream that failed part-way.  Callers say commit() or discard().
 
 
 # -- the source --------------------------------------------------------------
@@ -586,7 +585,7 @@ class AzureBlobSource:
             return fn(*args)
         except Exception as exc:
             if _is_azure_error(exc):
-                raise _translate(exc, self.path, reading=True) from exc
+                raise _translate(exc, self.path) from exc
             raise
 
     def read_range(self, start: int, end: int):
