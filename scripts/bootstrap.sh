@@ -23,12 +23,7 @@ if [ "$what" = test ]; then
         $sudo_ apt-get update -q >/dev/null
         DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -q softhsm2 >/dev/null
     fi
-    # Azurite is the Azure Blob emulator the blob tests start on 127.0.0.1.
-    azurite_dir="${XDG_CACHE_HOME:-$HOME/.cache}/cmkfs-test/azurite"
-    if [ ! -x "$azurite_dir/node_modules/.bin/azurite-blob" ]; then
-        mkdir -p "$azurite_dir"
-        npm install --silent --no-audit --no-fund --prefix "$azurite_dir" azurite@3.35.0 >/dev/null
-    fi
+    # Azurite (npm) is installed by the test session itself, into the user's cache, on first use.
 else
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e .
 fi

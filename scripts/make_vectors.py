@@ -13,6 +13,14 @@ script replaces ``os.urandom`` while it runs the library's own writer, so
 the vectors are what ``cmkfs.stream.EncryptingWriter`` really produces.
 Only this script does that; the library always uses the OS generator.
 
+RSA-OAEP encryption is randomised too, and OpenSSL takes its randomness
+from its own generator, so the RSA wraps are computed here by hand: the
+EME-OAEP encoding of RFC 8017 section 7.1.1 with a seed from the same
+deterministic stream, then the raw RSA public operation.  Each RSA wrap is
+checked by unwrapping it with ``cryptography``'s OAEP decryption before it is
+written out.  The RSA key is a fixed 2048-bit key embedded below: a test key,
+published with the vectors, that protects nothing.
+
 Each record holds what an independent decryptor needs (see docs/FORMAT.md,
 "Test vectors"): the KEK, the wrapping algorithm, the key URI and version,
 the expected outcome, and the ciphertext.  Negative vectors are derived
@@ -30,6 +38,8 @@ import struct
 import sys
 from pathlib import Path
 
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.keywrap import aes_key_wrap_with_padding
 
@@ -90,26 +100,112 @@ def wrap_aad(key_uri: str, key_version: str) -> bytes:
     return WRAP_AAD_LABEL + key_uri.encode("utf-8") + b"\x00" + key_version.encode("utf-8")
 
 
-def wrap(alg: WrapAlgorithm, kek: bytes, dek: bytes, uri: str, version: str, rng: Drbg) -> KeyBlock:
+# TEST KEY ONLY.  Generated once for these vectors and published with them:
+# it protects nothing and must never be used for anything but test vectors.
+RSA_TEST_KEY_PEM = """\
+-----BEGIN PRIVATE KEY-----
+MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQCzh+OR320M7YQT
+giSlJSdZN00TQPe7zMV1moDhsjcz9wYBokcii4js4G65GXt9VKFr6wMTyFE+usTV
+u6JY958bI4K4gYg7pFBprYmw9uyfJK5WB/5OQbVuXYz9a5IXwULyNEgHuP0ptilH
+sI0KvMMdwbb3tbW3h4rhOLPGk8QPt3t/ra02AcYxHs4J6sXH3uUokD/8ssDMFi7m
+3ahlyHIM1LaOCiIz6uddjdwdl4rKI6RjcWQt976TdkVqL7l7rZ5TVXS2yr39H3ol
+Gzv0a1WyZ3r1Z1F2ZdKXFnLuq9WKOsNqqHxhhECUTTFn9PUHaPdxzyROvkFJSAIl
+MPNlcYohAgMBAAECggEAAvtQ1M4Y8m/6Q4qD14rSDXB70G6sgU3bDIiaAfWa5rCV
+pNQNmfsm4BFGVtRqTsLyXIzxC9nF5f9F2uC53JVTQF5YUtO9lUkAYrrvPcqiFC67
+UaziZOlrjRyoZW1CkPAEpRS9dVm1ua+U81lRLwfCy//Dl/ezKowe9ZM3+CZhiUXC
+kzXnXz00op5JRIYvP63APnczIaATjTu8dBuElwqwsBuWkz98amS4/iwtGZNrhaU9
+wv+bARc6ccWZmMeoVCMSjT8EuHUBEmbJBlpqo4A0brACds2UR3AC0In/I1eROgzk
+sAjVVrG4HMh8CSHySAWDzzdLdK1DWNeTv3Ps21n6GQKBgQDsvOMVa+sWWdgV6JEi
+6yKF1zZ+CCszjp+O/p8FHKF6smLz8MawiJeGZmxvbZSgXUBBPlUwsg2TyJ9RRNWS
+UT3wieA4eUesjJAewoA0MUMwCDqpQaqnNt5rUlZy/iV0HUU+0iBnvte/HP/qG8UQ
+Fmm/D5bnjZG1DlrJYuxHeKNWSQKBgQDCI2maw6vM+lk9AFOGiKdXLpgcSqj3ci1n
+1xUHzEkzoV5/8hX7xtSiqI4l4jECsZ7wHg5femjexnplaSfpzv9+1G1QqzeBQgZk
+jfvEGDd117Luz/XCSHn8qhhInRIR+v0WEjXt63aBXhLxmasgmauATI6mlFZlpy7l
++5XyY5k1GQKBgQDXfJ+fMhpMv/8HAiiKBknoVhtN4RWh2mK2gGIy/vqlepbDwRi6
+O7rhJX3yd2ZgCkGgoaJdrtTY/ja2fNeCVdzxhC7KeOqaz1+oABc+atDjebobsqAp
+kLIoMkxqY5en97S+F/pTNM2hMj5n1Fst55jdxszvfFdy3Nwaj6bO76qNsQKBgDpR
+dvzFwMsffUUk3vJwBIzc81a0WtOSWe9ynd+sz2SSGhgnOdFbZi7CoYjhzMU5ZDxP
+WxP1aqFZUBU8pH/I7dlEqN3twQu0MMVuHW5HtAlTVW4FzJajPPnYgtj1TiNWmUZT
+DB4/eGbeQqSO++gcIXe2B7gkoVuCAEWX8PBSWQipAoGANdImQgmjA0SenYwLCY9n
+JzJ6teQVvfpgKMG+f5YmgTFkr03sMd8A/oy1SRGe/g8DpMiYW8srZgrvRSmgdEDT
+uAWKXGmiq5KzfFnB36GCbU5s26IScwIwHQqHT1U8KkLFyu8onMCYM7+tJ2tLZY+7
+Pz7Y5LnFTqs0UeRA8zcTlgU=
+-----END PRIVATE KEY-----
+"""
+RSA_TEST_KEY = serialization.load_pem_private_key(RSA_TEST_KEY_PEM.encode("ascii"), password=None)
+assert isinstance(RSA_TEST_KEY, rsa.RSAPrivateKey) and RSA_TEST_KEY.key_size == 2048
+
+# wrap_alg -> the hash of its RSA-OAEP (used for both the label hash and MGF1).
+OAEP_HASHES = {WrapAlgorithm.RSA_OAEP_256: hashlib.sha256, WrapAlgorithm.RSA_OAEP_SHA1: hashlib.sha1}
+OAEP_CRYPTOGRAPHY_HASHES = {WrapAlgorithm.RSA_OAEP_256: hashes.SHA256, WrapAlgorithm.RSA_OAEP_SHA1: hashes.SHA1}
+
+
+def mgf1(hash_fn, seed: bytes, length: int) -> bytes:
+    """MGF1 (RFC 8017, appendix B.2.1)."""
+    out = b""
+    counter = 0
+    while len(out) < length:
+        out += hash_fn(seed + struct.pack(">I", counter)).digest()
+        counter += 1
+    return out[:length]
+
+
+def rsa_oaep_wrap(alg: WrapAlgorithm, key: rsa.RSAPrivateKey, dek: bytes, rng: Drbg) -> bytes:
+    """RSAES-OAEP-ENCRYPT (RFC 8017, 7.1.1) with an empty label and a seed from ``rng``."""
+    hash_fn = OAEP_HASHES[alg]
+    h_len = hash_fn().digest_size
+    numbers = key.public_key().public_numbers()
+    k = (numbers.n.bit_length() + 7) // 8
+    if len(dek) > k - 2 * h_len - 2:
+        raise ValueError("message too long for RSA-OAEP")
+    db = hash_fn(b"").digest() + bytes(k - len(dek) - 2 * h_len - 2) + b"\x01" + dek
+    seed = rng(h_len)
+    masked_db = bytes(a ^ b for a, b in zip(db, mgf1(hash_fn, seed, k - h_len - 1)))
+    masked_seed = bytes(a ^ b for a, b in zip(seed, mgf1(hash_fn, masked_db, h_len)))
+    encoded = b"\x00" + masked_seed + masked_db
+    wrapped = pow(int.from_bytes(encoded, "big"), numbers.e, numbers.n).to_bytes(k, "big")
+    # Cross-check with OpenSSL's OAEP decryption before the vector is written out.
+    algorithm = OAEP_CRYPTOGRAPHY_HASHES[alg]()
+    check = key.decrypt(wrapped, padding.OAEP(mgf=padding.MGF1(algorithm), algorithm=algorithm, label=None))
+    assert check == dek, "hand-made RSA-OAEP wrap does not decrypt"
+    return wrapped
+
+
+def wrap(alg: WrapAlgorithm, kek, dek: bytes, uri: str, version: str, rng: Drbg) -> KeyBlock:
+    """Wrap ``dek`` under ``kek``: 32 bytes for the AES algorithms, the RSA key for the others."""
     if alg == WrapAlgorithm.A256GCM:
         nonce = rng(12)
         wrapped = nonce + AESGCM(kek).encrypt(nonce, dek, wrap_aad(uri, version))
     elif alg == WrapAlgorithm.A256KWP:
         wrapped = aes_key_wrap_with_padding(kek, dek)
+    elif alg in OAEP_HASHES:
+        wrapped = rsa_oaep_wrap(alg, kek, dek, rng)
     else:
         raise ValueError(alg)
     return KeyBlock(alg, uri, version, wrapped)
 
 
+def kek_field(kek) -> str:
+    """The record's ``kek``: hex for an AES KEK, PKCS#8 PEM text for the RSA key."""
+    if isinstance(kek, rsa.RSAPrivateKey):
+        assert kek is RSA_TEST_KEY
+        return RSA_TEST_KEY_PEM
+    return kek.hex()
+
+
 KEK = Drbg("kek")(32)
 OTHER_KEK = Drbg("other kek")(32)
+NEW_KEK = Drbg("kek version 10")(32)  # a different KEK, for the re-wrap to version "10"
+AZURE_URI = "https://vectors.vault.azure.net/keys/vectors"
+AZURE_VERSION = "0123456789abcdef0123456789abcdef"
+PKCS11_URI = "pkcs11:token=vectors;object=vectors-rsa"
 
 
 def encrypt(name: str, plaintext: bytes, *, content_class=ContentClass.OTHER, segment_size=SEGMENT,
-            alg=WrapAlgorithm.A256GCM, uri=KEY_URI, version=KEY_VERSION) -> tuple[bytes, bytes]:
+            alg=WrapAlgorithm.A256GCM, uri=KEY_URI, version=KEY_VERSION, kek=KEK) -> tuple[bytes, bytes]:
     rng = Drbg("keys:" + name)
     dek = rng(32)
-    block = wrap(alg, KEK, dek, uri, version, rng)
+    block = wrap(alg, kek, dek, uri, version, rng)
     with deterministic_urandom(name):
         blob = encrypt_bytes(plaintext, StaticKeySource(dek, block), segment_size=segment_size,
                              content_class=content_class, threads=1)
@@ -127,20 +223,28 @@ def fix_checksum(header: bytes) -> bytes:
 
 
 def record(name: str, comment: str, outcome: str, blob: bytes, *, plaintext: bytes | None = None,
-           dek: bytes | None = None, kek: bytes = KEK, alg=WrapAlgorithm.A256GCM, uri=KEY_URI,
+           dek: bytes | None = None, kek=KEK, alg=WrapAlgorithm.A256GCM, uri=KEY_URI,
            version=KEY_VERSION, segment_size=SEGMENT, content_class=ContentClass.OTHER,
-           derived_from: str | None = None) -> dict:
+           derived_from: str | None = None, header_fields: bool = True) -> dict:
+    """One vector.  The header fields describe the file for "ok" vectors, and
+    the source vector (``derived_from``) for negative ones; a negative vector
+    with no source (a foreign file) has none."""
     rec: dict = {
         "name": name,
         "comment": comment,
         "outcome": outcome,
-        "kek": kek.hex(),
-        "wrap_alg": alg.name,
-        "key_uri": uri,
-        "key_version": version,
-        "segment_size": segment_size,
-        "content_class": content_class.name,
+        "kek": kek_field(kek),
     }
+    if header_fields:
+        rec.update(
+            {
+                "wrap_alg": alg.name,
+                "key_uri": uri,
+                "key_version": version,
+                "segment_size": segment_size,
+                "content_class": content_class.name,
+            }
+        )
     if derived_from:
         rec["derived_from"] = derived_from
     if plaintext is not None:
@@ -164,11 +268,12 @@ def build() -> dict:
     def ok(name, comment, plaintext, **kw):
         blob, dek = encrypt(name, plaintext, **kw)
         made[name] = (blob, dek, plaintext)
-        meta = {k: kw[k] for k in ("content_class", "segment_size", "alg", "uri", "version") if k in kw}
+        meta = {k: kw[k] for k in ("content_class", "segment_size", "alg", "uri", "version", "kek") if k in kw}
         vectors.append(record(name, comment, "ok", blob, plaintext=plaintext, dek=dek, **meta))
 
     def bad(name, comment, outcome, blob, derived_from, **kw):
-        vectors.append(record(name, comment, outcome, blob, derived_from=derived_from, **kw))
+        vectors.append(record(name, comment, outcome, blob, derived_from=derived_from,
+                              header_fields=derived_from is not None, **kw))
 
     # ---- positive vectors -------------------------------------------------
     ok("empty", "empty plaintext: exactly one segment, an empty final segment (16-byte tag only)", b"")
@@ -198,6 +303,14 @@ def build() -> dict:
        b"wrapped with A256KWP", alg=WrapAlgorithm.A256KWP)
     ok("utf8-key-uri", "non-ASCII key URI and version: lengths count UTF-8 bytes, and the wrap AAD uses them",
        b"utf-8 names", uri="local://\u00e9quipe-finance", version="2025-\u00e9t\u00e9")
+    ok("wrap-rsa-oaep-256", "DEK wrapped with RSA-OAEP, SHA-256 and MGF1-SHA-256, empty label, wrap_alg 2, "
+       "under the RSA-2048 test key (kek is its PKCS#8 PEM): 256-byte wrapped DEK",
+       b"wrapped with RSA_OAEP_256", alg=WrapAlgorithm.RSA_OAEP_256, uri=AZURE_URI, version=AZURE_VERSION,
+       kek=RSA_TEST_KEY)
+    ok("wrap-rsa-oaep-sha1", "DEK wrapped with RSA-OAEP, SHA-1 and MGF1-SHA-1, empty label, wrap_alg 4, "
+       "under the RSA-2048 test key (kek is its PKCS#8 PEM): 256-byte wrapped DEK",
+       b"wrapped with RSA_OAEP_SHA1", alg=WrapAlgorithm.RSA_OAEP_SHA1, uri=PKCS11_URI, version="1",
+       kek=RSA_TEST_KEY)
 
     # Re-wrap: the same DEK under a fresh wrapping (new nonce).  Only the key
     # block and the checksum change; params, commitment and segments do not.
@@ -209,6 +322,17 @@ def build() -> dict:
     vectors.append(record("rewrapped", "segment-plus-one after key rotation: key block re-wrapped under key "
                           "version 2, checksum recomputed; every segment byte-identical to segment-plus-one",
                           "ok", rewrapped, plaintext=plain, dek=dek, version="2", derived_from="segment-plus-one"))
+
+    # Re-wrap under a different KEK whose version name is one byte longer
+    # ("1" -> "10"): K grows by one, so every segment starts one byte later.
+    new_block = wrap(WrapAlgorithm.A256GCM, NEW_KEK, dek, KEY_URI, "10", Drbg("rewrap to version 10"))
+    rewrapped = header.with_key_block(new_block).encode() + blob[hl:]
+    assert header_length(rewrapped) == hl + 1
+    vectors.append(record("rewrapped-new-kek", "segment-plus-one re-wrapped under a different KEK, key "
+                          "version 10: the key block is one byte longer, so both segments start one byte "
+                          "later; params, commitment and every segment byte are unchanged",
+                          "ok", rewrapped, plaintext=plain, dek=dek, kek=NEW_KEK, version="10",
+                          derived_from="segment-plus-one"))
 
     # ---- negative vectors -------------------------------------------------
     small, _, _ = made["one-byte"]
@@ -266,6 +390,15 @@ def build() -> dict:
     bad("wrong-kek", "one-byte, but the KEK given is not the one that wrapped the DEK: unwrap fails",
         "integrity", small, "one-byte", kek=OTHER_KEK)
 
+    # The right KEK bytes, but the key block names another version: the
+    # A256GCM associated data differs, so the unwrap fails.
+    renamed = Header.decode(small[:hl_small]).key_block
+    renamed = KeyBlock(renamed.wrap_alg, renamed.key_uri, "2", renamed.wrapped_dek)
+    bad("wrong-version-name", "one-byte with key_version changed from 1 to 2 in the key block (checksum "
+        "recomputed) and the KEK bytes that wrapped it: the A256GCM wrap AAD no longer matches",
+        "integrity", Header.decode(small[:hl_small]).with_key_block(renamed).encode() + small[hl_small:],
+        "one-byte")
+
     # A well-formed header whose key block validly wraps a different DEK:
     # only the key commitment can tell.
     small_header = Header.decode(small[:hl_small])
@@ -298,6 +431,8 @@ def build() -> dict:
         "seed": SEED.decode(),
         "wrap_a256gcm_aad": "b'cmkfs/v1 wrap' || key_uri (UTF-8) || 0x00 || key_version (UTF-8)",
         "plaintext_pattern_rule": PATTERN_RULE,
+        "kek_encoding": "hex of the 32-byte KEK for A256GCM and A256KWP; PKCS#8 PEM text of the RSA private "
+                        "key for RSA_OAEP_256 and RSA_OAEP_SHA1 (a published test key)",
         "outcomes": {
             "ok": "decrypts to the plaintext (hex, or plaintext_sha256 of the pattern)",
             "integrity": "must be refused as an integrity failure, with no plaintext released",

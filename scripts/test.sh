@@ -4,5 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh test
-export CMKFS_AZURITE_BIN="${XDG_CACHE_HOME:-$HOME/.cache}/cmkfs-test/azurite/node_modules/.bin/azurite-blob"
 exec "${CMKFS_VENV:-.venv}/bin/python" -m pytest "$@"

@@ -9,12 +9,13 @@ and the size arithmetic of section 8.  If it and the library agree on every
 vector, the specification is sufficient to write a decryptor.
 
 Dependencies: the standard library and ``cryptography``, of which only
-``AESGCM`` (segments and the A256GCM wrap), ``HKDF`` with SHA-256 and, for the
-``A256KWP`` vector, ``aes_key_unwrap_with_padding`` (RFC 5649) are used.  The
-RSA wrapping algorithms (wrap_alg 2 and 4) are recognised by the parser but
-not unwrapped: the vector schema only carries a 32-byte symmetric KEK, and no
-vector uses them.  A vector that did would be reported as failed
-("unsupported"), never silently passed.
+``AESGCM`` (segments and the A256GCM wrap), ``HKDF`` with SHA-256,
+``aes_key_unwrap_with_padding`` (RFC 5649, the A256KWP wrap) and the RSA
+private key's OAEP decryption (RSA_OAEP_256 with SHA-256, RSA_OAEP_SHA1 with
+SHA-1; MGF1 with the same hash, empty label) are used.  A vector's ``kek`` is
+hex for a symmetric KEK and PKCS#8 PEM text for an RSA key; a KEK of the wrong
+kind for the file's ``wrap_alg`` is reported as failed ("unsupported"), never
+silently passed.
 
 Usage::
 
@@ -42,7 +43,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.keywrap import (
@@ -108,7 +110,8 @@ class IntegrityError(VerifierError):
 
 class UnsupportedError(VerifierError):
     """Well-formed, but needs something this verifier cannot do (an RSA
-    unwrap without an RSA key).  Never matches an expected outcome."""
+    unwrap without an RSA key, an AES unwrap without a 32-byte KEK).  Never
+    matches an expected outcome."""
 
     category = "unsupported"
 
@@ -282,11 +285,38 @@ def wrap_aad(key_uri: str, key_version: str) -> bytes:
     return WRAP_AAD_LABEL + key_uri.encode("utf-8") + b"\x00" + key_version.encode("utf-8")
 
 
-def unwrap_dek(hdr: Header, kek: bytes) -> bytes:
+# wrap_alg -> the hash of its RSAES-OAEP (also MGF1's hash), section 3.4.
+RSA_OAEP_HASHES = {"RSA_OAEP_256": hashes.SHA256, "RSA_OAEP_SHA1": hashes.SHA1}
+
+
+def parse_kek(text: str):
+    """A vector's ``kek``: PKCS#8 PEM text of an RSA private key, or hex bytes."""
+    if text.lstrip().startswith("-----BEGIN"):
+        key = serialization.load_pem_private_key(text.encode("ascii"), password=None)
+        if not isinstance(key, rsa.RSAPrivateKey):
+            raise ValueError("the PEM kek is not an RSA private key")
+        return key
+    return bytes.fromhex(text)
+
+
+def unwrap_dek(hdr: Header, kek) -> bytes:
     """Step 9, section 3.4.  A failed unwrap is an integrity error."""
     alg = WRAP_ALGS[hdr.wrap_alg]
     wrapped = hdr.wrapped_dek
-    if alg == "A256GCM":
+    if alg in RSA_OAEP_HASHES:
+        if not isinstance(kek, rsa.RSAPrivateKey):
+            raise UnsupportedError(f"{alg} needs an RSA private key")
+        modulus_len = (kek.key_size + 7) // 8
+        if len(wrapped) != modulus_len:
+            raise IntegrityError(f"step 9: {alg} wrapped DEK is {len(wrapped)} bytes, not {modulus_len}")
+        algorithm = RSA_OAEP_HASHES[alg]()
+        try:
+            dek = kek.decrypt(wrapped, padding.OAEP(mgf=padding.MGF1(algorithm), algorithm=algorithm, label=None))
+        except ValueError:
+            raise IntegrityError(f"step 9: {alg} unwrap failed (OAEP decoding)") from None
+    elif not isinstance(kek, (bytes, bytearray)):
+        raise UnsupportedError(f"{alg} needs a 32-byte symmetric KEK, not an RSA key")
+    elif alg == "A256GCM":
         if len(kek) != 32:
             raise UnsupportedError(f"A256GCM needs a 32-byte KEK, got {len(kek)}")
         if len(wrapped) != A256GCM_WRAPPED_LEN:
@@ -305,8 +335,8 @@ def unwrap_dek(hdr: Header, kek: bytes) -> bytes:
             dek = aes_key_unwrap_with_padding(kek, wrapped)
         except InvalidUnwrap:
             raise IntegrityError("step 9: A256KWP unwrap failed (integrity check)") from None
-    else:
-        raise UnsupportedError(f"step 9: wrap_alg {alg} (RSA) is not implemented by this verifier")
+    else:  # pragma: no cover - WRAP_ALGS and the branches above list the same four
+        raise UnsupportedError(f"step 9: wrap_alg {alg} is not implemented by this verifier")
     if len(dek) != DEK_LEN:
         raise IntegrityError(f"step 9: unwrapped DEK is {len(dek)} bytes, not 32")
     return dek
@@ -328,10 +358,12 @@ def segment_nonce(prefix: bytes, index: int, last: bool) -> bytes:
     return prefix + index.to_bytes(4, "big") + (b"\x01" if last else b"\x00")
 
 
-def decrypt(data: bytes, kek: bytes) -> Decrypted:
+def decrypt(data: bytes, kek) -> Decrypted:
     """Decrypt a whole cmkfs v1 file, or raise FormatError / IntegrityError.
 
-    No plaintext is returned unless every check and every segment passed.
+    ``kek`` is the 32-byte KEK (A256GCM, A256KWP) or the RSA private key
+    (RSA_OAEP_256, RSA_OAEP_SHA1).  No plaintext is returned unless every
+    check and every segment passed.
     """
     c = len(data)
     hdr = parse_header(data)  # steps 1-7
@@ -393,8 +425,8 @@ def check_vector(vec: dict) -> tuple[bool, str]:
         return False, f"unknown expected outcome {expected!r}"
     try:
         data = bytes.fromhex(vec["ciphertext"])
-        kek = bytes.fromhex(vec["kek"])
-    except (KeyError, ValueError, TypeError) as exc:
+        kek = parse_kek(vec["kek"])
+    except (KeyError, ValueError, TypeError, AttributeError) as exc:
         return False, f"malformed vector record: {exc!r}"
     if "ciphertext_size" in vec and vec["ciphertext_size"] != len(data):
         return False, f"ciphertext_size {vec['ciphertext_size']} != {len(data)} bytes of ciphertext"
