@@ -4,7 +4,11 @@
 ``_fetch_range`` decrypts: opening it reads the header and the final segment
 (one request each), and every later read fetches only the segments that
 cover it, so a Parquet footer and one column never download the whole file.
-Its read-ahead cache lives in memory for the life of the handle only.
+Reads round to whole segments and the handle keeps the last run of
+segments it opened (and the final one) in memory: that is its read-ahead,
+held for the life of the handle only and overwritten at close.  An fsspec
+in-memory cache may be layered on with ``cache_type``; disk caches are
+refused.
 
 :class:`CMKWriteFile` is deliberately *not* an fsspec buffered file: those
 commit on ``__exit__`` even while an exception propagates, and on
@@ -57,7 +61,7 @@ class PlaintextReader:
 class CMKReadFile(AbstractBufferedFile):
     """Read-only, seekable plaintext view of one encrypted file."""
 
-    def __init__(self, fs, path, reader, source, *, block_size=None, cache_type="readahead",
+    def __init__(self, fs, path, reader, source, *, block_size=None, cache_type="none",
                  cache_options=None, **kwargs) -> None:
         cache_type = "none" if cache_type is None else cache_type
         if cache_type not in IN_MEMORY_CACHE_TYPES:

@@ -365,7 +365,11 @@ class CMKFileSystem(ChainedFileSystem):
             return self._open_write(path, exclusive=mode == "xb", **kwargs)
         raise ValueError(f"unsupported mode {mode!r}: use 'rb' or 'wb' (or text modes through open())")
 
-    def _open_read(self, path, block_size=None, cache_options=None, cache_type="readahead", **kwargs):
+    def _open_read(self, path, block_size=None, cache_options=None, cache_type="none", **kwargs):
+        # No fsspec read-ahead by default: the reader already fetches whole
+        # segments and keeps the last run it opened (a segment-sized
+        # read-ahead); an fsspec block on top would fetch a second segment
+        # beyond every large read.
         reader, source = self._reader(path)
         try:
             return CMKReadFile(self, path, reader, source, block_size=block_size, cache_type=cache_type,
