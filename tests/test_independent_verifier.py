@@ -7,6 +7,7 @@ The verifier is a from-the-specification decryptor that imports nothing from
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import subprocess
@@ -82,6 +83,37 @@ def test_verifier_reports_a_corrupted_ok_vector(tmp_path, name, where):
     assert proc.returncode != 0, proc.stdout
     assert summary(proc.stdout) == f"{n - 1} passed, 1 failed"
     assert vector_line(proc.stdout, name).startswith("FAIL ")
+
+
+@pytest.mark.parametrize("name", ["wrap-rsa-oaep-256", "wrap-rsa-oaep-sha1", "wrap-a256kwp"])
+def test_verifier_unwrap_refuses_a_changed_wrapped_dek(tmp_path, name):
+    """A wrapped-DEK byte flipped and the header checksum recomputed: only the unwrap can tell."""
+    doc = json.loads(VECTORS.read_text(encoding="utf-8"))
+    (vec,) = [v for v in doc["vectors"] if v["name"] == name]
+    data = bytearray.fromhex(vec["ciphertext"])
+    k = int.from_bytes(data[88:92], "big")
+    h = 108 + k
+    data[h - 16 - 5] ^= 0x01  # inside wrapped_dek, the last field of the key block
+    data[h - 16 : h] = hashlib.sha256(bytes(data[: h - 16])).digest()[:16]
+    vec["ciphertext"] = data.hex()
+    path = tmp_path / "rewrapped.json"
+    path.write_text(json.dumps({"vectors": [vec]}), encoding="utf-8")
+
+    proc = run_verifier("--vectors", str(path))
+    assert proc.returncode != 0, proc.stdout
+    assert summary(proc.stdout) == "0 passed, 1 failed"
+    assert "got integrity (step 9" in vector_line(proc.stdout, name)
+
+
+def test_verifier_does_not_use_the_library():
+    """The verifier runs with ``cmkfs`` made unimportable."""
+    code = (
+        "import runpy, sys; sys.modules['cmkfs'] = None; sys.argv = [sys.argv[0]]; "
+        f"runpy.run_path({str(SCRIPT)!r}, run_name='__main__')"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert summary(proc.stdout).endswith(" passed, 0 failed")
 
 
 def test_worked_example_of_the_specification():
