@@ -16,15 +16,19 @@ target             commit                                      ranged read
 local (``file``)   temp file ``.NAME.cmkfs-partial-RANDOM`` in  ``os.pread`` on one
                    the same directory, fsync, ``os.replace``    file descriptor
 memory             buffered, ``pipe_file`` on commit            ``cat_file(start, end)``
+``dir::X``         whatever X uses, at the joined path          (same)
 any other fsspec   ``fs.open(path, "wb")``; commit = close;     ``cat_file(start, end)``
                    discard = ``f.discard()`` (else ``rm``)
 =================  ==========================================  ====================
 
 The generic path is only as atomic as the backend's own upload: object
-stores (S3, Azure Blob, GCS) publish a blob at close, but backends that
-stream to the final path (SFTP, FTP, ...) show a partial file while it is
-written.  A partial file never has a sealed final segment, so cmkfs refuses
-to read it (IntegrityError) rather than return truncated plaintext.
+stores (S3, GCS) and fsspec's ``simplecache`` publish at close, and
+``discard`` aborts the upload; but backends that create the file at open or
+stream to the final path (SFTP, FTP, WebDAV, ...) replace the previous
+version as soon as a write starts, and a failed write leaves a partial file
+there.  A partial file never has a sealed final segment, so cmkfs refuses to
+read it (IntegrityError) rather than return truncated plaintext.  Register a
+sink for such a backend (temp name + server-side rename) to make it atomic.
 
 Other modules extend this with :func:`register_target`; the Azure Blob
 module (``cmkfs.targets_azure``) is imported lazily for ``abfs``, ``az`` and
@@ -41,6 +45,7 @@ import secrets
 import threading
 from typing import Callable, Protocol
 
+from fsspec.implementations.dirfs import DirFileSystem
 from fsspec.implementations.local import LocalFileSystem
 from fsspec.implementations.memory import MemoryFileSystem
 
@@ -126,12 +131,22 @@ def _lookup(table: dict, fs):
     return None
 
 
+def _unwrap_dirfs(fs, path: str):
+    """``dir::`` only prefixes paths: use the atomic path of the filesystem under it."""
+    for _ in range(8):
+        if not isinstance(fs, DirFileSystem) or fs.asynchronous:
+            break
+        fs, path = fs.fs, fs._join(path)
+    return fs, path
+
+
 def open_atomic_sink(fs, path: str, metadata: dict | None = None, *, exclusive: bool = False) -> AtomicSink:
     """An :class:`AtomicSink` writing ``path`` on ``fs``.
 
     ``exclusive`` makes commit fail with ``FileExistsError`` if ``path``
     exists (mode ``"xb"``), atomically where the target allows it.
     """
+    fs, path = _unwrap_dirfs(fs, path)
     factory = _lookup(_SINKS, fs)
     if factory is not None:
         return factory(fs, path, metadata=metadata, exclusive=exclusive)
@@ -144,6 +159,7 @@ def open_atomic_sink(fs, path: str, metadata: dict | None = None, *, exclusive: 
 
 def open_range_source(fs, path: str, size: int | None = None) -> RangeSource:
     """A :class:`RangeSource` over ``path`` on ``fs`` (close it when done)."""
+    fs, path = _unwrap_dirfs(fs, path)
     factory = _lookup(_SOURCES, fs)
     if factory is not None:
         return factory(fs, path, size=size)
@@ -319,10 +335,7 @@ class FsspecSink:
         discard = getattr(f, "discard", None)
         if callable(discard):
             discard()  # aborts a multipart / block upload where the backend supports it
-            try:
-                f.closed = True  # so the file's own close()/__del__ never commits
-            except AttributeError:
-                pass
+            _never_commit(f)
         else:
             try:
                 f.close()
@@ -331,6 +344,25 @@ class FsspecSink:
                     self._fs.rm_file(self.path)
                 except FileNotFoundError:
                     pass
+
+
+def _never_commit(f) -> None:
+    """Stop a discarded file from publishing itself later (fsspec files commit
+    from ``close()`` and ``__del__``)."""
+    try:
+        f.closed = True  # fsspec's AbstractBufferedFile: close() and __del__ become no-ops
+        return
+    except AttributeError:
+        pass
+    for name in ("commit", "close", "flush"):  # io-based files such as MemoryFile
+        try:
+            setattr(f, name, _noop)
+        except AttributeError:
+            pass
+
+
+def _noop(*args, **kwargs) -> None:
+    return None
 
 
 class CatFileSource:

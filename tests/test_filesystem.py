@@ -637,3 +637,89 @@ def test_public_api_exports():
     assert cmkfs.CMKFileSystem is CMKFileSystem
     assert fsspec.get_filesystem_class("cmk") is CMKFileSystem
     assert issubclass(UnsupportedOperationError, CMKError)
+
+
+# -- targets ------------------------------------------------------------------------------
+
+
+def test_generic_fsspec_target_discards_and_reads_ranges(key, tmp_path):
+    """A target that is neither local nor memory goes through fs.open / cat_file:
+    here fsspec's simplecache over a directory, whose writes publish at close."""
+    from cmkfs import targets
+
+    store = tmp_path / "store"
+    store.mkdir()
+    cache = fsspec.filesystem("simplecache", target_protocol="file", cache_storage=str(tmp_path / "c"), skip_instance_cache=True)
+    fs = CMKFileSystem(fs=cache, key=key, segment_size=SEG, skip_instance_cache=True)
+    path = str(store / "doc")
+    sink = targets.open_atomic_sink(cache, path)
+    assert isinstance(sink, targets.FsspecSink)
+    sink.discard()
+    data = payload(3 * SEG + 5)
+    fs.pipe_file(path, data)
+    assert (store / "doc").read_bytes().startswith(MAGIC)
+    assert isinstance(targets.open_range_source(cache, path), targets.CatFileSource)
+    assert fs.cat_file(path, SEG - 2, SEG + 2) == data[SEG - 2 : SEG + 2]
+    with pytest.raises(ValueError):
+        with fs.open(path, "wb") as f:
+            f.write(b"partial " * 2000)
+            raise ValueError
+    del f
+    gc.collect()
+    assert fs.cat_file(path) == data
+    assert fs.info(path)["size"] == len(data)
+
+
+def test_dir_target_uses_the_atomic_path_underneath(key, memfs, tmp_path):
+    from fsspec.implementations.dirfs import DirFileSystem
+
+    from cmkfs import targets
+
+    for inner, base in [(memfs, "/base"), (LocalFileSystem(), str(tmp_path))]:
+        inner.makedirs(base, exist_ok=True)
+        dirfs = DirFileSystem(path=base, fs=inner)
+        sink = targets.open_atomic_sink(dirfs, "doc")
+        assert isinstance(sink, (targets.MemorySink, targets.LocalSink))
+        sink.discard()
+        fs = CMKFileSystem(fs=dirfs, key=key, skip_instance_cache=True)
+        fs.pipe_file("doc", b"v1")
+        with pytest.raises(ValueError):
+            with fs.open("doc", "wb") as f:
+                f.write(b"v2")
+                raise ValueError
+        assert fs.cat_file("doc") == b"v1" and inner.cat_file(f"{base}/doc").startswith(MAGIC)
+
+
+def test_registered_target_plugin_is_used(key, memfs):
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    from cmkfs import targets
+
+    class PluginMemory(MemoryFileSystem):
+        protocol = "cmkplugin"
+
+    events = []
+
+    class Sink(targets.MemorySink):
+        def commit(self):
+            events.append("commit")
+            super().commit()
+
+    class Source(targets.CatFileSource):
+        def read_range(self, start, end):
+            events.append("read")
+            return super().read_range(start, end)
+
+    targets.register_target(
+        "cmkplugin",
+        sink_factory=lambda fs, path, metadata=None, exclusive=False: Sink(fs, path, exclusive=exclusive),
+        source_factory=lambda fs, path, size=None: Source(fs, path, size=size),
+    )
+    try:
+        fs = CMKFileSystem(fs=PluginMemory(), key=key, skip_instance_cache=True)
+        fs.pipe_file("/plugged", b"through the plug-in")
+        assert fs.cat_file("/plugged") == b"through the plug-in"
+        assert events[0] == "commit" and "read" in events
+    finally:
+        targets._SINKS.pop("cmkplugin", None)
+        targets._SOURCES.pop("cmkplugin", None)
