@@ -31,8 +31,8 @@ from cachetools import TLRUCache
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, stop_after_delay, wait_random_exponential
 
 from .audit import AuditLog, audit_log
-from .errors import CMKError, ConfigurationError, KeyNotFoundError, KeyRevokedError, VaultUnavailableError
-from .format import ContentClass, KeyBlock
+from .errors import CMKError, ConfigurationError, IntegrityError, KeyNotFoundError, KeyRevokedError, VaultUnavailableError
+from .format import DEK_SIZE, ContentClass, KeyBlock
 from .keys import DataKey, new_dek
 from .providers.base import KeyProvider, provider_for, split_key_uri
 
@@ -193,6 +193,12 @@ class KeyCache:
                 return cached
             confirmed_at = self.clock()
             dek = self._vault_call("unwrap", key_block.key_uri, key_block.key_version, lambda p: p.unwrap(key_block))
+            if len(dek) != DEK_SIZE:
+                # Anyone holding a vault's public key can wrap a value of any
+                # length: only a 32-byte DEK can be this file's.
+                if isinstance(dek, bytearray):
+                    dek[:] = bytes(len(dek))
+                raise IntegrityError()
             data_key = DataKey(dek, key_block, confirmed_at + self.ttl)
             if self.ttl > 0:
                 self._unwrapped[cache_key] = data_key

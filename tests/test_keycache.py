@@ -473,3 +473,20 @@ def test_the_default_provider_follows_cmkfs_home(isolated_cmkfs_home, tmp_path, 
     monkeypatch.setenv("CMKFS_HOME", str(tmp_path / "elsewhere"))
     with pytest.raises(KeyNotFoundError):
         decrypt_bytes(data, KeyCache(ttl=60))
+
+
+def test_unwrapped_value_of_the_wrong_length_is_an_integrity_error(make_cache, vault, isolated_cmkfs_home):
+    # Whoever can wrap under a key (for RSA: anyone with the public key) can
+    # wrap a value that is not a 32-byte DEK; it must never reach the engine.
+    from dataclasses import replace
+
+    from cmkfs.providers.local import wrap_aad
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    good = vault.wrap(KEY, os.urandom(32))
+    kek = (isolated_cmkfs_home / "vault" / "k" / f"v{good.key_version}.key").read_bytes()
+    nonce = os.urandom(12)
+    short = nonce + AESGCM(bytes(kek)).encrypt(nonce, os.urandom(16), wrap_aad(good.key_uri, good.key_version))
+    cache = make_cache()
+    with pytest.raises(IntegrityError):
+        cache.data_key_for_read(replace(good, wrapped_dek=short))
