@@ -12,7 +12,6 @@ from __future__ import annotations
 import fsspec
 import pytest
 from fsspec.implementations.local import LocalFileSystem
-from fsspec.implementations.memory import MemoryFileSystem
 from fsspec.tests import abstract
 
 from cmkfs.filesystem import CMKFileSystem
