@@ -699,8 +699,11 @@ class PKCS11Provider(KeyProvider):
             _release(token)
 
     def __del__(self):
-        with contextlib.suppress(Exception):
+        # Not contextlib.suppress: at interpreter exit module globals may already be None.
+        try:
             self.close()
+        except Exception:  # noqa: BLE001
+            pass
 
     # -- management (tests, the CLI) ----------------------------------------
 
