@@ -68,7 +68,7 @@ EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
 )
 
 #: Modules that each add one command or group to ``cmkfs``.
-COMMAND_MODULES: tuple[str, ...] = ("cmkfs.cli_keys", "cmkfs.cli_demo")
+COMMAND_MODULES: tuple[str, ...] = ("cmkfs.cli_keys", "cmkfs.cli_demo", "cmkfs.cli_rewrap")
 
 
 class CommandError(click.ClickException):

@@ -526,6 +526,17 @@ class CMKFileSystem(ChainedFileSystem):
         self.fs.mv(self._strip_protocol(path1), self._strip_protocol(path2), recursive=recursive, maxdepth=maxdepth, **kwargs)
         self._forget()
 
+    def rewrap(self, path, key=None, recursive=False, dry_run=False):
+        """Re-wrap the data key of ``path`` under ``key`` (default: this
+        filesystem's key) without re-encrypting it; see :mod:`cmkfs.rewrap`.
+        Returns a :class:`~cmkfs.rewrap.RewrapResult`, or with ``recursive``
+        a list of them (failed files carry ``error``)."""
+        from .rewrap import rewrap_file, rewrap_tree
+
+        if recursive:
+            return list(rewrap_tree(self, path, key=key, dry_run=dry_run))
+        return rewrap_file(self, path, key=key, dry_run=dry_run)
+
     # -- metadata, with exact plaintext sizes ----------------------------------
 
     def ls(self, path, detail=True, **kwargs):
