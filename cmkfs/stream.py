@@ -2,8 +2,11 @@
 
 :class:`EncryptingWriter` takes writes of any size and emits the header and
 then one sealed segment per ``segment_size`` plaintext bytes, holding a bounded
-amount in memory (one segment, plus about 2 MiB per pool thread).  A full segment is only sealed once more
-data arrives, because the final segment carries the "last" flag: closing
+amount in memory (two segments, plus about 2 MiB per pool thread).  The
+final segment carries the "last" flag, so the writer never writes out a
+segment before it knows more data follows: a partial segment waits in a
+buffer, and the last whole segment of a large write waits sealed as "not
+last" (closing right after it reopens and reseals it as final).  Closing
 seals whatever is buffered as the final segment (an empty one only for an
 empty file).
 
@@ -172,18 +175,21 @@ class EncryptingWriter(_Keyed):
         super().__init__(keys, header, data_key)
         self._threads = default_threads() if threads is None else max(1, threads)
         self._executor = executor if executor is not None else (shared_executor() if self._threads > 1 else None)
-        # Full segments from small writes wait here and are sealed a batch at
-        # a time, the calling thread taking a share: one hand-off per batch,
-        # and the caller sits in AES (GIL released) instead of waiting.
+        # Large writes are sealed on the pool in batches of this many
+        # segments per thread (one hand-off per batch, not per segment).
         self._per_thread = max(1, BATCH_BYTES // segment_size)
-        self._batch_segments = self._threads * max(1, self._per_thread // 2)
-        self._ready: list[tuple[int, bytearray]] = []
         self._buf = bytearray(segment_size)
         self._fill = 0
         self._index = 0
         self._plain = 0
         self._spare_in: list[bytearray] = []
         self._out = bytearray(segment_size + TAG_SIZE)  # the inline path's reusable buffer
+        # The last whole segment of a large write, sealed as "not last" but
+        # not yet written: if the file ends there, close() reopens it and
+        # seals it again as the final segment.  This spares copying every
+        # large write's tail segment into our buffer (the common case).
+        self._held = bytearray(segment_size + TAG_SIZE)
+        self._held_index = -1
         self._run_outs: list[bytearray] = []  # one output buffer per thread for _seal_run
         self.closed = False
         self.header = header
@@ -213,21 +219,24 @@ class EncryptingWriter(_Keyed):
             view = view.cast("B") if view.c_contiguous else memoryview(view.tobytes())
         n = len(view)
         size = self._size
-        borrowed = False
+        if n and self._held_index >= 0:
+            self._release_held()  # more data: the held segment was not the last
         while len(view):
             if self._fill == size:
                 # More data follows, so the buffered segment is not the last.
                 self._emit_buffer()
-            if self._fill == 0 and len(view) > size:
+            if self._fill == 0 and len(view) >= size:
                 # Seal whole segments straight from the caller's memory (no
-                # copy); keep at least one byte back, it may end the file.
-                count = (len(view) - 1) // size
-                if self._executor is not None and count > 1:
-                    self._seal_run(view[: count * size], count)
-                else:
-                    for i in range(count):
-                        self._emit(view[i * size : (i + 1) * size], None)
-                borrowed = True
+                # copy).  All but the last are followed by more data; the last
+                # may end the file, so it is held back, sealed speculatively.
+                count = len(view) // size
+                if count > 1:
+                    if self._executor is not None and (count - 1) * size >= BATCH_BYTES:
+                        self._seal_run(view[: (count - 1) * size], count - 1)
+                    else:
+                        for i in range(count - 1):
+                            self._emit(view[i * size : (i + 1) * size], None)
+                self._hold(view[(count - 1) * size : count * size])
                 view = view[count * size :]
                 continue
             take = min(size - self._fill, len(view))
@@ -244,56 +253,39 @@ class EncryptingWriter(_Keyed):
         self._emit(memoryview(buf), buf)
 
     def _emit(self, plain: memoryview, owned: bytearray | None, last: bool = False) -> None:
+        """Seal one segment on this thread and write it out.
+
+        Buffered segments (from small writes) are sealed inline: handing one
+        segment to the pool costs more than it saves.  Only runs of whole
+        segments from large writes go to the pool (:meth:`_seal_run`).
+        """
         if self._index >= MAX_SEGMENTS:
             raise OverflowError("file too large for this segment size")
-        if self._expired():
-            self._flush_ready()  # queued segments were accepted under the current key; seal them first
-            self._refresh()
-        # Not _cipher_now(): a second clock read could refresh (and wipe the
-        # cipher of in-flight segments) without the drain above.
-        cipher = self._cipher
+        self._release_held()
+        cipher = self._cipher_now()
         index = self._index
         self._index += 1
-        if self._executor is None:
-            out = self._out if len(plain) == self._size else bytearray(len(plain) + TAG_SIZE)
-            cipher.seal_into(index, last, plain, out)
-            self._sink.write(out)
-            if owned is not None:
-                self._spare_in.append(owned)
-            return
-        if owned is None:
-            # Borrowed memory or the final segment: everything queued goes first.
-            self._flush_ready()
-            out = self._out if len(plain) == self._size else bytearray(len(plain) + TAG_SIZE)
-            cipher.seal_into(index, last, plain, out)
-            self._sink.write(out)
-            return
-        self._ready.append((index, owned))
-        if len(self._ready) >= self._batch_segments:
-            self._flush_ready()
+        out = self._out if len(plain) == self._size else bytearray(len(plain) + TAG_SIZE)
+        cipher.seal_into(index, last, plain, out)
+        self._sink.write(out)
+        if owned is not None:
+            self._spare_in.append(owned)
 
-    def _flush_ready(self) -> None:
-        """Seal and write the queued full segments, split over the pool and this thread."""
-        ready = self._ready
-        if not ready:
-            return
-        cipher = self._cipher
-        share = -(-len(ready) // self._threads)
-        groups = [ready[k : k + share] for k in range(0, len(ready), share)]
-        outs = self._outs_for(len(groups))
-        futures = [self._executor.submit(_seal_list, self._size, cipher, g, o) for g, o in zip(groups[1:], outs[1:])]
-        try:
-            _seal_list(self._size, cipher, groups[0], outs[0])
-        finally:
-            for f in futures:
-                f.result()
-        step = self._size + TAG_SIZE
-        for group, out in zip(groups, outs):
-            view = memoryview(out)
-            for k in range(len(group)):
-                self._sink.write(view[k * step : (k + 1) * step])
-        self._spare_in.extend(buf for _, buf in ready)
-        ready.clear()
+    def _hold(self, plain: memoryview) -> None:
+        """Seal a whole segment as "not last" into the held buffer."""
+        if self._index >= MAX_SEGMENTS:
+            raise OverflowError("file too large for this segment size")
+        self._release_held()
+        cipher = self._cipher_now()
+        self._held_index = self._index
+        self._index += 1
+        cipher.seal_into(self._held_index, False, plain, self._held)
+
+    def _release_held(self) -> None:
+        """More follows the held segment: it was rightly sealed as not last."""
+        if self._held_index >= 0:
+            self._sink.write(self._held)
+            self._held_index = -1
 
     def _outs_for(self, count: int) -> list[bytearray]:
         outs = self._run_outs
@@ -308,7 +300,7 @@ class EncryptingWriter(_Keyed):
         contiguous batches (one task per thread, not one per segment), so the
         per-segment cost stays a slice and a call.
         """
-        self._flush_ready()  # segments queued by earlier writes go out first
+        self._release_held()
         size = self._size
         step = size + TAG_SIZE
         threads = self._threads
@@ -348,6 +340,12 @@ class EncryptingWriter(_Keyed):
         if self.closed:
             return
         try:
+            if self._held_index >= 0 and self._fill == 0:
+                # The file ended on the held segment: take it back (our own
+                # ciphertext, opened with our own key) and seal it as final.
+                index, self._held_index = self._held_index, -1
+                self._cipher_now().open_into(index, False, self._held, memoryview(self._buf))
+                self._index, self._fill = index, self._size
             self._emit(memoryview(self._buf)[: self._fill], None, last=True)
         except BaseException:
             self.abort()
@@ -362,10 +360,10 @@ class EncryptingWriter(_Keyed):
 
     def _release(self) -> None:
         self._forget_key()
-        for buf in [self._buf, *self._spare_in, *(b for _, b in self._ready)]:
+        self._held_index = -1
+        for buf in [self._buf, *self._spare_in]:
             buf[:] = bytes(len(buf))  # plaintext does not outlive the writer
         self._spare_in.clear()
-        self._ready.clear()
         self._run_outs.clear()
         self._fill = 0
 
@@ -378,15 +376,6 @@ class EncryptingWriter(_Keyed):
             self.close()
         else:
             self.abort()
-
-
-def _seal_list(size: int, cipher: SegmentCipher, jobs: list, out: bytearray) -> None:
-    """Seal ``(index, plaintext)`` full, non-final segments into ``out``, back to back."""
-    seal = cipher.seal_into
-    step = size + TAG_SIZE
-    view = memoryview(out)
-    for k, (index, plain) in enumerate(jobs):
-        seal(index, False, plain, view[k * step : (k + 1) * step])
 
 
 def _seal_batch(size: int, cipher: SegmentCipher, index: int, plain: memoryview, out: bytearray) -> None:
