@@ -466,6 +466,7 @@ class DecryptingReader(_Keyed):
         # one reused buffer so a small read allocates only its result.
         self._cache: dict[int, bytes] = {}
         self._scratch = bytearray(self.segment_size)
+        self._ct_buf = bytearray(0)  # ciphertext window, for sources that read into a buffer
         self._recent: int | None = None
         last = self.segment_count - 1
         self._cache[last] = self._cipher_now().open(last, True, self._fetch(last, last + 1))
@@ -498,10 +499,21 @@ class DecryptingReader(_Keyed):
         return self.size - (self.segment_count - 1) * self.segment_size
 
     def _fetch(self, first: int, stop: int) -> memoryview:
-        """The ciphertext of segments ``[first, stop)``, in one ranged read."""
+        """The ciphertext of segments ``[first, stop)``, in one ranged read.
+
+        Sources that can fill a buffer (local files, memory) read into one
+        reused buffer: valid until the next fetch, which is all a window needs.
+        """
         seg_ct = self.segment_size + TAG_SIZE
         start = self.header_length + first * seg_ct
         end = min(self.ciphertext_size, self.header_length + stop * seg_ct)
+        read_into = getattr(self._source, "read_range_into", None)
+        if read_into is not None:
+            if len(self._ct_buf) < end - start:
+                self._ct_buf = bytearray(end - start)
+            ciphertext = memoryview(self._ct_buf)[: end - start]
+            read_into(start, ciphertext)
+            return ciphertext
         ciphertext = memoryview(self._source.read_range(start, end))
         if len(ciphertext) != end - start:
             raise IntegrityError()
@@ -521,11 +533,15 @@ class DecryptingReader(_Keyed):
         if stop - first == 1:
             base = first * seg
             return bytes(self._segment(first)[offset - base : end - base])
-        # Several segments: open them straight into the result.  BytesIO over
-        # a fresh bytes object gives a writable view of it, and getvalue()
-        # then hands that same object back without a copy (CPython; elsewhere
-        # it copies once, which is still correct).
-        result = io.BytesIO(bytes(end - offset))
+        # Several segments: open them straight into the result.  A BytesIO
+        # grown to the size gives a writable view of its own buffer, and
+        # getvalue() then hands that object back as bytes without a copy
+        # (CPython; elsewhere it copies once, which is still correct).  One
+        # allocation per read: a second one (a zeroed bytes, a copy) costs
+        # fresh-page faults that are slower than the AES.
+        result = io.BytesIO()
+        result.seek(end - offset - 1)
+        result.write(b"\0")
         view = result.getbuffer()
         try:
             window = max(1, MAX_FETCH // (seg + TAG_SIZE))

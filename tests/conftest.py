@@ -4,6 +4,7 @@ when first needed and stops it at the end of the session."""
 
 from __future__ import annotations
 
+import fsspec
 import pytest
 
 pytest_plugins: list[str] = ["tests.services.azurite", "tests.services.kv_server", "tests.services.softhsm"]
@@ -17,3 +18,26 @@ def isolated_cmkfs_home(tmp_path_factory, monkeypatch):
     monkeypatch.delenv("CMKFS_KEY", raising=False)
     monkeypatch.delenv("CMKFS_AUDIT_LOG", raising=False)
     return home
+
+
+@pytest.fixture(autouse=True)
+def fresh_cmk_instances():
+    """New ``cmk`` filesystem instances (and so new key caches) for every
+    test: fsspec would otherwise hand a later test an instance whose key
+    cache belongs to an earlier test's vault."""
+    from cmkfs.filesystem import CMKFileSystem
+
+    CMKFileSystem.clear_instance_cache()
+    yield
+    CMKFileSystem.clear_instance_cache()
+
+
+@pytest.fixture
+def memfs():
+    """fsspec's process-wide memory filesystem, emptied before and after the test."""
+    mem = fsspec.filesystem("memory")
+    mem.store.clear()
+    mem.pseudo_dirs[:] = [""]
+    yield mem
+    mem.store.clear()
+    mem.pseudo_dirs[:] = [""]

@@ -38,27 +38,10 @@ class CountingMemoryFileSystem(MemoryFileSystem):
 fsspec.register_implementation("cmkcount", CountingMemoryFileSystem, clobber=True)
 
 
-@pytest.fixture(autouse=True)
-def fresh_instances():
-    CMKFileSystem.clear_instance_cache()
-    yield
-    CMKFileSystem.clear_instance_cache()
-
-
 @pytest.fixture
 def key(isolated_cmkfs_home):
     LocalVaultProvider().create("frames")
     return "local://frames"
-
-
-@pytest.fixture
-def memstore():
-    mem = fsspec.filesystem("memory")
-    mem.store.clear()
-    mem.pseudo_dirs[:] = [""]
-    yield mem
-    mem.store.clear()
-    mem.pseudo_dirs[:] = [""]
 
 
 def frame(rows: int = 1000) -> pd.DataFrame:
@@ -73,11 +56,11 @@ def frame(rows: int = 1000) -> pd.DataFrame:
     )
 
 
-def test_pandas_parquet_all_columns_and_a_subset(key, memstore):
+def test_pandas_parquet_all_columns_and_a_subset(key, memfs):
     df = frame()
     opts = {"cmk": {"key": key}}
     df.to_parquet("cmk::memory://frames/sales.parquet", storage_options=opts)
-    raw = memstore.cat_file("/frames/sales.parquet")
+    raw = memfs.cat_file("/frames/sales.parquet")
     assert raw.startswith(MAGIC) and b"PAR1" not in raw
     back = pd.read_parquet("cmk::memory://frames/sales.parquet", storage_options=opts)
     pd.testing.assert_frame_equal(back, df)
@@ -85,7 +68,7 @@ def test_pandas_parquet_all_columns_and_a_subset(key, memstore):
     pd.testing.assert_frame_equal(subset, df[["id", "region"]])
 
 
-def test_pandas_csv(key, memstore, tmp_path):
+def test_pandas_csv(key, memfs, tmp_path):
     df = frame(200)
     opts = {"cmk": {"key": key}}
     for url in ("cmk::memory://frames/sales.csv", f"cmk::file://{tmp_path}/sales.csv"):

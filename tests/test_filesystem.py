@@ -42,28 +42,10 @@ def payload(n: int, seed: int = 0) -> bytes:
     return bytes((i * 31 + seed) % 251 for i in range(n))
 
 
-@pytest.fixture(autouse=True)
-def fresh_instances():
-    """Each test gets new filesystem instances (and so new key caches) for its own vault."""
-    CMKFileSystem.clear_instance_cache()
-    yield
-    CMKFileSystem.clear_instance_cache()
-
-
 @pytest.fixture
 def key(isolated_cmkfs_home):
     LocalVaultProvider().create("fs-test")
     return "local://fs-test"
-
-
-@pytest.fixture
-def memfs():
-    mem = fsspec.filesystem("memory")
-    mem.store.clear()
-    mem.pseudo_dirs[:] = [""]
-    yield mem
-    mem.store.clear()
-    mem.pseudo_dirs[:] = [""]
 
 
 @pytest.fixture(params=["file", "memory"])
@@ -723,3 +705,18 @@ def test_registered_target_plugin_is_used(key, memfs):
     finally:
         targets._SINKS.pop("cmkplugin", None)
         targets._SOURCES.pop("cmkplugin", None)
+
+
+@pytest.mark.parametrize("durable, expected_fsyncs", [(True, 2), (False, 0)])
+def test_local_commit_is_durable_unless_told_otherwise(key, tmp_path, monkeypatch, durable, expected_fsyncs):
+    fs = CMKFileSystem(target_protocol="file", key=key, fsync=durable)
+    calls = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(fd), real_fsync(fd))[1])
+    path = str(tmp_path / "d.bin")
+    with fs.open(path, "wb") as f:
+        f.write(b"x" * 10_000)
+    # The file's data and then its directory entry, before and after the rename.
+    assert len(calls) == expected_fsyncs
+    assert fs.cat_file(path) == b"x" * 10_000
+    assert [p for p in os.listdir(tmp_path) if is_partial_name(p)] == []

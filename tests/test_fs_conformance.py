@@ -19,13 +19,6 @@ from cmkfs.format import MAGIC
 from cmkfs.providers.local import LocalVaultProvider
 
 
-@pytest.fixture(autouse=True)
-def fresh_instances():
-    CMKFileSystem.clear_instance_cache()
-    yield
-    CMKFileSystem.clear_instance_cache()
-
-
 @pytest.fixture
 def cmk_key(isolated_cmkfs_home):
     LocalVaultProvider().create("conformance")

@@ -34,13 +34,6 @@ def payload(n: int, seed: int = 0) -> bytes:
     return bytes((i * 31 + seed) % 251 for i in range(n))
 
 
-@pytest.fixture(autouse=True)
-def fresh_instances():
-    CMKFileSystem.clear_instance_cache()
-    yield
-    CMKFileSystem.clear_instance_cache()
-
-
 @pytest.fixture
 def vault(isolated_cmkfs_home):
     provider = LocalVaultProvider()
