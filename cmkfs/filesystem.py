@@ -58,6 +58,7 @@ from .format import (
 from .keycache import DEFAULT_CACHE_TTL, KeyCache, check_ttl
 from .stream import DecryptingReader, reject_append
 from .targets import PARTIAL_MARKER, is_partial_name, open_atomic_sink, open_range_source
+from .wipe import wipe
 
 __all__ = [
     "CMKFileSystem",
@@ -464,7 +465,7 @@ class CMKFileSystem(ChainedFileSystem):
                         break
                     f.write(view[:n])
                     callback.relative_update(n)
-                buf[:] = bytes(len(buf))  # the plaintext staging buffer does not linger
+                wipe(buf)  # the plaintext staging buffer does not linger
             except BaseException:
                 f.discard()
                 raise

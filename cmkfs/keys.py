@@ -16,6 +16,7 @@ from typing import Callable, Protocol
 
 from .errors import IntegrityError
 from .format import DEK_SIZE, ContentClass, KeyBlock
+from .wipe import wipe
 
 __all__ = ["DataKey", "KeySource", "StaticKeySource", "new_dek"]
 
@@ -67,7 +68,7 @@ class DataKey:
     def wipe(self) -> None:
         """Overwrite the DEK in place (every holder of this object sees zeros)."""
         self.expires_at = -math.inf  # first: see snapshot()
-        self._dek[:] = bytes(DEK_SIZE)
+        wipe(self._dek)
 
 
 class KeySource(Protocol):

@@ -24,6 +24,7 @@ from cryptography.exceptions import InvalidTag
 
 from .errors import IntegrityError
 from .format import COMMITMENT_SIZE, DEK_SIZE, MAX_SEGMENTS, TAG_SIZE, FileParams
+from .wipe import wipe
 
 __all__ = ["HKDF_INFO_LABEL", "derive_file_key", "SegmentCipher"]
 
@@ -45,7 +46,7 @@ def derive_file_key(dek: bytes, params: FileParams) -> tuple[bytearray, bytes]:
     )
     file_key = okm[:32]
     commitment = bytes(okm[32:])
-    okm[:] = bytes(len(okm))  # best effort: scrub the copy we own
+    wipe(okm)  # best effort: scrub the copy we own
     return file_key, commitment
 
 
@@ -105,5 +106,5 @@ class SegmentCipher:
         """Overwrite the key bytes this object owns.  The AESGCM object keeps
         its own copy inside OpenSSL, freed with it; Python cannot promise
         more (see docs/SECURITY.md)."""
-        self._key[:] = bytes(len(self._key))
+        wipe(self._key)
         self._aead = None  # type: ignore[assignment]

@@ -45,6 +45,7 @@ from .format import (
 )
 from .keys import DataKey, KeySource
 from .segment import SegmentCipher, check_commitment, derive_file_key
+from .wipe import wipe
 
 __all__ = ["EncryptingWriter", "DecryptingReader", "RangeSource", "BytesSource", "shared_executor"]
 
@@ -77,20 +78,29 @@ def shared_executor() -> ThreadPoolExecutor:
         return _executor
 
 
+_DEFAULT_THREADS = max(1, min(4, os.cpu_count() or 1))
+
+
 def default_threads() -> int:
-    return max(1, min(4, os.cpu_count() or 1))
+    return _DEFAULT_THREADS
 
 
 class _Keyed:
     """The shared "hold a file key, re-confirm it at the deadline" logic."""
 
-    def __init__(self, keys: KeySource, header: Header, data_key: DataKey) -> None:
+    def __init__(self, keys: KeySource, header: Header, data_key: DataKey, file_key: bytearray | None = None) -> None:
         self._keys = keys
         self._clock = keys.clock
         self._header = header
         self._cipher: SegmentCipher | None = None
         self._deadline = float("-inf")
-        self._install(data_key)
+        if file_key is None:
+            self._install(data_key)
+        else:
+            # A writer derived the key itself (it needed the commitment first).
+            self._cipher = SegmentCipher(file_key, header.params.nonce_prefix)
+            self._data_key = data_key
+            self._deadline = data_key.expires_at
 
     def _install(self, data_key: DataKey) -> None:
         dek = self._snapshot(data_key)
@@ -170,25 +180,26 @@ class EncryptingWriter(_Keyed):
         else:
             raise KeyRevokedError("the data key was withdrawn while in use")
         params = FileParams(segment_size, os.urandom(SALT_SIZE), os.urandom(NONCE_PREFIX_SIZE), ContentClass(content_class))
-        _, commitment = derive_file_key(dek, params)
+        file_key, commitment = derive_file_key(dek, params)
         header = Header(params, commitment, data_key.key_block)
-        super().__init__(keys, header, data_key)
+        super().__init__(keys, header, data_key, file_key)
         self._threads = default_threads() if threads is None else max(1, threads)
         self._executor = executor if executor is not None else (shared_executor() if self._threads > 1 else None)
         # Large writes are sealed on the pool in batches of this many
         # segments per thread (one hand-off per batch, not per segment).
         self._per_thread = max(1, BATCH_BYTES // segment_size)
-        self._buf = bytearray(segment_size)
+        # Buffers are allocated on first use and grow only as far as needed:
+        # a 50 KB image never pays for (or wipes) a whole 256 KiB segment.
+        self._buf = bytearray()  # plaintext of the segment being filled
         self._fill = 0
         self._index = 0
         self._plain = 0
-        self._spare_in: list[bytearray] = []
-        self._out = bytearray(segment_size + TAG_SIZE)  # the inline path's reusable buffer
+        self._out: bytearray | None = None  # reusable output for whole segments
         # The last whole segment of a large write, sealed as "not last" but
         # not yet written: if the file ends there, close() reopens it and
         # seals it again as the final segment.  This spares copying every
         # large write's tail segment into our buffer (the common case).
-        self._held = bytearray(segment_size + TAG_SIZE)
+        self._held: bytearray | None = None
         self._held_index = -1
         self._run_outs: list[bytearray] = []  # one output buffer per thread for _seal_run
         self.closed = False
@@ -235,24 +246,26 @@ class EncryptingWriter(_Keyed):
                         self._seal_run(view[: (count - 1) * size], count - 1)
                     else:
                         for i in range(count - 1):
-                            self._emit(view[i * size : (i + 1) * size], None)
+                            self._emit(view[i * size : (i + 1) * size])
                 self._hold(view[(count - 1) * size : count * size])
                 view = view[count * size :]
                 continue
             take = min(size - self._fill, len(view))
-            self._buf[self._fill : self._fill + take] = view[:take]
-            self._fill += take
+            end = self._fill + take
+            if end <= len(self._buf):
+                self._buf[self._fill : end] = view[:take]
+            else:
+                self._buf[self._fill :] = view[:take]  # grows the buffer, up to one segment
+            self._fill = end
             view = view[take:]
         self._plain += n
         return n
 
     def _emit_buffer(self) -> None:
-        buf = self._buf
-        self._buf = self._spare_in.pop() if self._spare_in else bytearray(self._size)
-        self._fill = 0
-        self._emit(memoryview(buf), buf)
+        self._emit(memoryview(self._buf)[: self._size])
+        self._fill = 0  # sealed synchronously: the buffer is free again
 
-    def _emit(self, plain: memoryview, owned: bytearray | None, last: bool = False) -> None:
+    def _emit(self, plain: memoryview, last: bool = False) -> None:
         """Seal one segment on this thread and write it out.
 
         Buffered segments (from small writes) are sealed inline: handing one
@@ -265,11 +278,14 @@ class EncryptingWriter(_Keyed):
         cipher = self._cipher_now()
         index = self._index
         self._index += 1
-        out = self._out if len(plain) == self._size else bytearray(len(plain) + TAG_SIZE)
+        if len(plain) == self._size:
+            if self._out is None:
+                self._out = bytearray(self._size + TAG_SIZE)
+            out = self._out
+        else:
+            out = bytearray(len(plain) + TAG_SIZE)
         cipher.seal_into(index, last, plain, out)
         self._sink.write(out)
-        if owned is not None:
-            self._spare_in.append(owned)
 
     def _hold(self, plain: memoryview) -> None:
         """Seal a whole segment as "not last" into the held buffer."""
@@ -277,6 +293,8 @@ class EncryptingWriter(_Keyed):
             raise OverflowError("file too large for this segment size")
         self._release_held()
         cipher = self._cipher_now()
+        if self._held is None:
+            self._held = bytearray(self._size + TAG_SIZE)
         self._held_index = self._index
         self._index += 1
         cipher.seal_into(self._held_index, False, plain, self._held)
@@ -344,9 +362,12 @@ class EncryptingWriter(_Keyed):
                 # The file ended on the held segment: take it back (our own
                 # ciphertext, opened with our own key) and seal it as final.
                 index, self._held_index = self._held_index, -1
-                self._cipher_now().open_into(index, False, self._held, memoryview(self._buf))
+                if len(self._buf) < self._size:
+                    wipe(self._buf)
+                    self._buf = bytearray(self._size)
+                self._cipher_now().open_into(index, False, self._held, memoryview(self._buf)[: self._size])
                 self._index, self._fill = index, self._size
-            self._emit(memoryview(self._buf)[: self._fill], None, last=True)
+            self._emit(memoryview(self._buf)[: self._fill], last=True)
         except BaseException:
             self.abort()
             raise
@@ -361,9 +382,7 @@ class EncryptingWriter(_Keyed):
     def _release(self) -> None:
         self._forget_key()
         self._held_index = -1
-        for buf in [self._buf, *self._spare_in]:
-            buf[:] = bytes(len(buf))  # plaintext does not outlive the writer
-        self._spare_in.clear()
+        wipe(self._buf)  # plaintext does not outlive the writer
         self._run_outs.clear()
         self._fill = 0
 
@@ -465,7 +484,7 @@ class DecryptingReader(_Keyed):
         # Parquet footers live) and the most recently opened segment, kept in
         # one reused buffer so a small read allocates only its result.
         self._cache: dict[int, bytes] = {}
-        self._scratch = bytearray(self.segment_size)
+        self._scratch = bytearray(0)  # grown on first use to the segments it opens
         self._ct_buf = bytearray(0)  # ciphertext window, for sources that read into a buffer
         self._recent: int | None = None
         last = self.segment_count - 1
@@ -484,7 +503,7 @@ class DecryptingReader(_Keyed):
     def close(self) -> None:
         self._forget_key()
         self._cache.clear()
-        self._scratch[:] = bytes(len(self._scratch))
+        wipe(self._scratch)
         self._recent = None
 
     def __enter__(self):
@@ -548,7 +567,7 @@ class DecryptingReader(_Keyed):
             for i in range(first, stop, window):
                 self._open_window(i, min(stop, i + window), offset, end, view)
         except BaseException:
-            view[:] = bytes(len(view))  # never leave a partly verified result behind
+            wipe(view)  # never leave a partly verified result behind
             raise
         finally:
             view.release()
@@ -595,6 +614,9 @@ class DecryptingReader(_Keyed):
     def _open_scratch(self, cipher: SegmentCipher, index: int, last: bool, ct, n: int) -> memoryview:
         """Open one segment into the reused scratch buffer, which then caches it."""
         self._recent = None
+        if len(self._scratch) < n:
+            wipe(self._scratch)
+            self._scratch = bytearray(n)
         plain = memoryview(self._scratch)[:n]
         try:
             cipher.open_into(index, last, ct, plain)
