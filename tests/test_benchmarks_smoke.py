@@ -1,0 +1,42 @@
+"""The benchmarks stay runnable: each runs once in its smallest form.
+
+These check that the scripts work end to end (and that the engine, the
+filesystem and every key provider they drive still round-trip), not how
+fast anything is: timings are never asserted in tests.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.slow
+
+
+def _run(*args: str) -> str:
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_engine_benchmark_runs(tmp_path):
+    out = _run("benchmarks/bench_engine.py", "--quick", "--json", str(tmp_path / "engine.json"))
+    assert "raw AESGCM" in out and "writer t=1" in out
+    assert (tmp_path / "engine.json").stat().st_size > 0
+
+
+def test_filesystem_benchmark_runs(tmp_path):
+    out = _run("benchmarks/bench_fs.py", "--quick", "--rounds", "1", "--only", "small", "--only", "parquet")
+    assert "50 KB write" in out and "ls(detail=True)" in out and "footer + 1 of 8 columns" in out
+
+
+def test_key_benchmark_runs_every_provider():
+    out = _run("benchmarks/bench_keys.py", "--files", "20", "--cold-files", "4")
+    for provider in ("local://", "https://", "pkcs11:"):
+        assert provider in out
+    assert "not measured" not in out
