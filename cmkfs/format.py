@@ -96,7 +96,7 @@ MIN_SEGMENT_SIZE = 4096
 MAX_SEGMENT_SIZE = 64 * 1024 * 1024
 # Chosen by benchmarks/bench_engine.py (see benchmarks/README.md): at 256 KiB
 # the engine streams as fast as at 64 KiB and faster than at 1-4 MiB (1 MiB
-# writes 0.83x raw AES-GCM, reads 0.86-0.91x, two-thread reads ~1.4x), while a
+# writes ~1.0x raw AES-GCM, reads 0.85-0.9x, two-thread reads ~1.3x), while a
 # random 4 KiB read (a Parquet page or footer probe) fetches and opens
 # 256 KiB (~130 us) instead of 1 MiB (~450 us) or 4 MiB (~1.7 ms).
 DEFAULT_SEGMENT_SIZE = 256 * 1024
