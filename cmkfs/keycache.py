@@ -221,7 +221,7 @@ class KeyCache:
     def _purge(self, base: str | None) -> None:
         with self._lock:
             for cache_key in list(self._unwrapped.keys()):
-                if base is None or cache_key[0] == base:
+                if base is None or split_key_uri(cache_key[0])[0] == base:
                     self._unwrapped.pop(cache_key).wipe()
             if self._write_key is not None and (base is None or split_key_uri(self._write_key.key_block.key_uri)[0] == base):
                 self._write_key.wipe()
@@ -283,4 +283,6 @@ def _capped_wait(deadline: float):
 
 
 def _cache_key(key_block: KeyBlock) -> tuple:
-    return (split_key_uri(key_block.key_uri)[0], key_block.key_version, int(key_block.wrap_alg), bytes(key_block.wrapped_dek))
+    # The URI as the block spells it (providers write canonical, unversioned
+    # URIs); purges compare its unversioned form.
+    return (key_block.key_uri, key_block.key_version, int(key_block.wrap_alg), bytes(key_block.wrapped_dek))

@@ -52,6 +52,9 @@ __all__ = ["EncryptingWriter", "DecryptingReader", "RangeSource", "BytesSource",
 # A first read this large fetches a whole header in one request in practice
 # (headers are 150-800 bytes), without pulling much payload.
 HEADER_PROBE_SIZE = 4096
+# Files up to this size are read whole at open (header and final segment in
+# one request); larger ones fetch a header probe, then the final segment.
+SMALL_FILE_FETCH = 512 * 1024
 # Largest ciphertext window fetched at once by a large read: bounds memory
 # for read(-1) on big files and lets decryption overlap the next fetch.
 MAX_FETCH = 8 * 1024 * 1024
@@ -463,7 +466,9 @@ class DecryptingReader(_Keyed):
     def __init__(self, source: RangeSource, keys: KeySource, *, threads: int | None = None) -> None:
         self._source = source
         size = source.size
-        probe = bytes(source.read_range(0, min(size, HEADER_PROBE_SIZE)))
+        # A small file is fetched whole: one request instead of two (header,
+        # then final segment), which on a remote store is most of the cost.
+        probe = bytes(source.read_range(0, size if size <= SMALL_FILE_FETCH else HEADER_PROBE_SIZE))
         if len(probe) < HEADER_PREFIX_SIZE:
             header_length_from_prefix(probe)  # raises the right FormatError
         header_len = header_length_from_prefix(probe)
@@ -488,7 +493,12 @@ class DecryptingReader(_Keyed):
         self._ct_buf = bytearray(0)  # ciphertext window, for sources that read into a buffer
         self._recent: int | None = None
         last = self.segment_count - 1
-        self._cache[last] = self._cipher_now().open(last, True, self._fetch(last, last + 1))
+        last_start = header_len + last * (self.segment_size + TAG_SIZE)
+        if len(probe) == size:
+            final = memoryview(probe)[last_start:]  # already here: the whole file came with the header
+        else:
+            final = self._fetch(last, last + 1)
+        self._cache[last] = self._cipher_now().open(last, True, final)
 
     def __repr__(self) -> str:
         return f"DecryptingReader(key_uri={self.header.key_block.key_uri!r}, size={self.size})"

@@ -17,6 +17,8 @@ __all__ = ["wipe"]
 
 def wipe(buffer) -> None:
     """Zero a writable buffer (``bytearray`` or a writable ``memoryview``) in place."""
+    if not len(buffer):
+        return
     view = memoryview(buffer)
     if view.readonly:
         raise TypeError("cannot wipe a read-only buffer")
