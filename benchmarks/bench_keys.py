@@ -108,7 +108,9 @@ def run(key_uri: str, provider, files: int, ttl: float) -> tuple[float, int, flo
         blobs.append(b"".join(sink.parts))
     write_s = time.perf_counter() - t0
     write_calls = cache.vault_calls
-    reader_cache = KeyCache(None, ttl=ttl, providers=lambda _uri: provider)
+    # A read-only cache trusts no remote vault by itself: name the writer's.
+    trusted = [key_uri] if key_uri.startswith("https://") else None
+    reader_cache = KeyCache(None, ttl=ttl, providers=lambda _uri: provider, trusted_vaults=trusted)
     t0 = time.perf_counter()
     for blob in blobs:
         with DecryptingReader(BytesSource(blob), reader_cache, threads=1) as reader:

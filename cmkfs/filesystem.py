@@ -55,7 +55,7 @@ from .format import (
     looks_like_cmkfs,
     plaintext_size,
 )
-from .keycache import DEFAULT_CACHE_TTL, KeyCache, check_ttl
+from .keycache import DEFAULT_CACHE_TTL, KeyCache, check_ttl, trusted_vault_hosts
 from .stream import DecryptingReader, reject_append
 from .targets import PARTIAL_MARKER, is_partial_name, open_atomic_sink, open_range_source
 from .wipe import wipe
@@ -249,6 +249,10 @@ class CMKFileSystem(ChainedFileSystem):
         Off by default (such files raise :class:`FormatError`).
     threads:
         Segment-crypto threads per stream (default: up to 4).
+    trusted_vaults:
+        Key vault hosts (or URLs) whose keys files may name, besides the
+        vault of ``key``; also ``$CMKFS_TRUSTED_VAULTS``.  A file naming any
+        other remote vault is refused before any network call.
     fsync:
         Local disk only: flush a new file to disk before it replaces the old
         one (default ``True``).  ``False`` is faster and still atomic against
@@ -273,6 +277,7 @@ class CMKFileSystem(ChainedFileSystem):
         allow_plaintext_read=False,
         threads=None,
         fsync=True,
+        trusted_vaults=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -295,6 +300,8 @@ class CMKFileSystem(ChainedFileSystem):
         self.threads = threads
         self.allow_plaintext_read = bool(allow_plaintext_read)
         self.fsync = bool(fsync)
+        # Hosts only (plain strings): they travel in tokens and pickles.
+        self.trusted_vaults = tuple(trusted_vault_hosts(trusted_vaults)) if trusted_vaults else ()
         if key is None:
             try:
                 key = default_key_uri()
@@ -343,7 +350,7 @@ class CMKFileSystem(ChainedFileSystem):
         if cache is None:
             with self._key_lock:
                 if self._key_cache is None:
-                    self._key_cache = KeyCache(self.key_uri, ttl=self.cache_ttl)
+                    self._key_cache = KeyCache(self.key_uri, ttl=self.cache_ttl, trusted_vaults=self.trusted_vaults)
                 cache = self._key_cache
         return cache
 

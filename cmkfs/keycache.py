@@ -22,10 +22,12 @@ unreadable within the cache TTL (at most one hour).  So:
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
 import weakref
-from typing import Callable
+from typing import Callable, Iterable
+from urllib.parse import urlsplit
 
 from cachetools import TLRUCache
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, stop_after_delay, wait_random_exponential
@@ -33,10 +35,14 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, stop
 from .audit import AuditLog, audit_log
 from .errors import CMKError, ConfigurationError, IntegrityError, KeyNotFoundError, KeyRevokedError, VaultUnavailableError
 from .format import DEK_SIZE, ContentClass, KeyBlock
-from .keys import DataKey, new_dek
-from .providers.base import KeyProvider, provider_for, split_key_uri
+from .keys import DataKey, new_dek, sweep_key_holders
+from .providers.base import KeyProvider, provider_for, redact_key_uri, split_key_uri
+from .wipe import wipe
 
-__all__ = ["KeyCache", "MAX_CACHE_TTL", "DEFAULT_CACHE_TTL", "check_ttl", "purge_key"]
+__all__ = ["KeyCache", "MAX_CACHE_TTL", "DEFAULT_CACHE_TTL", "ENV_TRUSTED_VAULTS", "check_ttl", "purge_key",
+           "trusted_vault_hosts"]
+
+ENV_TRUSTED_VAULTS = "CMKFS_TRUSTED_VAULTS"
 
 MAX_CACHE_TTL = 3600.0  # the revocation promise: one hour, never more
 DEFAULT_CACHE_TTL = 900.0  # 15 minutes
@@ -64,6 +70,7 @@ def _sweep_forever() -> None:
                 cache.sweep()
             except Exception:  # noqa: BLE001 - never let the sweeper die
                 pass
+        sweep_key_holders()
 
 
 def _start_sweeper() -> None:
@@ -92,6 +99,7 @@ def purge_key(key_uri: str) -> None:
         caches = list(_CACHES)
     for cache in caches:
         cache._purge(base)
+    sweep_key_holders()  # idle handles on the purged keys drop their file keys now
 
 
 class _WipingCache(TLRUCache):
@@ -134,9 +142,16 @@ class KeyCache:
         retry_attempts: int = DEFAULT_RETRY_ATTEMPTS,
         retry_deadline: float = DEFAULT_RETRY_DEADLINE,
         audit: AuditLog | None = None,
+        trusted_vaults: Iterable[str] | None = None,
     ) -> None:
         self.ttl = check_ttl(ttl)
         self.key_uri = key_uri
+        # Remote vaults a file header may name: the configured key's, the
+        # ones listed here, and $CMKFS_TRUSTED_VAULTS.
+        hosts = set(trusted_vault_hosts(trusted_vaults))
+        if key_uri and key_uri.startswith("https://"):
+            hosts.add(_vault_host(key_uri))
+        self._trusted_hosts = frozenset(hosts)
         self.clock = clock
         self._providers = providers or provider_for
         self._max_files = max(1, int(max_files_per_dek))
@@ -153,7 +168,8 @@ class KeyCache:
             _start_sweeper()
 
     def __repr__(self) -> str:
-        return f"KeyCache(key_uri={self.key_uri!r}, ttl={self.ttl:g}, entries={len(self._unwrapped)})"
+        shown = redact_key_uri(self.key_uri) if self.key_uri else None
+        return f"KeyCache(key_uri={shown!r}, ttl={self.ttl:g}, entries={len(self._unwrapped)})"
 
     def __reduce__(self):
         raise TypeError("KeyCache holds key material and cannot be pickled; pickle its key URI instead")
@@ -169,20 +185,24 @@ class KeyCache:
             if current is not None and self.clock() < current.expires_at and self._write_uses < self._max_files:
                 self._write_uses += 1
                 return current
-            confirmed_at = self.clock()
-            dek = new_dek()
-            try:
-                key_block = self._vault_call("wrap", self.key_uri, None, lambda p: p.wrap(self.key_uri, dek))
-            except BaseException:
-                dek[:] = bytes(len(dek))
-                raise
-            data_key = DataKey(dek, key_block, confirmed_at + self.ttl)
+        # The vault is called outside the lock: a slow or retrying vault must
+        # not stall handles whose keys are cached (two threads may both wrap
+        # a fresh DEK at once, which is harmless).
+        confirmed_at = self.clock()
+        dek = new_dek()
+        try:
+            key_block = self._vault_call("wrap", self.key_uri, None, lambda p: p.wrap(self.key_uri, dek))
+        except BaseException:
+            wipe(dek)
+            raise
+        data_key = DataKey(dek, key_block, confirmed_at + self.ttl)
+        with self._lock:
             if self.ttl > 0:
                 self._unwrapped[_cache_key(key_block)] = data_key
             # The previous write key stays in the unwrap cache (open writers
             # refresh through it) and is wiped when it expires there.
             self._write_key, self._write_uses = data_key, 1
-            return data_key
+        return data_key
 
     def data_key_for_read(self, key_block: KeyBlock) -> DataKey:
         cache_key = _cache_key(key_block)
@@ -191,18 +211,36 @@ class KeyCache:
             cached = self._unwrapped.get(cache_key)
             if cached is not None and self.clock() < cached.expires_at:
                 return cached
-            confirmed_at = self.clock()
-            dek = self._vault_call("unwrap", key_block.key_uri, key_block.key_version, lambda p: p.unwrap(key_block))
-            if len(dek) != DEK_SIZE:
-                # Anyone holding a vault's public key can wrap a value of any
-                # length: only a 32-byte DEK can be this file's.
-                if isinstance(dek, bytearray):
-                    dek[:] = bytes(len(dek))
-                raise IntegrityError()
-            data_key = DataKey(dek, key_block, confirmed_at + self.ttl)
-            if self.ttl > 0:
+        # The header is untrusted input: it must not choose the vault.
+        self._check_trusted(key_block.key_uri)
+        confirmed_at = self.clock()
+        dek = self._vault_call("unwrap", key_block.key_uri, key_block.key_version, lambda p: p.unwrap(key_block))
+        if len(dek) != DEK_SIZE:
+            # Anyone holding a vault's public key can wrap a value of any
+            # length: only a 32-byte DEK can be this file's.
+            if isinstance(dek, bytearray):
+                wipe(dek)
+            raise IntegrityError()
+        data_key = DataKey(dek, key_block, confirmed_at + self.ttl)
+        if self.ttl > 0:
+            with self._lock:
                 self._unwrapped[cache_key] = data_key
-            return data_key
+        return data_key
+
+    def _check_trusted(self, key_uri: str) -> None:
+        """Refuse a remote vault that neither the configured key nor the
+        ``trusted_vaults`` list names, before any network call: otherwise a
+        forged header could point the reader at a vault its author runs and
+        have attacker-chosen plaintext accepted as authentic."""
+        if not key_uri.startswith("https://"):
+            return  # local:// and pkcs11: resolve on this machine; providers refuse header-chosen modules
+        host = _vault_host(key_uri)
+        # A trusted entry without a port trusts that host on any port.
+        if host not in self._trusted_hosts and host.rsplit(":", 1)[0] not in self._trusted_hosts:
+            raise ConfigurationError(
+                f"the file's key is held by vault {host}, which this filesystem does not trust: pass "
+                f"trusted_vaults=[{host!r}] (or set {ENV_TRUSTED_VAULTS}) if that vault is yours"
+            )
 
     # -- housekeeping ----------------------------------------------------
 
@@ -220,9 +258,12 @@ class KeyCache:
 
     def _purge(self, base: str | None) -> None:
         with self._lock:
+            self._unwrapped.expire()  # so no entry can expire between listing and popping
             for cache_key in list(self._unwrapped.keys()):
                 if base is None or split_key_uri(cache_key[0])[0] == base:
-                    self._unwrapped.pop(cache_key).wipe()
+                    data_key = self._unwrapped.pop(cache_key, None)
+                    if data_key is not None:
+                        data_key.wipe()
             if self._write_key is not None and (base is None or split_key_uri(self._write_key.key_block.key_uri)[0] == base):
                 self._write_key.wipe()
                 self._write_key = None
@@ -239,8 +280,15 @@ class KeyCache:
     # -- the vault boundary ------------------------------------------------
 
     def _vault_call(self, operation: str, key_uri: str, version: str | None, call):
+        """One vault operation, with bounded retries, audit and purge-on-refusal.
+
+        Never called with ``self._lock`` held: a refusal purges every cache in
+        the process, and two caches purging each other under their own locks
+        would deadlock.
+        """
         audit = self._audit or audit_log()
         provider = self._providers(key_uri)
+        shown = redact_key_uri(key_uri)  # a PKCS#11 URI may carry a PIN
         retrying = Retrying(
             retry=retry_if_exception_type(VaultUnavailableError),
             stop=stop_after_attempt(self._retry_attempts) | stop_after_delay(self._retry_deadline),
@@ -253,7 +301,7 @@ class KeyCache:
                     self.vault_calls += 1
                     result = call(provider)
         except (KeyRevokedError, KeyNotFoundError) as exc:
-            audit.record(operation, key_uri, version, type(exc).__name__)
+            audit.record(operation, shown, version, type(exc).__name__)
             # The vault said no: nobody in this process may keep using this key.
             # Purge under the provider's canonical spelling too: key blocks name
             # the key without query attributes (a PKCS#11 module path, say).
@@ -263,11 +311,11 @@ class KeyCache:
                 purge_key(canonical)
             raise
         except CMKError as exc:
-            audit.record(operation, key_uri, version, type(exc).__name__)
+            audit.record(operation, shown, version, type(exc).__name__)
             raise
         if operation == "wrap":
             version = result.key_version
-        audit.record(operation, key_uri, version, "ok")
+        audit.record(operation, shown, version, "ok")
         return result
 
 
@@ -280,6 +328,20 @@ def _capped_wait(deadline: float):
         return max(0.0, min(backoff(state), deadline - spent))
 
     return wait
+
+
+def trusted_vault_hosts(trusted_vaults: Iterable[str] | None = None) -> list[str]:
+    """Vault hosts from ``trusted_vaults`` (hosts or URLs) and ``$CMKFS_TRUSTED_VAULTS`` (comma-separated)."""
+    if isinstance(trusted_vaults, str):
+        raise ConfigurationError("trusted_vaults is a list of vault hosts or URLs, not a string")
+    names = list(trusted_vaults or ())
+    names += [n for n in os.environ.get(ENV_TRUSTED_VAULTS, "").split(",") if n.strip()]
+    return [_vault_host(n if "://" in n else f"https://{n.strip()}") for n in names]
+
+
+def _vault_host(uri: str) -> str:
+    host = urlsplit(uri).netloc.lower()
+    return host.rsplit("@", 1)[-1]  # never compare (or show) user info
 
 
 def _cache_key(key_block: KeyBlock) -> tuple:

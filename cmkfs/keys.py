@@ -11,14 +11,39 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import time
+import weakref
 from typing import Callable, Protocol
 
 from .errors import IntegrityError
 from .format import DEK_SIZE, ContentClass, KeyBlock
 from .wipe import wipe
 
-__all__ = ["DataKey", "KeySource", "StaticKeySource", "new_dek"]
+__all__ = ["DataKey", "KeySource", "StaticKeySource", "new_dek", "register_key_holder", "sweep_key_holders"]
+
+# Open readers and writers hold per-file keys derived from a DEK.  They
+# register here so that an idle one drops its key when its DEK expires or is
+# revoked, instead of at its next segment or its close.
+_HOLDERS: "weakref.WeakSet" = weakref.WeakSet()
+_HOLDERS_LOCK = threading.Lock()
+
+
+def register_key_holder(holder) -> None:
+    """Track ``holder`` (an object with ``drop_key_if_expired()``), weakly."""
+    with _HOLDERS_LOCK:
+        _HOLDERS.add(holder)
+
+
+def sweep_key_holders() -> None:
+    """Ask every open handle to drop its key material if its DEK has expired."""
+    with _HOLDERS_LOCK:
+        holders = list(_HOLDERS)
+    for holder in holders:
+        try:
+            holder.drop_key_if_expired()
+        except Exception:  # noqa: BLE001 - a sweep never fails the caller
+            pass
 
 
 def new_dek() -> bytearray:

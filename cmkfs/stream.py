@@ -43,7 +43,7 @@ from .format import (
     header_length_from_prefix,
     plaintext_size,
 )
-from .keys import DataKey, KeySource
+from .keys import DataKey, KeySource, register_key_holder
 from .segment import SegmentCipher, check_commitment, derive_file_key
 from .wipe import wipe
 
@@ -96,6 +96,10 @@ class _Keyed:
         self._clock = keys.clock
         self._header = header
         self._cipher: SegmentCipher | None = None
+        self._closed = False
+        # One caller at a time (fsspec's background cache reads from a second
+        # thread), and the key sweeper only touches an idle handle.
+        self._lock = threading.RLock()
         self._deadline = float("-inf")
         if file_key is None:
             self._install(data_key)
@@ -137,9 +141,9 @@ class _Keyed:
 
     def _cipher_now(self) -> SegmentCipher:
         """The cipher, after re-confirming the key with the source if its TTL passed."""
-        if self._cipher is None:
+        if self._closed:
             raise ValueError("I/O operation on closed file")
-        if self._expired():
+        if self._cipher is None or self._expired():
             self._refresh()
         return self._cipher
 
@@ -148,9 +152,28 @@ class _Keyed:
         self._install(data_key)
 
     def _forget_key(self) -> None:
+        self._closed = True
         if self._cipher is not None:
             self._cipher.wipe()
             self._cipher = None
+
+    def drop_key_if_expired(self) -> None:
+        """Called by the key sweeper: an idle handle whose DEK has expired (or
+        was revoked) wipes its file key and cached plaintext now; its next
+        segment asks the vault again.  A busy handle is left alone: it checks
+        the deadline itself before every segment."""
+        if not self._lock.acquire(blocking=False):
+            return
+        try:
+            if self._cipher is not None and self._expired():
+                self._cipher.wipe()
+                self._cipher = None
+                self._drop_plaintext()
+        finally:
+            self._lock.release()
+
+    def _drop_plaintext(self) -> None:
+        """Forget cached plaintext that can be fetched again (readers)."""
 
 
 class EncryptingWriter(_Keyed):
@@ -208,6 +231,7 @@ class EncryptingWriter(_Keyed):
         self.closed = False
         self.header = header
         self._sink.write(header.encode())
+        register_key_holder(self)
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"{self._plain} bytes written"
@@ -224,10 +248,14 @@ class EncryptingWriter(_Keyed):
         return True
 
     def write(self, data) -> int:
+        with self._lock:
+            return self._write(data)
+
+    def _write(self, data) -> int:
         if self.closed:
             raise ValueError("write to closed file")
         view = memoryview(data)
-        if view.format != "B" or view.ndim != 1:
+        if view.format != "B" or view.ndim != 1 or not view.c_contiguous:
             # cryptography only takes unsigned-byte buffers: pyarrow hands out
             # format "b" views, numpy anything.  A non-contiguous view is copied.
             view = view.cast("B") if view.c_contiguous else memoryview(view.tobytes())
@@ -358,6 +386,10 @@ class EncryptingWriter(_Keyed):
 
     def close(self) -> None:
         """Seal the final segment and finish.  Does not close the sink."""
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
         if self.closed:
             return
         try:
@@ -379,8 +411,9 @@ class EncryptingWriter(_Keyed):
 
     def abort(self) -> None:
         """Drop buffered plaintext and keys without sealing a final segment."""
-        self.closed = True
-        self._release()
+        with self._lock:
+            self.closed = True
+            self._release()
 
     def _release(self) -> None:
         self._forget_key()
@@ -492,13 +525,22 @@ class DecryptingReader(_Keyed):
         self._scratch = bytearray(0)  # grown on first use to the segments it opens
         self._ct_buf = bytearray(0)  # ciphertext window, for sources that read into a buffer
         self._recent: int | None = None
+        try:
+            self._cache[self.segment_count - 1] = self._open_final(probe)
+        except BaseException:
+            self._forget_key()  # a file that fails at open leaves no key behind
+            raise
+        register_key_holder(self)
+
+    def _open_final(self, probe: bytes | None = None) -> bytes:
+        """Authenticate the final segment: proves the file's length."""
         last = self.segment_count - 1
-        last_start = header_len + last * (self.segment_size + TAG_SIZE)
-        if len(probe) == size:
+        last_start = self.header_length + last * (self.segment_size + TAG_SIZE)
+        if probe is not None and len(probe) == self.ciphertext_size:
             final = memoryview(probe)[last_start:]  # already here: the whole file came with the header
         else:
             final = self._fetch(last, last + 1)
-        self._cache[last] = self._cipher_now().open(last, True, final)
+        return self._cipher_now().open(last, True, final)
 
     def __repr__(self) -> str:
         return f"DecryptingReader(key_uri={self.header.key_block.key_uri!r}, size={self.size})"
@@ -511,7 +553,11 @@ class DecryptingReader(_Keyed):
         return self.header.params.content_class
 
     def close(self) -> None:
-        self._forget_key()
+        with self._lock:
+            self._forget_key()
+            self._drop_plaintext()
+
+    def _drop_plaintext(self) -> None:
         self._cache.clear()
         wipe(self._scratch)
         self._recent = None
@@ -549,8 +595,15 @@ class DecryptingReader(_Keyed):
         return ciphertext
 
     def read(self, offset: int = 0, length: int = -1) -> bytes:
-        """Plaintext bytes ``[offset, offset + length)`` (clipped to the file)."""
-        if self._cipher is None:
+        """Plaintext bytes ``[offset, offset + length)`` (clipped to the file).
+
+        Safe to call from several threads: calls are serialised (they share
+        the scratch and fetch buffers)."""
+        with self._lock:
+            return self._read(offset, length)
+
+    def _read(self, offset: int, length: int) -> bytes:
+        if self._closed:
             raise ValueError("I/O operation on closed file")
         if offset < 0:
             raise ValueError("negative offset")

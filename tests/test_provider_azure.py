@@ -71,6 +71,8 @@ class TestAzureKeyVaultContract(ProviderContract):
 def _cache(provider, key_uri=None, **kwargs):
     kwargs.setdefault("retry_attempts", 4)
     kwargs.setdefault("retry_deadline", 10)
+    # Read-only caches trust no remote vault on their own: name the test server.
+    kwargs.setdefault("trusted_vaults", ["127.0.0.1"] if key_uri is None else None)
     return KeyCache(key_uri, providers=lambda _uri: provider, **kwargs)
 
 

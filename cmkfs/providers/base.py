@@ -28,11 +28,15 @@ import importlib
 import threading
 from dataclasses import dataclass, field
 from typing import Callable
+from urllib.parse import unquote, urlsplit
 
 from ..errors import ConfigurationError
 from ..format import KeyBlock
 
-__all__ = ["KeyInfo", "KeyProvider", "register_provider", "provider_for", "split_key_uri"]
+__all__ = ["KeyInfo", "KeyProvider", "register_provider", "provider_for", "split_key_uri", "redact_key_uri"]
+
+# Key URI attributes that are secrets (RFC 7512 PIN attributes) or point at them.
+_SECRET_ATTRIBUTES = ("pin-value", "pin-source")
 
 
 @dataclass(frozen=True)
@@ -165,3 +169,18 @@ def split_key_uri(key_uri: str) -> tuple[str, str | None]:
         if rest:
             base = base + "?" + "&".join(rest)
     return base, version
+
+
+def redact_key_uri(key_uri: str) -> str:
+    """``key_uri`` fit for logs, reprs and messages: no PIN attributes, no user info."""
+    if key_uri.startswith("https://"):
+        parts = urlsplit(key_uri)
+        if "@" in parts.netloc:
+            key_uri = parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]).geturl()
+        return key_uri
+    base, sep, query = key_uri.partition("?")
+    if not sep:
+        return key_uri
+    kept = [item for item in query.replace(";", "&").split("&")
+            if item and unquote(item.partition("=")[0]).lower() not in _SECRET_ATTRIBUTES]
+    return base + ("?" + "&".join(kept) if kept else "")
