@@ -15,6 +15,12 @@ commit on ``__exit__`` even while an exception propagates, and on
 ``__del__``.  Here a write is published only by an explicit ``commit()`` or a
 ``close()`` that is not running inside a failure; everything else discards,
 and an interrupted stream never gets its sealed final segment.
+
+Python's and fsspec's wrappers close the file they wrap from their own
+finalisers and ``__exit__`` methods, so the wrappers handed out here keep the
+same rule: :class:`CMKTextWriter` (text modes) and :class:`CompressedFile`
+(``compression=``) commit on ``close()`` and discard on a failing ``with``
+block or when garbage-collected unclosed.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from __future__ import annotations
 import io
 import sys
 import warnings
+from inspect import CO_VARARGS
 
 from fsspec.caching import MMapCache
 from fsspec.spec import AbstractBufferedFile
@@ -30,12 +37,20 @@ from .errors import ConfigurationError, UnsupportedOperationError
 from .format import DEFAULT_SEGMENT_SIZE
 from .stream import DecryptingReader, EncryptingWriter
 
-__all__ = ["CMKReadFile", "CMKWriteFile", "PlaintextReader", "IN_MEMORY_CACHE_TYPES"]
+__all__ = ["CMKReadFile", "CMKWriteFile", "CMKTextWriter", "CompressedFile", "PlaintextReader", "IN_MEMORY_CACHE_TYPES"]
 
 # fsspec read caches that keep their blocks in process memory.  "mmap" (and
 # anything built on MMapCache) writes the fetched bytes to a local file:
 # for us that would be decrypted plaintext on disk, so it is refused.
 IN_MEMORY_CACHE_TYPES = frozenset({"none", "bytes", "readahead", "adaptive", "blockcache", "first", "all", "parts", "background"})
+# How many calling frames close() searches for the __exit__ that called it
+# (OpenFile.__exit__ -> OpenFile.close -> our close is three).
+EXIT_SEARCH_DEPTH = 8
+
+
+class NotSeekableError(UnsupportedOperationError, io.UnsupportedOperation):
+    """Seeking an encrypting writer.  Also an ``io.UnsupportedOperation``
+    (an ``OSError``), which is what zipfile, tarfile and others probe for."""
 
 
 class PlaintextReader:
@@ -129,8 +144,10 @@ class CMKWriteFile:
 
     * ``write`` encrypts segment by segment (memory stays bounded);
     * ``close()`` seals the final segment and publishes the file, unless it
-      runs while an exception is propagating (``fsspec.open`` closes from
-      its ``__exit__`` on errors too): then it discards;
+      is called from a context manager's ``__exit__`` that is handling an
+      exception (``fsspec.open``'s ``OpenFile``, pandas' handles,
+      ``contextlib.closing``), or during interpreter shutdown: then it
+      discards (see :func:`closing_from_failed_with`);
     * ``commit()`` publishes regardless; ``discard()`` drops everything;
     * leaving a ``with`` block by an exception discards, and so does
       garbage collection of a file never closed.
@@ -142,9 +159,6 @@ class CMKWriteFile:
         self.mode = "wb"
         self._sink = sink
         self._closed = True
-        # An exception already being handled when the file was opened is not
-        # a failure of this write (a fallback written from an except block).
-        self._exc_at_open = sys.exc_info()[1]
         try:
             self._writer = EncryptingWriter(sink, keys, segment_size=segment_size,
                                             content_class=content_class, threads=threads)
@@ -183,10 +197,9 @@ class CMKWriteFile:
         return self._pos
 
     def seek(self, offset: int, whence: int = 0) -> int:
-        target = {0: offset, 1: self._pos + offset}.get(whence)
-        if target == self._pos:
-            return self._pos  # a no-op seek (some writers probe with seek(0, 1))
-        raise UnsupportedOperationError("encrypted files are written sequentially: seeking while writing is not supported")
+        # Even a no-op seek is refused: zipfile takes a successful one as
+        # "seekable" and later seeks back to patch headers.
+        raise NotSeekableError("encrypted files are written sequentially: seeking while writing is not supported")
 
     def read(self, *args):
         raise io.UnsupportedOperation("file opened for writing")
@@ -239,11 +252,13 @@ class CMKWriteFile:
             self._sink.discard()
 
     def close(self) -> None:
-        """Publish, unless an exception is propagating through the caller: then discard."""
+        """Publish, unless called by a failing ``with`` block's ``__exit__``
+        or during interpreter shutdown: then discard."""
         if self._closed:
             return
-        exc = sys.exc_info()[1]
-        if exc is not None and exc is not self._exc_at_open:
+        # At shutdown an open writer is an unfinished write: its wrapper's
+        # finaliser (TextIOWrapper, GzipFile) is what calls close() here.
+        if sys.is_finalizing() or closing_from_failed_with(sys._getframe().f_back):
             self.discard()
         else:
             self.commit()
@@ -274,3 +289,172 @@ class CMKWriteFile:
 
 
 io.RawIOBase.register(CMKWriteFile)
+
+
+def closing_from_failed_with(frame) -> bool:
+    """True if the nearest ``__exit__`` among ``frame`` and its callers (at
+    most :data:`EXIT_SEARCH_DEPTH`) was given an exception.
+
+    fsspec's ``OpenFile.__exit__`` (and pandas' handles, ``contextlib.closing``,
+    ``ExitStack``) call ``close()`` whether or not the ``with`` block failed;
+    their ``__exit__`` arguments say which.  ``sys.exc_info()`` cannot: it is
+    also set in an ``except`` block where the exception has been handled, and
+    an explicit ``close()`` there must publish.  C-level callers (``io``'s
+    ``__exit__``) leave no frame: the wrappers handed out here override
+    ``__exit__`` in Python instead.
+    """
+    depth = 0
+    while frame is not None and depth < EXIT_SEARCH_DEPTH:
+        code = frame.f_code
+        if code.co_name == "__exit__":
+            return _exit_exc_type(frame) is not None
+        frame = frame.f_back
+        depth += 1
+    return False
+
+
+def _exit_exc_type(frame):
+    """The ``exc_type`` argument of an ``__exit__(self, exc_type, exc, tb)``
+    or ``__exit__(self, *args)`` frame."""
+    code = frame.f_code
+    names = code.co_varnames
+    local = frame.f_locals
+    if code.co_argcount >= 2:
+        return local.get(names[1])
+    if code.co_flags & CO_VARARGS:
+        args = local.get(names[code.co_argcount + code.co_kwonlyargcount]) or ()
+        return args[0] if args else None
+    return None
+
+
+class CMKTextWriter(io.TextIOWrapper):
+    """Text mode over a :class:`CMKWriteFile` (or a :class:`CompressedFile`).
+
+    ``io.TextIOWrapper`` closes its buffer from its finaliser and from a
+    failing ``with`` block alike, which would publish a half-written file;
+    this subclass discards in both cases.  ``closed`` is the buffer's, so a
+    discarded writer's later ``close()`` is a no-op.
+    """
+
+    def commit(self) -> None:
+        if not self.closed:
+            self.flush()
+            self.buffer.commit()
+
+    def discard(self) -> None:
+        if not self.closed:
+            self.buffer.discard()  # pending text in this wrapper is dropped with it
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.commit()
+        else:
+            self.discard()
+
+    def __del__(self):
+        # Replaces io's finaliser (which would flush and close, i.e. publish).
+        try:
+            buffer = self.buffer
+        except ValueError:  # detached
+            return
+        if not buffer.closed:
+            warnings.warn(f"unclosed encrypted file {getattr(buffer, 'name', '')!r} was discarded, not written",
+                          ResourceWarning, stacklevel=2)
+            try:
+                buffer.discard()
+            except Exception:  # noqa: BLE001 - finaliser
+                pass
+
+    def __reduce__(self):
+        raise TypeError("an open encrypted file cannot be pickled")
+
+
+class CompressedFile:
+    """A compressor from ``fsspec.compression`` (GzipFile, BZ2File, ...) over
+    a cmkfs file, owning it: closing closes the compressor, then commits
+    (writing) or closes (reading) the cmkfs file.  The compressors never
+    close a file object they were given, so without this the writer would
+    only be garbage-collected, i.e. discarded.
+    """
+
+    def __init__(self, compressor, inner) -> None:
+        self._compressor = compressor
+        self._inner = inner
+        self._writing = isinstance(inner, CMKWriteFile)
+
+    def __getattr__(self, name):
+        if name.startswith("__") or name in ("_compressor", "_inner", "_writing"):
+            raise AttributeError(name)
+        return getattr(self._compressor, name)  # read, write, readline, flush, seek (reading), ...
+
+    @property
+    def closed(self) -> bool:
+        return self._inner.closed
+
+    @property
+    def name(self) -> str:
+        return self._inner.path
+
+    def commit(self) -> None:
+        if self._inner.closed:
+            return
+        try:
+            self._compressor.close()  # its trailer goes into the cmkfs file
+        except BaseException:
+            self._inner.discard()
+            raise
+        self._inner.commit()
+
+    def discard(self) -> None:
+        if self._inner.closed:
+            return
+        try:
+            self._compressor.close()  # releases it; its output goes into a file about to be dropped
+        except Exception:  # noqa: BLE001 - discarding anyway (the writer may have failed first)
+            pass
+        finally:
+            self._inner.discard()
+
+    def close(self) -> None:
+        if self._inner.closed:
+            return
+        if not self._writing:
+            try:
+                self._compressor.close()
+            finally:
+                self._inner.close()
+        elif sys.is_finalizing() or closing_from_failed_with(sys._getframe().f_back):
+            self.discard()
+        else:
+            self.commit()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if not self._writing:
+            self.close()
+        elif exc_type is None:
+            self.commit()
+        else:
+            self.discard()
+
+    def __iter__(self):
+        return iter(self._compressor)
+
+    def __del__(self):
+        inner = self.__dict__.get("_inner")
+        if inner is not None and self._writing and not inner.closed:
+            try:
+                self.discard()  # never publish from a finaliser
+            except Exception:  # noqa: BLE001 - finaliser
+                pass
+
+    def __reduce__(self):
+        raise TypeError("an open encrypted file cannot be pickled")
+
+    def __repr__(self) -> str:
+        return f"<CompressedFile {type(self._compressor).__name__} over {self._inner!r}>"
+
+
+io.IOBase.register(CompressedFile)

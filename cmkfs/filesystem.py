@@ -16,7 +16,11 @@ of :class:`fsspec.AbstractFileSystem` is either written out here, inherited
 from fsspec where its generic body only calls methods written out here
 (:data:`ROUTED_METHODS`), harmless metadata (:data:`META_METHODS`), or it
 raises :class:`~cmkfs.errors.UnsupportedOperationError`.  A method added by a
-future fsspec release is refused until someone reviews it.
+future fsspec release is refused until someone reviews it.  The same holds
+for the hooks fsspec looks up on a filesystem by name (:data:`DUCK_TYPED_HOOKS`:
+``open_many``/``commit_many`` make ``fsspec.open_files`` hand every file to
+the first filesystem down the ``.fs`` chain that has them, which would
+otherwise be a cache *under* this layer, writing plaintext).
 
 Disk caches *over* this layer (``simplecache::cmk::...``, ``filecache::``,
 ``blockcache::``) would store plaintext: they are refused with
@@ -27,22 +31,26 @@ Disk caches *over* this layer (``simplecache::cmk::...``, ``filecache::``,
 from __future__ import annotations
 
 import functools
+import io
 import os
 import secrets
 import sys
 import threading
 from collections import OrderedDict
+from urllib.parse import unquote
 
 import fsspec
 from fsspec.callbacks import DEFAULT_CALLBACK
+from fsspec.compression import compr
+from fsspec.core import get_compression
 from fsspec.implementations.cached import CachingFileSystem
 from fsspec.implementations.chained import ChainedFileSystem
-from fsspec.spec import AbstractFileSystem, make_instance
+from fsspec.spec import make_instance
 from fsspec.utils import isfilelike
 
 from .config import default_key_uri
-from .errors import ConfigurationError, FormatError, UnsupportedOperationError
-from .files import CMKReadFile, CMKWriteFile, PlaintextReader
+from .errors import ConfigurationError, FormatError, IntegrityError, UnsupportedOperationError
+from .files import CMKReadFile, CMKTextWriter, CMKWriteFile, CompressedFile, PlaintextReader
 from .format import (
     DEFAULT_SEGMENT_SIZE,
     HEADER_PREFIX_SIZE,
@@ -68,6 +76,7 @@ __all__ = [
     "ROUTED_METHODS",
     "META_METHODS",
     "REFUSED_METHODS",
+    "DUCK_TYPED_HOOKS",
 ]
 
 PROTOCOL = "cmk"
@@ -93,7 +102,6 @@ _EXTENSIONS = {
 # Inherited from AbstractFileSystem unchanged: their generic bodies reach
 # content only through methods this class writes out (shown after the name).
 ROUTED_METHODS = {
-    "open": "_open",
     "cat": "cat_file",
     "cat_ranges": "cat_file",
     "read_block": "open",
@@ -138,6 +146,11 @@ REFUSED_METHODS = {
     "start_transaction": "transactions are not supported over encrypted files; each write is atomic on its own",
     "end_transaction": "transactions are not supported over encrypted files; each write is atomic on its own",
 }
+# Attributes fsspec (core.OpenFiles, open_local, utils.can_be_local, fuse)
+# looks up on a filesystem by name with hasattr/getattr, outside the
+# AbstractFileSystem API.  Each must be written out in CMKFileSystem or be
+# absent from every base class; otherwise _fail_closed refuses it.
+DUCK_TYPED_HOOKS = frozenset({"open_many", "commit_many", "local_file", "chmod"})
 
 
 def guess_content_class(path: str) -> ContentClass:
@@ -302,11 +315,13 @@ class CMKFileSystem(ChainedFileSystem):
         self.fsync = bool(fsync)
         # Hosts only (plain strings): they travel in tokens and pickles.
         self.trusted_vaults = tuple(trusted_vault_hosts(trusted_vaults)) if trusted_vaults else ()
+        _refuse_pin_in_uri(key)
         if key is None:
             try:
                 key = default_key_uri()
             except ConfigurationError:
                 key = None  # read-only until a key is configured; writes say how to set one
+            _refuse_pin_in_uri(key)  # the resolved default travels in pickles too
         self.key_uri = key
         self.fs = fs if fs is not None else fsspec.filesystem(target_protocol, **(target_options or {}))
         self.target_protocol = target_protocol if isinstance(target_protocol, str) else (
@@ -363,6 +378,61 @@ class CMKFileSystem(ChainedFileSystem):
         return f"cmk-{self.fs.fsid}"
 
     # -- open -------------------------------------------------------------------
+
+    # Paths here are not local files one could open directly (they hold
+    # ciphertext): fsspec.open_local() and can_be_local() must say no.
+    local_file = False
+
+    def open(self, path, mode="rb", block_size=None, cache_options=None, compression=None, **kwargs):
+        """fsspec's ``open``, with wrappers that keep the commit rule: text
+        modes return a :class:`~cmkfs.files.CMKTextWriter` and
+        ``compression=`` a :class:`~cmkfs.files.CompressedFile` that owns the
+        encrypted file (fsspec's generic wrappers would publish a failed
+        write from a finaliser, or never publish at all)."""
+        path = self._strip_protocol(path)
+        if "b" not in mode:
+            text_kwargs = {k: kwargs.pop(k) for k in ("encoding", "errors", "newline") if k in kwargs}
+            binary = self.open(path, mode.replace("t", "") + "b", block_size=block_size,
+                               cache_options=cache_options, compression=compression, **kwargs)
+            if "r" in mode:
+                return io.TextIOWrapper(binary, **text_kwargs)
+            return CMKTextWriter(binary, **text_kwargs)
+        f = self._open(path, mode=mode, block_size=block_size, autocommit=kwargs.pop("autocommit", True),
+                       cache_options=cache_options, **kwargs)
+        compression = get_compression(path, compression) if compression is not None else None
+        if compression is None:
+            return f
+        try:
+            return CompressedFile(compr[compression](f, mode=mode[0]), f)
+        except BaseException:
+            _drop(f)
+            raise
+
+    def open_many(self, open_files, **kwargs):
+        """Entered by ``with fsspec.open_files(...) as files``: fsspec hands
+        the files to the first filesystem down the chain that has this hook,
+        which without it would be a cache *under* this layer, bypassing the
+        encryption.  Each file opens through its own ``OpenFile``, i.e. through
+        this filesystem's :meth:`open`."""
+        files = []
+        try:
+            for of in open_files:
+                files.append(of.__enter__())
+        except BaseException:
+            for of in open_files:
+                for f in of.fobjects[:1]:  # the cmkfs file under any wrappers
+                    _drop(f)
+                of.fobjects.clear()
+            raise
+        return files
+
+    def commit_many(self, open_files):
+        """Called by ``OpenFiles.__exit__`` after each ``OpenFile.__exit__`` has
+        closed (or, on an exception, discarded) its file: close what is left
+        through the same rule."""
+        for f in open_files:
+            if not f.closed:
+                f.close()
 
     def _open(self, path, mode="rb", block_size=None, autocommit=True, cache_options=None, **kwargs):
         _refuse_if_called_by_cache(self)
@@ -562,7 +632,7 @@ class CMKFileSystem(ChainedFileSystem):
 
     def info(self, path, **kwargs):
         entry = self.fs.info(self._strip_protocol(path), **kwargs)
-        return self._with_plain_sizes([entry], missing_ok=False)[0]
+        return self._with_plain_sizes([entry], listing=False)[0]
 
     def find(self, path, maxdepth=None, withdirs=False, detail=False, **kwargs):
         found = self.fs.find(self._strip_protocol(path), maxdepth=maxdepth, withdirs=withdirs, detail=True, **kwargs)
@@ -648,9 +718,15 @@ class CMKFileSystem(ChainedFileSystem):
                 return (entry["name"], int(entry["size"]), name, str(value))
         return None  # no version marker: never trust a remembered header
 
-    def _with_plain_sizes(self, entries, missing_ok=True):
+    def _with_plain_sizes(self, entries, listing=True):
         """Copies of ``entries`` with files' ``size`` replaced by the exact
-        plaintext size (from each header) and ``encrypted`` set."""
+        plaintext size (from each header) and ``encrypted`` set.
+
+        In a listing (``listing=True``) a file deleted since it was listed is
+        dropped, and a damaged one (cut short, unknown version, impossible
+        size) is listed with its raw size, ``"encrypted": None`` and
+        ``"damaged": True``: one bad file must not hide a whole directory.
+        ``info()`` of that file raises."""
         out: list = [None] * len(entries)
         fetch: list[int] = []
         for i, entry in enumerate(entries):
@@ -670,18 +746,25 @@ class CMKFileSystem(ChainedFileSystem):
             prefixes = self.fs.cat_ranges(paths, [0] * len(paths), ends, on_error="return")
             for i, prefix in zip(fetch, prefixes):
                 entry = entries[i]
-                if isinstance(prefix, FileNotFoundError) and missing_ok:
+                if isinstance(prefix, FileNotFoundError) and listing:
                     continue  # deleted since it was listed
                 if isinstance(prefix, BaseException):
-                    raise prefix
-                facts = self._facts_from_prefix(bytes(prefix))
+                    raise prefix  # a storage error: the target's, as it is
+                try:
+                    facts = self._facts_from_prefix(bytes(prefix))
+                    applied = self._apply(entry, facts)
+                except (FormatError, IntegrityError):
+                    if not listing:
+                        raise
+                    out[i] = {**entry, "encrypted": None, "damaged": True}
+                    continue
                 key = self._fact_key(entry)
                 if key is not None:
                     with self._facts_lock:
                         self._facts[key] = facts
                         while len(self._facts) > HEADER_FACTS_MAX:
                             self._facts.popitem(last=False)
-                out[i] = self._apply(entry, facts)
+                out[i] = applied
         return [e for e in out if e is not None]
 
     @staticmethod
@@ -705,6 +788,28 @@ class CMKFileSystem(ChainedFileSystem):
         return entry
 
 
+def _drop(f) -> None:
+    """Discard a writer, close a reader (a failure while wrapping either)."""
+    if isinstance(f, CMKWriteFile):
+        f.discard()
+    else:
+        f.close()
+
+
+def _refuse_pin_in_uri(key) -> None:
+    """A PIN in a pkcs11: key URI would travel wherever the options do
+    (repr, tokens, ``to_json``, pickles to Dask workers): refuse it."""
+    if not isinstance(key, str) or not key.lower().startswith("pkcs11:"):
+        return
+    query = key.partition("?")[2]
+    for item in query.split("&") if query else ():
+        if unquote(item.partition("=")[0]).strip().lower() == "pin-value":
+            raise ConfigurationError(
+                "a PIN in the key URI (pin-value=) would travel in reprs, tokens, to_json and pickles: "
+                "give pin-source=file:/path/to/pin in the URI or set $CMKFS_PKCS11_PIN instead"
+            )
+
+
 def _refuser(name: str, reason: str):
     def refused(self, *args, **kwargs):
         raise UnsupportedOperationError(f"{name}: {reason}")
@@ -714,16 +819,37 @@ def _refuser(name: str, reason: str):
     return refused
 
 
+def _refused_hook(name: str, reason: str):
+    def refused(self):
+        raise UnsupportedOperationError(f"{name}: {reason}")
+
+    return property(refused, doc=f"Refused over encrypted files: {reason}.")
+
+
 def _fail_closed() -> None:
-    """Refuse every public AbstractFileSystem method this module has not reviewed."""
+    """Refuse every public method of the base classes, and every duck-typed
+    hook they define, that this module has not reviewed."""
+    unreviewed = "not reviewed for encrypted content in this cmkfs release"
     for name, reason in REFUSED_METHODS.items():
         setattr(CMKFileSystem, name, _refuser(name, reason))
-    for name in dir(AbstractFileSystem):
-        if name.startswith("_") or name in CMKFileSystem.__dict__ or name in ROUTED_METHODS or name in META_METHODS:
+    bases = CMKFileSystem.__mro__[1:]
+    public = {name for base in bases for name in dir(base) if not name.startswith("_")}
+    for name in sorted(public):
+        if name in CMKFileSystem.__dict__ or name in ROUTED_METHODS or name in META_METHODS:
             continue
-        attr = getattr(AbstractFileSystem, name)
+        attr = getattr(CMKFileSystem, name)  # the base's, through the MRO
         if callable(attr) and not isinstance(attr, type):
-            setattr(CMKFileSystem, name, _refuser(name, "not reviewed for encrypted content in this cmkfs release"))
+            setattr(CMKFileSystem, name, _refuser(name, unreviewed))
+    for name in sorted(DUCK_TYPED_HOOKS):
+        # fsspec tests these with hasattr/getattr: inherited from any base
+        # (methods or plain values alike), they would act unreviewed.
+        if name in CMKFileSystem.__dict__ or not any(name in vars(base) for base in bases):
+            continue
+        inherited = getattr(CMKFileSystem, name)
+        if callable(inherited) and not isinstance(inherited, type):
+            setattr(CMKFileSystem, name, _refuser(name, unreviewed))
+        else:
+            setattr(CMKFileSystem, name, _refused_hook(name, unreviewed))
 
 
 _fail_closed()

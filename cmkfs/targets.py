@@ -14,7 +14,8 @@ nothing else touches the target's bytes:
 target             commit                                      ranged read
 =================  ==========================================  ====================
 local (``file``)   temp file ``.NAME.cmkfs-partial-RANDOM`` in  ``os.pread`` on one
-                   the same directory, fsync, ``os.replace``    file descriptor
+                   the same directory with the old file's       file descriptor
+                   mode, fsync, ``os.replace``
 memory             buffered, ``pipe_file`` on commit            ``cat_file(start, end)``
 ``dir::X``         whatever X uses, at the joined path          (same)
 any other fsspec   ``fs.open(path, "wb")``; commit = close;     ``cat_file(start, end)``
@@ -42,6 +43,7 @@ import io
 import os
 import re
 import secrets
+import stat
 import threading
 from typing import Callable, Protocol
 
@@ -193,10 +195,16 @@ class LocalSink:
         self._exclusive = exclusive
         self._tmp = os.path.join(directory, f".{name}{PARTIAL_MARKER}{secrets.token_hex(8)}")
         # O_EXCL: never follow or reuse somebody else's file.  It holds ciphertext
-        # only, so it gets the permissions a plain open() would give.
+        # only, so a new file gets the permissions a plain open() would give.
         fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
         self._file = io.FileIO(fd, "wb", closefd=True)
         self._done = False
+        if not exclusive:
+            try:
+                _keep_mode_and_owner(fd, path)
+            except BaseException:
+                self.discard()
+                raise
 
     def write(self, data) -> int:
         view = memoryview(data)
@@ -238,6 +246,26 @@ class LocalSink:
                 os.unlink(self._tmp)
             except FileNotFoundError:
                 pass
+
+
+def _keep_mode_and_owner(fd: int, path: str) -> None:
+    """Give the temp file the permission bits (and, where allowed, the owner
+    and group) of the file it will replace, so a rewrite or a rewrap never
+    widens access.  A symlink at ``path`` is followed for this, but the
+    rename then replaces the link itself with a regular file."""
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return  # a new file (or a dangling link): the umask decides, as for open()
+    if (st.st_uid, st.st_gid) != (os.geteuid(), os.getegid()):
+        for uid, gid in ((st.st_uid, st.st_gid), (-1, st.st_gid)):
+            try:
+                os.fchown(fd, uid, gid)  # only root may give a file away; a member may set its group
+                break
+            except PermissionError:
+                continue
+    # Permission bits only: setuid/setgid never carry over to new content.
+    os.fchmod(fd, stat.S_IMODE(st.st_mode) & 0o777)
 
 
 def _fsync_dir(directory: str) -> None:

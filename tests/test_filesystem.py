@@ -262,9 +262,9 @@ def test_append_and_update_modes_are_refused(fs, root):
         fsspec.open(f"cmk::memory://{root}/a", "ab").open()
     with fs.open(f"{root}/b", "wb") as f:
         f.write(b"12345")
-        assert f.seek(0, 1) == 5  # a no-op seek is fine
-        with pytest.raises(UnsupportedOperationError):
-            f.seek(0)
+        for args in ((0,), (0, 1), (5,)):  # even a no-op seek: zipfile would take it as "seekable"
+            with pytest.raises(UnsupportedOperationError):
+                f.seek(*args)
         assert not f.seekable() and not f.readable()
     assert fs.cat_file(f"{root}/a") == b"abc"
 
