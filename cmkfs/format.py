@@ -281,14 +281,13 @@ class Header:
     def decode(cls, data: bytes) -> "Header":
         """Decode a complete header (exactly ``header_length_from_prefix`` bytes)."""
         view = memoryview(data)
-        length = header_length_from_prefix(view)
+        params, length = _params_and_length(view)
         if len(view) != length:
             raise FormatError("header is truncated")
         body = view[: length - CHECKSUM_SIZE]
         if hashlib.sha256(body).digest()[:CHECKSUM_SIZE] != bytes(view[length - CHECKSUM_SIZE :]):
             # A corrupted header is an integrity failure, reported before any vault call.
             raise IntegrityError()
-        params = FileParams.decode(view[:PARAMS_SIZE])
         commitment = bytes(view[PARAMS_SIZE : PARAMS_SIZE + COMMITMENT_SIZE])
         key_block = KeyBlock.decode(view[HEADER_PREFIX_SIZE : length - CHECKSUM_SIZE])
         return cls(params, commitment, key_block)
@@ -311,16 +310,20 @@ def header_length_from_prefix(prefix: bytes) -> int:
     read further, so a hostile length can never make a reader allocate more
     than ``MAX_HEADER_SIZE``.
     """
+    return _params_and_length(prefix)[1]
+
+
+def _params_and_length(prefix) -> tuple[FileParams, int]:
     if len(prefix) < HEADER_PREFIX_SIZE:
         head = bytes(prefix[: len(MAGIC)])
         if head and MAGIC.startswith(head):
             raise IntegrityError()  # a cmkfs file cut short inside its header
         raise FormatError("not a cmkfs encrypted file")
-    FileParams.decode(prefix[:PARAMS_SIZE])
+    params = FileParams.decode(prefix[:PARAMS_SIZE])
     (block_len,) = _U32.unpack_from(prefix, PARAMS_SIZE + COMMITMENT_SIZE)
     if not 7 <= block_len <= MAX_KEY_BLOCK_SIZE:
         raise FormatError("key block length out of range")
-    return HEADER_PREFIX_SIZE + block_len + CHECKSUM_SIZE
+    return params, HEADER_PREFIX_SIZE + block_len + CHECKSUM_SIZE
 
 
 def segment_count(payload_size: int, segment_size: int) -> int:

@@ -14,6 +14,8 @@ import ctypes
 
 __all__ = ["wipe"]
 
+_SMALL = 256
+
 
 def wipe(buffer) -> None:
     """Zero a writable buffer (``bytearray`` or a writable ``memoryview``) in place."""
@@ -23,6 +25,8 @@ def wipe(buffer) -> None:
     if view.readonly:
         raise TypeError("cannot wipe a read-only buffer")
     size = view.nbytes
-    if size:
+    if size <= _SMALL:
+        view.cast("B")[:] = bytes(size)  # keys: a slice assignment beats setting up a ctypes view
+    else:
         ctypes.memset((ctypes.c_char * size).from_buffer(view), 0, size)
     view.release()
