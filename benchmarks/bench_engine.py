@@ -40,7 +40,6 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from benchmarks._common import (
-    GiB,
     KiB,
     MiB,
     environment,

@@ -42,7 +42,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from fsspec.implementations.local import LocalFileSystem
 from fsspec.implementations.memory import MemoryFileSystem
 
-from benchmarks._common import GiB, KiB, MiB, environment, human_size, interleaved, median, ratio, save_json, table
+from benchmarks._common import GiB, MiB, environment, human_size, interleaved, median, ratio, save_json, table
 from cmkfs.format import DEFAULT_SEGMENT_SIZE
 
 

@@ -26,9 +26,9 @@ import io
 import os
 import threading
 from concurrent.futures import Executor, ThreadPoolExecutor
-from typing import Callable, Protocol
+from typing import Protocol
 
-from .errors import FormatError, IntegrityError, KeyRevokedError, UnsupportedOperationError
+from .errors import IntegrityError, KeyRevokedError, UnsupportedOperationError
 from .format import (
     DEFAULT_SEGMENT_SIZE,
     HEADER_PREFIX_SIZE,

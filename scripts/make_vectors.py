@@ -47,7 +47,6 @@ from cmkfs.format import (
     CHECKSUM_SIZE,
     TAG_SIZE,
     ContentClass,
-    FileParams,
     Header,
     KeyBlock,
     WrapAlgorithm,

@@ -41,3 +41,13 @@ def memfs():
     yield mem
     mem.store.clear()
     mem.pseudo_dirs[:] = [""]
+
+
+@pytest.fixture(params=["file", "memory"])
+def target(request, tmp_path, memfs):
+    """(target filesystem, root directory on it): local disk and memory."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    if request.param == "file":
+        return LocalFileSystem(), str(tmp_path / "data")
+    return memfs, "/data"

@@ -48,14 +48,6 @@ def key(isolated_cmkfs_home):
     return "local://fs-test"
 
 
-@pytest.fixture(params=["file", "memory"])
-def target(request, tmp_path, memfs):
-    """(target filesystem, root directory on it)."""
-    if request.param == "file":
-        return LocalFileSystem(), str(tmp_path / "data")
-    return memfs, "/data"
-
-
 @pytest.fixture
 def fs(target, key):
     tfs, root = target

@@ -26,7 +26,6 @@ from pathlib import Path
 import fsspec
 import pytest
 from fsspec.implementations.chained import ChainedFileSystem
-from fsspec.implementations.local import LocalFileSystem
 
 from cmkfs import filesystem as cmkfs_filesystem
 from cmkfs.errors import ConfigurationError, IntegrityError, UnsupportedOperationError
@@ -43,13 +42,6 @@ DECOMPRESS = {"gzip": gzip.decompress, "bz2": bz2.decompress}
 def key(isolated_cmkfs_home):
     LocalVaultProvider().create("failsafe")
     return "local://failsafe"
-
-
-@pytest.fixture(params=["file", "memory"])
-def target(request, tmp_path, memfs):
-    if request.param == "file":
-        return LocalFileSystem(), str(tmp_path / "data")
-    return memfs, "/data"
 
 
 @pytest.fixture
