@@ -167,6 +167,10 @@ class CMKWriteFile:
             raise
         self._closed = False
         self._pos = 0
+        # Cleanup blocks already running when the file was opened (an error
+        # report written from an except branch of some __exit__) are not the
+        # block that owns this file: their exceptions are not its failure.
+        self._exits_at_open = active_exits(sys._getframe(1))
 
     # -- io surface ---------------------------------------------------------
 
@@ -258,7 +262,7 @@ class CMKWriteFile:
             return
         # At shutdown an open writer is an unfinished write: its wrapper's
         # finaliser (TextIOWrapper, GzipFile) is what calls close() here.
-        if sys.is_finalizing() or closing_from_failed_with(sys._getframe().f_back):
+        if sys.is_finalizing() or closing_from_failed_with(sys._getframe().f_back, self._exits_at_open):
             self.discard()
         else:
             self.commit()
@@ -291,9 +295,22 @@ class CMKWriteFile:
 io.RawIOBase.register(CMKWriteFile)
 
 
-def closing_from_failed_with(frame) -> bool:
+def active_exits(frame, depth: int = 64) -> frozenset:
+    """The ``__exit__`` frames running in ``frame``'s stack (as ``(id, code)``)."""
+    found = []
+    while frame is not None and depth:
+        if frame.f_code.co_name == "__exit__":
+            found.append((id(frame), frame.f_code))
+        frame = frame.f_back
+        depth -= 1
+    return frozenset(found)
+
+
+def closing_from_failed_with(frame, exits_at_open: frozenset = frozenset()) -> bool:
     """True if the nearest ``__exit__`` among ``frame`` and its callers (at
-    most :data:`EXIT_SEARCH_DEPTH`) was given an exception.
+    most :data:`EXIT_SEARCH_DEPTH`) was given an exception, unless that
+    ``__exit__`` was already running when the file was opened (then it is
+    an enclosing cleanup, not the block that owns the file).
 
     fsspec's ``OpenFile.__exit__`` (and pandas' handles, ``contextlib.closing``,
     ``ExitStack``) call ``close()`` whether or not the ``with`` block failed;
@@ -307,6 +324,8 @@ def closing_from_failed_with(frame) -> bool:
     while frame is not None and depth < EXIT_SEARCH_DEPTH:
         code = frame.f_code
         if code.co_name == "__exit__":
+            if (id(frame), code) in exits_at_open:
+                return False
             return _exit_exc_type(frame) is not None
         frame = frame.f_back
         depth += 1
@@ -423,7 +442,7 @@ class CompressedFile:
                 self._compressor.close()
             finally:
                 self._inner.close()
-        elif sys.is_finalizing() or closing_from_failed_with(sys._getframe().f_back):
+        elif sys.is_finalizing() or closing_from_failed_with(sys._getframe().f_back, self._inner._exits_at_open):
             self.discard()
         else:
             self.commit()

@@ -161,6 +161,7 @@ class KeyCache:
         self._lock = threading.RLock()
         self._unwrapped = _WipingCache(maxsize=max_entries, ttu=_ttu, timer=clock)
         self._write_key: DataKey | None = None
+        self._purges = 0  # bumped by every purge: vault answers from before one are not cached
         self._write_uses = 0
         self.vault_calls = 0  # wraps + unwraps sent to a vault (for benchmarks and tests)
         with _CACHES_LOCK:
@@ -189,6 +190,7 @@ class KeyCache:
         # not stall handles whose keys are cached (two threads may both wrap
         # a fresh DEK at once, which is harmless).
         confirmed_at = self.clock()
+        purges = self._purges
         dek = new_dek()
         try:
             key_block = self._vault_call("wrap", self.key_uri, None, lambda p: p.wrap(self.key_uri, dek))
@@ -197,6 +199,11 @@ class KeyCache:
             raise
         data_key = DataKey(dek, key_block, confirmed_at + self.ttl)
         with self._lock:
+            if self._purges != purges:
+                # A refusal purged this cache while the vault was answering:
+                # an answer from before it must not outlive it.
+                data_key.wipe()
+                raise KeyRevokedError("the key was revoked while a data key was being wrapped; retry")
             if self.ttl > 0:
                 self._unwrapped[_cache_key(key_block)] = data_key
             # The previous write key stays in the unwrap cache (open writers
@@ -213,19 +220,33 @@ class KeyCache:
                 return cached
         # The header is untrusted input: it must not choose the vault.
         self._check_trusted(key_block.key_uri)
-        confirmed_at = self.clock()
-        dek = self._vault_call("unwrap", key_block.key_uri, key_block.key_version, lambda p: p.unwrap(key_block))
-        if len(dek) != DEK_SIZE:
-            # Anyone holding a vault's public key can wrap a value of any
-            # length: only a 32-byte DEK can be this file's.
-            if isinstance(dek, bytearray):
-                wipe(dek)
-            raise IntegrityError()
-        data_key = DataKey(dek, key_block, confirmed_at + self.ttl)
-        if self.ttl > 0:
+        for _ in range(2):
+            confirmed_at = self.clock()
+            purges = self._purges
+            dek = self._vault_call("unwrap", key_block.key_uri, key_block.key_version, lambda p: p.unwrap(key_block))
+            if len(dek) != DEK_SIZE:
+                # Anyone holding a vault's public key can wrap a value of any
+                # length: only a 32-byte DEK can be this file's.
+                if isinstance(dek, bytearray):
+                    wipe(dek)
+                raise IntegrityError()
+            data_key = DataKey(dek, key_block, confirmed_at + self.ttl)
             with self._lock:
-                self._unwrapped[cache_key] = data_key
-        return data_key
+                if self._purges != purges:
+                    # A refusal purged this cache while the vault answered:
+                    # ask again rather than keep an answer from before it.
+                    data_key.wipe()
+                    continue
+                cached = self._unwrapped.get(cache_key)
+                if cached is not None and self.clock() < cached.expires_at:
+                    # Another thread unwrapped the same block meanwhile: share
+                    # its DataKey, so one purge or expiry reaches every handle.
+                    data_key.wipe()
+                    return cached
+                if self.ttl > 0:
+                    self._unwrapped[cache_key] = data_key
+                return data_key
+        raise KeyRevokedError("the key was revoked while its data key was being unwrapped")
 
     def _check_trusted(self, key_uri: str) -> None:
         """Refuse a remote vault that neither the configured key nor the
@@ -258,6 +279,7 @@ class KeyCache:
 
     def _purge(self, base: str | None) -> None:
         with self._lock:
+            self._purges += 1
             self._unwrapped.expire()  # so no entry can expire between listing and popping
             for cache_key in list(self._unwrapped.keys()):
                 if base is None or split_key_uri(cache_key[0])[0] == base:

@@ -431,3 +431,43 @@ def test_zip_archive_through_cmk(fs, tfs, root):
     zfs.close()
     zfs.fo.close()
     assert fsspec.filesystem("zip", fo=fs.open(f"{root}/z.zip", "rb")).cat("x") == SECRET
+
+
+def test_report_written_from_a_failing_blocks_cleanup_is_published(key, tmp_path):
+    # A file opened *inside* some other block's cleanup (an error report) and
+    # closed there belongs to that cleanup, not to the failing block.
+    import contextlib
+
+    fs = CMKFileSystem(target_protocol="file", key=key)
+
+    def report(name):
+        f = fs.open(str(tmp_path / name), "wb")
+        f.write(b"job failed")
+        f.close()
+
+    @contextlib.contextmanager
+    def job():
+        try:
+            yield
+        except RuntimeError:
+            report("from-contextmanager")
+            raise
+
+    class Job:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, exc_type, exc, tb):
+            if exc_type is not None:
+                report("from-exit")
+
+    for cm in (job, Job):
+        with pytest.raises(RuntimeError):
+            with cm():
+                raise RuntimeError("boom")
+    with pytest.raises(RuntimeError):
+        with contextlib.ExitStack() as stack:
+            stack.callback(report, "from-exitstack")
+            raise RuntimeError("boom")
+    for name in ("from-contextmanager", "from-exit", "from-exitstack"):
+        assert fs.cat_file(str(tmp_path / name)) == b"job failed"

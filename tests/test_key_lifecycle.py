@@ -234,3 +234,71 @@ def test_strided_views_are_written_correctly(vault):
     source = bytearray(os.urandom(3 * SEG))
     strided = memoryview(source)[::3]
     assert decrypt_bytes(encrypt_bytes(strided, cache, segment_size=SEG), cache) == bytes(source[::3])
+
+
+class _SlowVault:
+    """The real vault behind a link that holds each answer until released."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.arrived = threading.Event()
+        self.release = threading.Event()
+        self.refuse = False
+        self.calls = 0
+
+    def canonical_uri(self, uri):
+        return self.inner.canonical_uri(uri)
+
+    def unwrap(self, key_block):
+        self.calls += 1
+        if self.refuse:
+            raise KeyRevokedError("disabled")
+        dek = self.inner.unwrap(key_block)
+        self.arrived.set()
+        self.release.wait(5)
+        return dek
+
+
+def test_simultaneous_unwraps_of_one_block_share_one_data_key(vault):
+    block = _cache(vault).data_key_for_write().key_block
+    slow = _SlowVault(vault)
+    cache = KeyCache(None, providers=lambda uri: slow)
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(cache.data_key_for_read(block))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    slow.arrived.wait(5)
+    slow.release.set()
+    for t in threads:
+        t.join()
+    # One object for both: a purge or an expiry that wipes it reaches both handles.
+    assert got[0] is got[1]
+    purge_key(KEY)
+    assert got[0].snapshot() is None
+
+
+def test_an_answer_in_flight_during_a_revocation_is_not_kept(vault):
+    block_a = _cache(vault).data_key_for_write().key_block
+    block_b = KeyCache(KEY, providers=lambda uri: vault, max_files_per_dek=1).data_key_for_write().key_block
+    slow = _SlowVault(vault)
+    cache = KeyCache(None, providers=lambda uri: slow)
+    outcome = []
+
+    def open_a():
+        try:
+            outcome.append(cache.data_key_for_read(block_a))
+        except KeyRevokedError as exc:
+            outcome.append(exc)
+
+    t = threading.Thread(target=open_a)
+    t.start()
+    slow.arrived.wait(5)  # the vault said yes for A; the answer is still on its way
+    slow.refuse = True
+    with pytest.raises(KeyRevokedError):
+        cache.data_key_for_read(block_b)  # the refusal purges the key everywhere
+    slow.release.set()
+    t.join()
+    # The answer from before the refusal was not cached: A asked again and was refused.
+    assert isinstance(outcome[0], KeyRevokedError)
+    with pytest.raises(KeyRevokedError):
+        cache.data_key_for_read(block_a)
