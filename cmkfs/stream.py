@@ -227,6 +227,7 @@ class EncryptingWriter(_Keyed):
         # large write's tail segment into our buffer (the common case).
         self._held: bytearray | None = None
         self._held_index = -1
+        self._failed = False
         self._run_outs: list[bytearray] = []  # one output buffer per thread for _seal_run
         self.closed = False
         self.header = header
@@ -249,12 +250,20 @@ class EncryptingWriter(_Keyed):
 
     def write(self, data) -> int:
         with self._lock:
-            return self._write(data)
+            if self._failed:
+                raise ValueError("an earlier write failed: abort this writer and start the file again")
+            view = memoryview(data)  # a wrong type is refused here, before anything is sealed
+            try:
+                return self._write(view)
+            except BaseException:
+                # Part of the data may be sealed already: going on would lose
+                # or reorder it, so the stream can only be aborted now.
+                self._failed = True
+                raise
 
-    def _write(self, data) -> int:
+    def _write(self, view: memoryview) -> int:
         if self.closed:
             raise ValueError("write to closed file")
-        view = memoryview(data)
         if view.format != "B" or view.ndim != 1 or not view.c_contiguous:
             # cryptography only takes unsigned-byte buffers: pyarrow hands out
             # format "b" views, numpy anything.  A non-contiguous view is copied.
@@ -365,8 +374,8 @@ class EncryptingWriter(_Keyed):
             batches = []
             for t, lo in enumerate(range(0, n, share)):
                 hi = min(n, lo + share)
-                batches.append((cipher, self._index + done + lo, run[(done + lo) * size : (done + hi) * size], outs[t]))
-            if self._index + done + n > MAX_SEGMENTS:
+                batches.append((cipher, self._index + lo, run[(done + lo) * size : (done + hi) * size], outs[t]))
+            if self._index + n > MAX_SEGMENTS:
                 raise OverflowError("file too large for this segment size")
             futures = [self._executor.submit(_seal_batch, size, *b) for b in batches[1:]]
             try:
@@ -379,7 +388,7 @@ class EncryptingWriter(_Keyed):
                 for k in range(len(plain) // size):
                     self._sink.write(view[k * step : (k + 1) * step])
             done += n
-        self._index += count
+            self._index += n  # per round: a failure later never lets an index be sealed twice
 
     def flush(self) -> None:
         """Nothing to do: a partial segment cannot be sealed before close."""
@@ -392,6 +401,9 @@ class EncryptingWriter(_Keyed):
     def _close(self) -> None:
         if self.closed:
             return
+        if self._failed:
+            self.abort()  # never seal a final segment after a failed write
+            raise ValueError("an earlier write failed: the stream was aborted, nothing was sealed")
         try:
             if self._held_index >= 0 and self._fill == 0:
                 # The file ended on the held segment: take it back (our own

@@ -391,3 +391,31 @@ def test_reader_open_needs_the_key():
     keys.revoked = True
     with pytest.raises(KeyRevokedError):
         DecryptingReader(BytesSource(blob), keys)
+
+
+def test_a_failed_write_poisons_the_writer():
+    # Part of a failed write may be sealed already; going on (or sealing a
+    # final segment) would produce a file missing data or reusing an index.
+    class FlakySink(Collect):
+        def __init__(self):
+            super().__init__()
+            self.fail = False
+
+        def write(self, b):
+            if self.fail:
+                raise OSError("disk full")
+            return super().write(b)
+
+    sink = FlakySink()
+    w = EncryptingWriter(sink, static_source(), segment_size=4096, threads=1)
+    w.write(b"a" * 10_000)
+    sink.fail = True
+    with pytest.raises(OSError):
+        w.write(b"b" * 20_000)
+    sink.fail = False
+    with pytest.raises(ValueError):
+        w.write(b"c")
+    with pytest.raises(ValueError):
+        w.close()
+    with pytest.raises(CMKError):
+        decrypt_bytes(sink.getvalue(), static_source())
