@@ -84,6 +84,8 @@ class KekKeySource:
 
 
 class FakeClock:
+    """A monotonic clock that moves only when told to."""
+
     def __init__(self, now: float = 1000.0) -> None:
         self.now = now
 

@@ -22,17 +22,10 @@ from cmkfs.providers.base import redact_key_uri
 from cmkfs.providers.local import LocalVaultProvider
 from cmkfs.stream import BytesSource, DecryptingReader, EncryptingWriter, decrypt_bytes, encrypt_bytes
 from cmkfs.targets import LocalSource
+from tests._helpers_core import FakeClock
 
 SEG = 4096
 KEY = "local://k"
-
-
-class FakeClock:
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

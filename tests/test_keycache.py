@@ -26,22 +26,10 @@ from cmkfs.providers import base
 from cmkfs.providers.base import KeyProvider, register_provider
 from cmkfs.providers.local import LocalVaultProvider
 from cmkfs.stream import BytesSource, DecryptingReader, EncryptingWriter, decrypt_bytes, encrypt_bytes
+from tests._helpers_core import FakeClock
 
 SEG = 4096
 KEY = "local://k"
-
-
-class FakeClock:
-    """A monotonic clock that moves only when told to."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class RelayVault(KeyProvider):
