@@ -1,51 +1,61 @@
 """The file objects that :class:`~cmkfs.filesystem.CMKFileSystem` hands out.
 
 :class:`CMKReadFile` is an fsspec buffered file in read mode whose
-``_fetch_range`` decrypts: opening it reads the header and the final segment
-(one request each), and every later read fetches only the segments that
-cover it, so a Parquet footer and one column never download the whole file.
-Reads round to whole segments and the handle keeps the last run of
-segments it opened (and the final one) in memory: that is its read-ahead,
-held for the life of the handle only and overwritten at close.  An fsspec
-in-memory cache may be layered on with ``cache_type``; disk caches are
-refused.
+``_fetch_range`` decrypts: only the segments that cover a read are fetched,
+so a Parquet footer and one column never download the whole file.  An fsspec
+in-memory read cache may be layered on with ``cache_type``; it sits behind a
+:class:`KeyGatedCache`, so cached plaintext is served only while the file's
+key is valid and is dropped whenever the key expires or is revoked.  Caches
+that keep blocks on local disk are refused.
 
-:class:`CMKWriteFile` is deliberately *not* an fsspec buffered file: those
-commit on ``__exit__`` even while an exception propagates, and on
-``__del__``.  Here a write is published only by an explicit ``commit()`` or a
-``close()`` that is not running inside a failure; everything else discards,
-and an interrupted stream never gets its sealed final segment.
+:class:`CMKWriteFile` follows one write contract, the conventional one:
 
-Python's and fsspec's wrappers close the file they wrap from their own
-finalisers and ``__exit__`` methods, so the wrappers handed out here keep the
-same rule: :class:`CMKTextWriter` (text modes) and :class:`CompressedFile`
-(``compression=``) commit on ``close()`` and discard on a failing ``with``
-block or when garbage-collected unclosed.
+* ``close()`` publishes the file (as closing a plain file does);
+* leaving its own ``with`` block by an exception discards it;
+* a writer garbage-collected unclosed, or still open at interpreter exit,
+  is discarded, never published;
+* ``discard()`` drops it explicitly; ``commit()`` after a failure raises;
+* with ``autocommit=False`` (inside ``with fs.transaction:``) ``close()``
+  seals the file and the transaction publishes every file at its end, or
+  none if the block fails.
+
+The wrappers handed out here (:class:`CMKTextWriter` for text modes,
+:class:`CompressedFile` for ``compression=``) follow the same contract.
 """
 
 from __future__ import annotations
 
+import atexit
+import enum
 import io
 import sys
+import threading
 import warnings
-from inspect import CO_VARARGS
+import weakref
 
-from fsspec.caching import MMapCache
+from fsspec.caching import MMapCache, caches
 from fsspec.spec import AbstractBufferedFile
 
 from .errors import ConfigurationError, UnsupportedOperationError
 from .format import DEFAULT_SEGMENT_SIZE
+from .keys import register_key_holder
 from .stream import DecryptingReader, EncryptingWriter
 
-__all__ = ["CMKReadFile", "CMKWriteFile", "CMKTextWriter", "CompressedFile", "PlaintextReader", "IN_MEMORY_CACHE_TYPES"]
+__all__ = [
+    "CMKReadFile",
+    "CMKWriteFile",
+    "CMKTextWriter",
+    "CompressedFile",
+    "KeyGatedCache",
+    "PlaintextReader",
+    "WriteState",
+    "IN_MEMORY_CACHE_TYPES",
+]
 
 # fsspec read caches that keep their blocks in process memory.  "mmap" (and
 # anything built on MMapCache) writes the fetched bytes to a local file:
 # for us that would be decrypted plaintext on disk, so it is refused.
 IN_MEMORY_CACHE_TYPES = frozenset({"none", "bytes", "readahead", "adaptive", "blockcache", "first", "all", "parts", "background"})
-# How many calling frames close() searches for the __exit__ that called it
-# (OpenFile.__exit__ -> OpenFile.close -> our close is three).
-EXIT_SEARCH_DEPTH = 8
 
 
 class NotSeekableError(UnsupportedOperationError, io.UnsupportedOperation):
@@ -69,8 +79,75 @@ class PlaintextReader:
             return b""
         return bytes(self._source.read_range(offset, end))
 
+    def confirm_key(self) -> int:
+        return 0  # no key: nothing to expire
+
+    def key_expired(self) -> bool:
+        return False
+
     def close(self) -> None:
         pass
+
+
+class KeyGatedCache:
+    """An fsspec read cache behind the file's key.
+
+    Every read through the cache first re-confirms the key (the reader asks
+    the vault again once the TTL has passed, and raises if the key was
+    revoked), and whenever the key was confirmed anew the cached blocks are
+    dropped and fetched again: no byte of cached plaintext leaves the handle
+    after the TTL without a fresh key check.  The key sweeper also drops the
+    blocks of an idle handle whose key expired (they are rebuilt lazily, on
+    the next read, never from the sweeper).
+    """
+
+    def __init__(self, factory, reader, first=None) -> None:
+        self._factory = factory
+        self._reader = reader
+        self._lock = threading.Lock()
+        self._token = reader.confirm_key()
+        self._inner = first if first is not None else factory()
+        self.name = self._inner.name
+        register_key_holder(self)
+
+    def _fetch(self, start, end):
+        token = self._reader.confirm_key()  # raises if the key was revoked
+        with self._lock:
+            if self._inner is None or token != self._token:
+                self._inner, self._token = self._factory(), token  # blocks from before are not reused
+            inner = self._inner
+        return inner._fetch(start, end)
+
+    def drop_key_if_expired(self) -> None:
+        """Called by the key sweeper: an idle handle's plaintext goes with its key."""
+        if self._inner is not None and self._reader.key_expired():
+            with self._lock:
+                self._inner, self._token = None, None
+
+    def close(self) -> None:
+        with self._lock:
+            inner, self._inner = self._inner, None
+        close = getattr(inner, "close", None)
+        if callable(close):
+            close()
+
+    def _log_stats(self) -> str:
+        inner = self._inner
+        return inner._log_stats() if inner is not None else ""
+
+    def __getattr__(self, name):
+        if name.startswith("__") or name in ("_inner", "_factory", "_reader", "_lock", "_token"):
+            raise AttributeError(name)
+        inner = self.__dict__.get("_inner")
+        if inner is None:
+            raise AttributeError(name)
+        return getattr(inner, name)
+
+    def __repr__(self) -> str:
+        return f"<KeyGatedCache {self.name}>"
+
+    def __reduce__(self):
+        raise TypeError("a read cache holds plaintext and cannot be pickled")
 
 
 class CMKReadFile(AbstractBufferedFile):
@@ -86,6 +163,8 @@ class CMKReadFile(AbstractBufferedFile):
             )
         self._reader = reader
         self._source = source
+        self._cache_type = cache_type
+        self._cache_options = dict(cache_options or {})
         kwargs.pop("size", None)  # a caller's size is the ciphertext's or stale: the header decides
         super().__init__(
             fs,
@@ -99,8 +178,15 @@ class CMKReadFile(AbstractBufferedFile):
             **kwargs,
         )
 
-    # An outer layer (fsspec's blockcache) swaps in an MMapCache that spills
-    # fetched blocks to a local file: refuse it, whoever tries.
+    def _new_cache(self):
+        return caches[self._cache_type](self.blocksize, self._fetch_range, self.size, **self._cache_options)
+
+    def _no_cache(self):
+        return caches["none"](self.blocksize, self._fetch_range, self.size)
+
+    # fsspec assigns the read cache through this property (at open, at
+    # close, and an outer blockcache layer swapping in its MMapCache): every
+    # cache goes behind the key, and one that spills to disk is refused.
     @property
     def cache(self):
         return self.__dict__.get("_cmk_cache")
@@ -112,7 +198,18 @@ class CMKReadFile(AbstractBufferedFile):
                 "a disk cache over cmk:// would store decrypted data; put the cache under the "
                 "encryption instead (cmk::simplecache::PROTOCOL://...)"
             )
+        if value is not None and not isinstance(value, KeyGatedCache):
+            if type(value) is caches.get(self._cache_type):
+                value = KeyGatedCache(self._new_cache, self._reader, first=value)
+            else:
+                # Not the cache type this handle was opened with (set by some
+                # outer layer): gated like any other, but never rebuilt, so
+                # once dropped it stays dropped and reads go to the reader.
+                value = KeyGatedCache(self._no_cache, self._reader, first=value)
+        old = self.__dict__.get("_cmk_cache")
         self.__dict__["_cmk_cache"] = value
+        if old is not None and old is not value:
+            old.close()
 
     @property
     def encrypted(self) -> bool:
@@ -129,7 +226,7 @@ class CMKReadFile(AbstractBufferedFile):
         if self.closed:
             return
         try:
-            super().close()  # drops the read-ahead cache
+            super().close()  # drops the read cache
         finally:
             self.__dict__["_cmk_cache"] = None
             self._reader.close()  # overwrites its plaintext buffers and forgets the file key
@@ -139,44 +236,65 @@ class CMKReadFile(AbstractBufferedFile):
         return f"<CMKReadFile {self.path!r} size={self.size}{' closed' if self.closed else ''}>"
 
 
+class WriteState(enum.Enum):
+    """Where a :class:`CMKWriteFile` is in its life."""
+
+    OPEN = "open"  # accepting writes
+    SEALED = "sealed"  # closed with autocommit=False: complete, waiting for commit() or discard()
+    COMMITTED = "committed"  # published at its path
+    DISCARDED = "discarded"  # dropped; the previous version (if any) stays
+    FAILED = "failed"  # a write, the seal or the publish failed; dropped
+
+
+# Writers still open, discarded when the interpreter exits: an open writer
+# at exit is an unfinished write, whatever finalisers run afterwards.
+_OPEN_WRITERS: "weakref.WeakSet[CMKWriteFile]" = weakref.WeakSet()
+_OPEN_WRITERS_LOCK = threading.Lock()
+
+
+@atexit.register
+def _discard_open_writers() -> None:
+    with _OPEN_WRITERS_LOCK:
+        writers = list(_OPEN_WRITERS)
+    for writer in writers:
+        try:
+            writer.discard()
+        except Exception:  # noqa: BLE001 - exiting anyway
+            pass
+
+
 class CMKWriteFile:
-    """Write-only stream that encrypts into an atomic sink.
+    """Write-only stream that encrypts into an atomic sink (see the module
+    docstring for the contract)."""
 
-    * ``write`` encrypts segment by segment (memory stays bounded);
-    * ``close()`` seals the final segment and publishes the file, unless it
-      is called from a context manager's ``__exit__`` that is handling an
-      exception (``fsspec.open``'s ``OpenFile``, pandas' handles,
-      ``contextlib.closing``), or during interpreter shutdown: then it
-      discards (see :func:`closing_from_failed_with`);
-    * ``commit()`` publishes regardless; ``discard()`` drops everything;
-    * leaving a ``with`` block by an exception discards, and so does
-      garbage collection of a file never closed.
-    """
-
-    def __init__(self, fs, path, sink, keys, *, segment_size, content_class, threads=None) -> None:
+    def __init__(self, fs, path, sink, keys, *, segment_size, content_class, threads=None,
+                 autocommit: bool = True) -> None:
         self.fs = fs
         self.path = path
         self.mode = "wb"
+        self.autocommit = bool(autocommit)
         self._sink = sink
-        self._closed = True
+        self._state = WriteState.FAILED
         try:
             self._writer = EncryptingWriter(sink, keys, segment_size=segment_size,
                                             content_class=content_class, threads=threads)
         except BaseException:
             sink.discard()
             raise
-        self._closed = False
+        self._state = WriteState.OPEN
         self._pos = 0
-        # Cleanup blocks already running when the file was opened (an error
-        # report written from an except branch of some __exit__) are not the
-        # block that owns this file: their exceptions are not its failure.
-        self._exits_at_open = active_exits(sys._getframe(1))
+        with _OPEN_WRITERS_LOCK:
+            _OPEN_WRITERS.add(self)
 
     # -- io surface ---------------------------------------------------------
 
     @property
+    def state(self) -> WriteState:
+        return self._state
+
+    @property
     def closed(self) -> bool:
-        return self._closed
+        return self._state is not WriteState.OPEN
 
     @property
     def name(self) -> str:
@@ -186,7 +304,7 @@ class CMKWriteFile:
         return False
 
     def writable(self) -> bool:
-        return not self._closed
+        return not self.closed
 
     def seekable(self) -> bool:
         return False
@@ -212,12 +330,12 @@ class CMKWriteFile:
         raise UnsupportedOperationError("encrypted files cannot be truncated in place; rewrite the file")
 
     def write(self, data) -> int:
-        if self._closed:
+        if self.closed:
             raise ValueError("I/O operation on closed file.")
         try:
             n = self._writer.write(data)
         except BaseException:
-            self.discard()
+            self._drop(WriteState.FAILED)  # part of it may be sealed: the stream cannot go on
             raise
         self._pos += n
         return n
@@ -227,162 +345,135 @@ class CMKWriteFile:
             self.write(line)
 
     def flush(self) -> None:
-        if self._closed:
+        if self.closed:
             raise ValueError("I/O operation on closed file.")
         # Nothing to push: a partial segment can only be sealed at close.
 
     # -- outcome ------------------------------------------------------------
 
+    def close(self) -> None:
+        """Finish the file: publish it, or with ``autocommit=False`` seal it
+        for the transaction (or a later :meth:`commit`) to publish."""
+        if self._state is WriteState.OPEN:
+            self._seal()
+            if self.autocommit:
+                self._publish()
+
     def commit(self) -> None:
-        """Seal the final segment and publish the file at its path."""
-        if self._closed:
+        """Publish the file now (sealing it first if it is still open).
+
+        Raises if the file was discarded or failed: nothing is published then."""
+        if self._state is WriteState.COMMITTED:
             return
-        try:
-            self._writer.close()
-            self._sink.commit()
-        except BaseException:
-            self.discard()
-            raise
-        self._closed = True
+        if self._state is WriteState.OPEN:
+            self._seal()
+        if self._state is not WriteState.SEALED:
+            raise ValueError(f"{self.path}: cannot commit a write that was {self._state.value}; nothing was published")
+        self._publish()
 
     def discard(self) -> None:
         """Drop everything written so far; the previous version (if any) stays."""
-        if self._closed:
+        if self._state in (WriteState.OPEN, WriteState.SEALED):
+            self._drop(WriteState.DISCARDED)
+
+    def _seal(self) -> None:
+        try:
+            self._writer.close()  # the final segment goes into the sink
+        except BaseException:
+            self._drop(WriteState.FAILED)
+            raise
+        self._state = WriteState.SEALED
+
+    def _publish(self) -> None:
+        try:
+            self._sink.commit()
+        except BaseException:
+            self._drop(WriteState.FAILED)
+            raise
+        self._state = WriteState.COMMITTED
+        self._forget()
+
+    def _drop(self, state: WriteState) -> None:
+        was = self._state
+        self._state = state
+        self._forget()
+        if was not in (WriteState.OPEN, WriteState.SEALED):
             return
-        self._closed = True
         try:
             self._writer.abort()
         finally:
             self._sink.discard()
 
-    def close(self) -> None:
-        """Publish, unless called by a failing ``with`` block's ``__exit__``
-        or during interpreter shutdown: then discard."""
-        if self._closed:
-            return
-        # At shutdown an open writer is an unfinished write: its wrapper's
-        # finaliser (TextIOWrapper, GzipFile) is what calls close() here.
-        if sys.is_finalizing() or closing_from_failed_with(sys._getframe().f_back, self._exits_at_open):
-            self.discard()
-        else:
-            self.commit()
+    def _forget(self) -> None:
+        with _OPEN_WRITERS_LOCK:
+            _OPEN_WRITERS.discard(self)
 
     def __enter__(self):
         return self
 
     def __exit__(self, exc_type, exc, tb):
         if exc_type is None:
-            self.commit()
+            self.close()
         else:
             self.discard()
 
     def __del__(self):
-        if not getattr(self, "_closed", True):
-            # Never publish from a finaliser: an unclosed file is an unfinished write.
-            warnings.warn(f"unclosed encrypted file {self.path!r} was discarded, not written", ResourceWarning, stacklevel=2)
+        if getattr(self, "_state", None) in (WriteState.OPEN, WriteState.SEALED):
+            # Never publish from a finaliser: an unfinished write is dropped.
+            warnings.warn(f"unfinished encrypted file {self.path!r} was discarded, not written",
+                          ResourceWarning, stacklevel=2)
             try:
                 self.discard()
-            except Exception:  # noqa: BLE001 - interpreter shutdown
+            except Exception:  # noqa: BLE001 - finaliser
                 pass
 
     def __reduce__(self):
         raise TypeError("an open encrypted file cannot be pickled")
 
     def __repr__(self) -> str:
-        return f"<CMKWriteFile {self.path!r} {'closed' if self._closed else f'{self._pos} bytes written'}>"
+        if self._state is WriteState.OPEN:
+            return f"<CMKWriteFile {self.path!r} {self._pos} bytes written>"
+        return f"<CMKWriteFile {self.path!r} {self._state.value}>"
 
 
 io.RawIOBase.register(CMKWriteFile)
 
 
-def active_exits(frame, depth: int = 64) -> frozenset:
-    """The ``__exit__`` frames running in ``frame``'s stack (as ``(id, code)``)."""
-    found = []
-    while frame is not None and depth:
-        if frame.f_code.co_name == "__exit__":
-            found.append((id(frame), frame.f_code))
-        frame = frame.f_back
-        depth -= 1
-    return frozenset(found)
-
-
-def closing_from_failed_with(frame, exits_at_open: frozenset = frozenset()) -> bool:
-    """True if the nearest ``__exit__`` among ``frame`` and its callers (at
-    most :data:`EXIT_SEARCH_DEPTH`) was given an exception, unless that
-    ``__exit__`` was already running when the file was opened (then it is
-    an enclosing cleanup, not the block that owns the file).
-
-    fsspec's ``OpenFile.__exit__`` (and pandas' handles, ``contextlib.closing``,
-    ``ExitStack``) call ``close()`` whether or not the ``with`` block failed;
-    their ``__exit__`` arguments say which.  ``sys.exc_info()`` cannot: it is
-    also set in an ``except`` block where the exception has been handled, and
-    an explicit ``close()`` there must publish.  C-level callers (``io``'s
-    ``__exit__``) leave no frame: the wrappers handed out here override
-    ``__exit__`` in Python instead.
-    """
-    depth = 0
-    while frame is not None and depth < EXIT_SEARCH_DEPTH:
-        code = frame.f_code
-        if code.co_name == "__exit__":
-            if (id(frame), code) in exits_at_open:
-                return False
-            return _exit_exc_type(frame) is not None
-        frame = frame.f_back
-        depth += 1
-    return False
-
-
-def _exit_exc_type(frame):
-    """The ``exc_type`` argument of an ``__exit__(self, exc_type, exc, tb)``
-    or ``__exit__(self, *args)`` frame."""
-    code = frame.f_code
-    names = code.co_varnames
-    local = frame.f_locals
-    if code.co_argcount >= 2:
-        return local.get(names[1])
-    if code.co_flags & CO_VARARGS:
-        args = local.get(names[code.co_argcount + code.co_kwonlyargcount]) or ()
-        return args[0] if args else None
-    return None
-
-
 class CMKTextWriter(io.TextIOWrapper):
-    """Text mode over a :class:`CMKWriteFile` (or a :class:`CompressedFile`).
-
-    ``io.TextIOWrapper`` closes its buffer from its finaliser and from a
-    failing ``with`` block alike, which would publish a half-written file;
-    this subclass discards in both cases.  ``closed`` is the buffer's, so a
-    discarded writer's later ``close()`` is a no-op.
-    """
+    """Text mode over a :class:`CMKWriteFile` (or a :class:`CompressedFile`),
+    with the same contract: ``close()`` publishes (or seals, in a
+    transaction), a failing ``with`` block or the finaliser discards.
+    ``closed`` is the buffer's, so a discarded writer's later ``close()`` is
+    a no-op."""
 
     def commit(self) -> None:
         if not self.closed:
             self.flush()
-            self.buffer.commit()
+        self.buffer.commit()
 
     def discard(self) -> None:
-        if not self.closed:
-            self.buffer.discard()  # pending text in this wrapper is dropped with it
+        self.buffer.discard()  # pending text in this wrapper is dropped with it
 
     def __exit__(self, exc_type, exc, tb):
         if exc_type is None:
-            self.commit()
+            self.close()
         else:
             self.discard()
 
     def __del__(self):
-        # Replaces io's finaliser (which would flush and close, i.e. publish).
+        # Replaces io's finaliser, which would flush and close (publish).
         try:
             buffer = self.buffer
         except ValueError:  # detached
             return
-        if not buffer.closed:
-            warnings.warn(f"unclosed encrypted file {getattr(buffer, 'name', '')!r} was discarded, not written",
-                          ResourceWarning, stacklevel=2)
-            try:
-                buffer.discard()
-            except Exception:  # noqa: BLE001 - finaliser
-                pass
+        if buffer.closed:
+            return  # published, dropped, or sealed and held by a transaction
+        warnings.warn(f"unfinished encrypted file {getattr(buffer, 'name', '')!r} was discarded, not written",
+                      ResourceWarning, stacklevel=2)
+        try:
+            buffer.discard()
+        except Exception:  # noqa: BLE001 - finaliser
+            pass
 
     def __reduce__(self):
         raise TypeError("an open encrypted file cannot be pickled")
@@ -390,10 +481,10 @@ class CMKTextWriter(io.TextIOWrapper):
 
 class CompressedFile:
     """A compressor from ``fsspec.compression`` (GzipFile, BZ2File, ...) over
-    a cmkfs file, owning it: closing closes the compressor, then commits
-    (writing) or closes (reading) the cmkfs file.  The compressors never
-    close a file object they were given, so without this the writer would
-    only be garbage-collected, i.e. discarded.
+    a cmkfs file, owning it: closing closes the compressor, then closes the
+    cmkfs file (which publishes a write).  The compressors never close a
+    file object they were given, so without this the writer would only be
+    garbage-collected, i.e. discarded.
     """
 
     def __init__(self, compressor, inner) -> None:
@@ -414,47 +505,38 @@ class CompressedFile:
     def name(self) -> str:
         return self._inner.path
 
-    def commit(self) -> None:
+    def close(self) -> None:
         if self._inner.closed:
             return
         try:
             self._compressor.close()  # its trailer goes into the cmkfs file
         except BaseException:
-            self._inner.discard()
+            _drop(self._inner)
             raise
+        self._inner.close()
+
+    def commit(self) -> None:
+        if self._writing and not self._inner.closed:
+            self.close()
         self._inner.commit()
 
     def discard(self) -> None:
-        if self._inner.closed:
-            return
-        try:
-            self._compressor.close()  # releases it; its output goes into a file about to be dropped
-        except Exception:  # noqa: BLE001 - discarding anyway (the writer may have failed first)
-            pass
-        finally:
-            self._inner.discard()
-
-    def close(self) -> None:
-        if self._inner.closed:
-            return
         if not self._writing:
+            self.close()
+            return
+        if not self._inner.closed:
             try:
-                self._compressor.close()
-            finally:
-                self._inner.close()
-        elif sys.is_finalizing() or closing_from_failed_with(sys._getframe().f_back, self._inner._exits_at_open):
-            self.discard()
-        else:
-            self.commit()
+                self._compressor.close()  # releases it; its output goes into a file about to be dropped
+            except Exception:  # noqa: BLE001 - discarding anyway (the writer may have failed first)
+                pass
+        self._inner.discard()
 
     def __enter__(self):
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        if not self._writing:
+        if exc_type is None or not self._writing:
             self.close()
-        elif exc_type is None:
-            self.commit()
         else:
             self.discard()
 
@@ -477,3 +559,11 @@ class CompressedFile:
 
 
 io.IOBase.register(CompressedFile)
+
+
+def _drop(f) -> None:
+    """Discard a writer, close a reader (a failure while wrapping either)."""
+    if isinstance(f, CMKWriteFile):
+        f.discard()
+    else:
+        f.close()

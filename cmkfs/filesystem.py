@@ -22,19 +22,22 @@ for the hooks fsspec looks up on a filesystem by name (:data:`DUCK_TYPED_HOOKS`:
 the first filesystem down the ``.fs`` chain that has them, which would
 otherwise be a cache *under* this layer, writing plaintext).
 
-Disk caches *over* this layer (``simplecache::cmk::...``, ``filecache::``,
-``blockcache::``) would store plaintext: they are refused with
-:class:`~cmkfs.errors.ConfigurationError`.  Cache the ciphertext instead:
-``cmk::simplecache::PROTOCOL://...``.
+Disk caches anywhere above this layer (``simplecache::cmk::...``,
+``filecache::dir::cmk::...``) would store plaintext: they are refused with
+:class:`~cmkfs.errors.ConfigurationError` (:mod:`cmkfs.cache_guard`).  Cache
+the ciphertext instead: ``cmk::simplecache::PROTOCOL://...``.
+
+Writes follow one contract (:mod:`cmkfs.files`): ``close()`` publishes, a
+failing ``with`` block or garbage collection discards, and
+``with fs.transaction:`` publishes every file written in the block when it
+ends cleanly and none when it fails (:class:`CMKTransaction`).
 """
 
 from __future__ import annotations
 
-import functools
 import io
 import os
 import secrets
-import sys
 import threading
 from collections import OrderedDict
 from urllib.parse import unquote
@@ -43,14 +46,15 @@ import fsspec
 from fsspec.callbacks import DEFAULT_CALLBACK
 from fsspec.compression import compr
 from fsspec.core import get_compression
-from fsspec.implementations.cached import CachingFileSystem
 from fsspec.implementations.chained import ChainedFileSystem
 from fsspec.spec import make_instance
+from fsspec.transaction import Transaction
 from fsspec.utils import isfilelike
 
+from .cache_guard import check_not_cached, install_cache_guard
 from .config import default_key_uri
-from .errors import ConfigurationError, FormatError, IntegrityError, UnsupportedOperationError
-from .files import CMKReadFile, CMKTextWriter, CMKWriteFile, CompressedFile, PlaintextReader
+from .errors import CMKError, ConfigurationError, FormatError, IntegrityError, UnsupportedOperationError
+from .files import CMKReadFile, CMKTextWriter, CMKWriteFile, CompressedFile, PlaintextReader, WriteState, _drop
 from .format import (
     DEFAULT_SEGMENT_SIZE,
     HEADER_PREFIX_SIZE,
@@ -70,6 +74,8 @@ from .wipe import wipe
 
 __all__ = [
     "CMKFileSystem",
+    "CMKTransaction",
+    "TransactionError",
     "guess_content_class",
     "install_cache_guard",
     "check_not_cached",
@@ -134,6 +140,8 @@ ROUTED_METHODS = {
     "makedir": "mkdir",
     "mkdirs": "makedirs",
     "get_mapper": "cat/pipe/rm/find",
+    "start_transaction": "transaction_type (CMKTransaction)",
+    "end_transaction": "transaction_type (CMKTransaction.complete)",
 }
 # No file content involved: construction, serialisation, names.
 META_METHODS = frozenset({
@@ -143,8 +151,6 @@ META_METHODS = frozenset({
 # Refused outright (see each stub's message).
 REFUSED_METHODS = {
     "sign": "a signed URL would hand out ciphertext that only cmkfs can read; read through cmk:// instead",
-    "start_transaction": "transactions are not supported over encrypted files; each write is atomic on its own",
-    "end_transaction": "transactions are not supported over encrypted files; each write is atomic on its own",
 }
 # Attributes fsspec (core.OpenFiles, open_local, utils.can_be_local, fuse)
 # looks up on a filesystem by name with hasattr/getattr, outside the
@@ -178,60 +184,51 @@ def _parse_content_class(value) -> ContentClass | None:
     raise ConfigurationError("content_class must be a ContentClass, its name or its number")
 
 
-# -- disk caches layered over cmk:// -------------------------------------------
+# -- transactions -------------------------------------------------------------
 
 
-def check_not_cached(fs) -> None:
-    """Raise :class:`ConfigurationError` if ``fs`` is a disk cache over a
-    :class:`CMKFileSystem` (it would store plaintext on local disk)."""
-    inner = fs
-    for _ in range(16):
-        if not isinstance(inner, ChainedFileSystem):
-            return
-        if isinstance(inner, CachingFileSystem) and isinstance(getattr(inner, "fs", None), CMKFileSystem):
-            raise ConfigurationError(
-                f"{type(inner).__name__} over cmk:// would keep decrypted files on local disk; "
-                "cache the ciphertext instead: cmk::simplecache::PROTOCOL://..."
-            )
-        inner = getattr(inner, "fs", None)
+class TransactionError(CMKError, RuntimeError):
+    """A transaction ended cleanly but one of its files was not ready to
+    publish (discarded, failed or still open): nothing was published."""
 
 
-_guard_lock = threading.Lock()
+class CMKTransaction(Transaction):
+    """fsspec's transaction, made all-or-nothing before anything is published.
 
-
-def install_cache_guard() -> None:
-    """Make fsspec's caching filesystems refuse a ``cmk`` target at construction.
-
-    Installed when this module is imported, which happens before any
-    ``CMKFileSystem`` can exist; idempotent.
+    Files written inside ``with fs.transaction:`` are sealed when closed and
+    published together when the block ends without an exception.  If the
+    block fails, or any file in it was discarded, failed or is still open,
+    every file is discarded and the previous versions stay.  Publishing is
+    one atomic step per file (a rename or a block-list commit): a storage
+    failure during those final steps leaves the files before it published
+    and the rest discarded, each of them whole.
     """
-    with _guard_lock:
-        init = CachingFileSystem.__init__
-        if getattr(init, "_cmkfs_guard", False):
-            return
 
-        @functools.wraps(init)
-        def __init__(self, *args, **kwargs):
-            init(self, *args, **kwargs)
-            check_not_cached(self)
-
-        __init__._cmkfs_guard = True
-        CachingFileSystem.__init__ = __init__
-
-
-def _refuse_if_called_by_cache(fs: "CMKFileSystem") -> None:
-    """Second line of defence for caches whose ``fs`` was swapped in after
-    construction: refuse when a caching filesystem is on the call stack."""
-    frame = sys._getframe(2)
-    depth = 0
-    while frame is not None and depth < 32:
-        if frame.f_code.co_filename.endswith(os.path.join("fsspec", "implementations", "cached.py")):
-            owner = frame.f_locals.get("self")
-            cache = owner if isinstance(owner, CachingFileSystem) else getattr(owner, "fs", None)
-            if isinstance(cache, CachingFileSystem):
-                check_not_cached(cache)
-        frame = frame.f_back
-        depth += 1
+    def complete(self, commit=True):
+        files = list(self.files)
+        self.files.clear()
+        published = 0
+        try:
+            if commit:
+                unready = [f for f in files if f.state not in (WriteState.SEALED, WriteState.COMMITTED)]
+                if unready:
+                    commit = False
+                    shown = ", ".join(f"{f.path} ({'still open' if f.state is WriteState.OPEN else f.state.value})"
+                                      for f in unready[:5])
+                    raise TransactionError(f"transaction not published, no file was written: {shown}")
+                for f in files:
+                    f.commit()
+                    published += 1
+        finally:
+            for f in files[published:]:
+                try:
+                    f.discard()
+                except Exception:  # noqa: BLE001 - the first error is the one to report
+                    pass
+            if self.fs is not None:
+                self.fs._intrans = False
+                self.fs._transaction = None
+                self.fs = None
 
 
 # -- the filesystem ---------------------------------------------------------------
@@ -273,6 +270,7 @@ class CMKFileSystem(ChainedFileSystem):
     """
 
     protocol = PROTOCOL
+    transaction_type = CMKTransaction
     _strip_tokenize_options = ("fo",)
     # Instance cache keyed by options (including the key URI): an instance
     # and its KeyCache are reused for identical options, never shared across them.
@@ -293,6 +291,7 @@ class CMKFileSystem(ChainedFileSystem):
         trusted_vaults=None,
         **kwargs,
     ):
+        install_cache_guard()  # refuses to run if this fsspec cannot be guarded
         super().__init__(**kwargs)
         if fs is None and target_protocol is None:
             raise ValueError("provide a target filesystem (fs=) or target_protocol=")
@@ -370,10 +369,6 @@ class CMKFileSystem(ChainedFileSystem):
         return cache
 
     @property
-    def transaction(self):
-        raise UnsupportedOperationError(REFUSED_METHODS["start_transaction"])
-
-    @property
     def fsid(self):
         return f"cmk-{self.fs.fsid}"
 
@@ -384,11 +379,12 @@ class CMKFileSystem(ChainedFileSystem):
     local_file = False
 
     def open(self, path, mode="rb", block_size=None, cache_options=None, compression=None, **kwargs):
-        """fsspec's ``open``, with wrappers that keep the commit rule: text
+        """fsspec's ``open``, with wrappers that keep the write contract: text
         modes return a :class:`~cmkfs.files.CMKTextWriter` and
         ``compression=`` a :class:`~cmkfs.files.CompressedFile` that owns the
         encrypted file (fsspec's generic wrappers would publish a failed
-        write from a finaliser, or never publish at all)."""
+        write from a finaliser, or never publish at all).  Inside
+        ``with fs.transaction:`` writers default to ``autocommit=False``."""
         path = self._strip_protocol(path)
         if "b" not in mode:
             text_kwargs = {k: kwargs.pop(k) for k in ("encoding", "errors", "newline") if k in kwargs}
@@ -397,7 +393,7 @@ class CMKFileSystem(ChainedFileSystem):
             if "r" in mode:
                 return io.TextIOWrapper(binary, **text_kwargs)
             return CMKTextWriter(binary, **text_kwargs)
-        f = self._open(path, mode=mode, block_size=block_size, autocommit=kwargs.pop("autocommit", True),
+        f = self._open(path, mode=mode, block_size=block_size, autocommit=kwargs.pop("autocommit", not self._intrans),
                        cache_options=cache_options, **kwargs)
         compression = get_compression(path, compression) if compression is not None else None
         if compression is None:
@@ -435,18 +431,15 @@ class CMKFileSystem(ChainedFileSystem):
                 f.close()
 
     def _open(self, path, mode="rb", block_size=None, autocommit=True, cache_options=None, **kwargs):
-        _refuse_if_called_by_cache(self)
         path = self._strip_protocol(path)
         if "a" in mode:
             reject_append()
         if "+" in mode:
             raise UnsupportedOperationError(f"mode {mode!r}: encrypted files are opened for reading or for writing, not both")
-        if not autocommit:
-            raise UnsupportedOperationError(REFUSED_METHODS["start_transaction"])
         if mode == "rb":
             return self._open_read(path, block_size=block_size, cache_options=cache_options, **kwargs)
         if mode in ("wb", "xb"):
-            return self._open_write(path, exclusive=mode == "xb", **kwargs)
+            return self._open_write(path, exclusive=mode == "xb", autocommit=autocommit, **kwargs)
         raise ValueError(f"unsupported mode {mode!r}: use 'rb' or 'wb' (or text modes through open())")
 
     def _open_read(self, path, block_size=None, cache_options=None, cache_type="none", **kwargs):
@@ -463,14 +456,21 @@ class CMKFileSystem(ChainedFileSystem):
             source.close()
             raise
 
-    def _open_write(self, path, exclusive=False, content_class=None, metadata=None, **_ignored):
+    def _open_write(self, path, exclusive=False, autocommit=None, content_class=None, metadata=None, **_ignored):
+        """The one way a writer is made: inside a transaction it is sealed on
+        close and handed to the transaction to publish."""
         if self.key_uri is None:
             default_key_uri()  # raises the message that says how to configure a key
+        if autocommit is None:
+            autocommit = not self._intrans
         cls = _parse_content_class(content_class) or self.content_class or guess_content_class(path)
         sink = open_atomic_sink(self.fs, path, metadata=metadata, exclusive=exclusive, fsync=self.fsync)
         self._forget(path)
-        return CMKWriteFile(self, path, sink, self.keys, segment_size=self.segment_size,
-                            content_class=cls, threads=self.threads)
+        f = CMKWriteFile(self, path, sink, self.keys, segment_size=self.segment_size,
+                         content_class=cls, threads=self.threads, autocommit=autocommit)
+        if not autocommit and self._intrans:
+            self.transaction.files.append(f)
+        return f
 
     def _reader(self, path):
         """(reader, source) for ``path``; refuses foreign files unless allowed."""
@@ -484,10 +484,7 @@ class CMKFileSystem(ChainedFileSystem):
                     return PlaintextReader(source), source
                 if looks_like_cmkfs(head):
                     raise
-                raise FormatError(
-                    f"{path} is not a cmkfs encrypted file (pass allow_plaintext_read=True to read "
-                    "unencrypted files during a migration)"
-                ) from None
+                raise FormatError(_not_cmkfs(path)) from None
         except BaseException:
             source.close()
             raise
@@ -509,16 +506,10 @@ class CMKFileSystem(ChainedFileSystem):
     def pipe_file(self, path, value, mode="overwrite", **kwargs):
         if mode not in ("overwrite", "create"):
             raise ValueError(f"unsupported pipe mode {mode!r}")
-        f = self._open_write(self._strip_protocol(path), exclusive=mode == "create", **kwargs)
-        try:
+        with self._open_write(self._strip_protocol(path), exclusive=mode == "create", **kwargs) as f:
             f.write(value)
-        except BaseException:
-            f.discard()
-            raise
-        f.commit()
 
     def put_file(self, lpath, rpath, callback=DEFAULT_CALLBACK, mode="overwrite", **kwargs):
-        _refuse_if_called_by_cache(self)
         rpath = self._strip_protocol(rpath)
         if os.path.isdir(lpath):
             self.makedirs(rpath, exist_ok=True)
@@ -531,27 +522,24 @@ class CMKFileSystem(ChainedFileSystem):
             parent = self._parent(rpath)
             if parent:
                 self.makedirs(parent, exist_ok=True)
-            f = self._open_write(rpath, exclusive=mode == "create", **kwargs)
-            try:
+            with self._open_write(rpath, exclusive=mode == "create", **kwargs) as f:
                 chunk = max(self.segment_size, (_TRANSFER_CHUNK // self.segment_size) * self.segment_size)
                 buf = bytearray(max(1, min(size, chunk)))  # small files get small buffers
                 view = memoryview(buf)
-                while True:
-                    n = src.readinto(buf)
-                    if not n:
-                        break
-                    f.write(view[:n])
-                    callback.relative_update(n)
-                wipe(buf)  # the plaintext staging buffer does not linger
-            except BaseException:
-                f.discard()
-                raise
-            f.commit()
+                try:
+                    while True:
+                        n = src.readinto(buf)
+                        if not n:
+                            break
+                        f.write(view[:n])
+                        callback.relative_update(n)
+                finally:
+                    view.release()
+                    wipe(buf)  # the plaintext staging buffer does not linger
 
     def get_file(self, rpath, lpath, callback=DEFAULT_CALLBACK, outfile=None, **kwargs):
         """Decrypt ``rpath`` to a local path via a temp file and a rename:
         a failed or tampered read leaves no output file."""
-        _refuse_if_called_by_cache(self)
         rpath = self._strip_protocol(rpath)
         if outfile is None and isfilelike(lpath):
             outfile, lpath = lpath, None
@@ -752,6 +740,9 @@ class CMKFileSystem(ChainedFileSystem):
                     raise prefix  # a storage error: the target's, as it is
                 try:
                     facts = self._facts_from_prefix(bytes(prefix))
+                    if facts is None and not listing and not self.allow_plaintext_read:
+                        # As open() does: a foreign file has no plaintext size to report.
+                        raise FormatError(_not_cmkfs(entry["name"]))
                     applied = self._apply(entry, facts)
                 except (FormatError, IntegrityError):
                     if not listing:
@@ -788,12 +779,9 @@ class CMKFileSystem(ChainedFileSystem):
         return entry
 
 
-def _drop(f) -> None:
-    """Discard a writer, close a reader (a failure while wrapping either)."""
-    if isinstance(f, CMKWriteFile):
-        f.discard()
-    else:
-        f.close()
+def _not_cmkfs(path: str) -> str:
+    return (f"{path} is not a cmkfs encrypted file (pass allow_plaintext_read=True to read "
+            "unencrypted files during a migration)")
 
 
 def _refuse_pin_in_uri(key) -> None:
@@ -853,4 +841,4 @@ def _fail_closed() -> None:
 
 
 _fail_closed()
-install_cache_guard()
+install_cache_guard()  # at import too, so the guard is in place before any cache is built

@@ -175,6 +175,26 @@ class _Keyed:
     def _drop_plaintext(self) -> None:
         """Forget cached plaintext that can be fetched again (readers)."""
 
+    # The key confirmation last reported by confirm_key() (a class default
+    # until the first call): a new DataKey object means a new confirmation.
+    _confirmed: DataKey | None = None
+    _generation = 0
+
+    def confirm_key(self) -> int:
+        """Re-confirm the key with the source if its TTL passed (raises if the
+        vault refuses) and return a number that changes whenever the key was
+        confirmed anew: caches layered on a handle drop what they hold then."""
+        with self._lock:
+            self._cipher_now()
+            if self._data_key is not self._confirmed:
+                self._confirmed = self._data_key
+                self._generation += 1
+            return self._generation
+
+    def key_expired(self) -> bool:
+        """True once the key's TTL passed or it was revoked (no vault call)."""
+        return self._closed or self._expired()
+
 
 class EncryptingWriter(_Keyed):
     """Encrypts a stream of writes into ``sink`` (anything with ``write``).

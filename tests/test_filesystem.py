@@ -148,8 +148,9 @@ def test_exception_inside_with_keeps_previous_version(fs, tfs, root):
 
 @pytest.mark.parametrize("url_protocol", ["memory", "file"])
 @pytest.mark.parametrize("mode", ["wb", "w"])
-def test_fsspec_open_discards_on_exception(key, memfs, tmp_path, url_protocol, mode):
-    """OpenFile.__exit__ calls close() even on error: close() must discard then."""
+def test_fsspec_open_failing_block_is_atomic_in_a_transaction(key, memfs, tmp_path, url_protocol, mode):
+    """OpenFile.__exit__ closes whatever happened, so over cmk:// as over any
+    file the partial write is published; a transaction keeps the old version."""
     url = "cmk::memory://x" if url_protocol == "memory" else f"cmk::file://{tmp_path}/x"
     new = (lambda s: s.encode()) if mode == "wb" else (lambda s: s)
     with fsspec.open(url, mode, cmk={"key": key}) as f:
@@ -158,8 +159,16 @@ def test_fsspec_open_discards_on_exception(key, memfs, tmp_path, url_protocol, m
         with fsspec.open(url, mode, cmk={"key": key}) as f:
             f.write(new("a"))
             raise ValueError
-    with fsspec.open(url, "rb") as f:
-        assert f.read() == b"previous"
+    with fsspec.open(url, "rb", cmk={"key": key}) as f:
+        assert f.read() == b"a"  # closed, so published: the plain-file behaviour
+    of = fsspec.open(url, mode, cmk={"key": key})
+    with pytest.raises(ValueError):
+        with of.fs.transaction:
+            with of as f:
+                f.write(new("half"))
+                raise ValueError
+    with fsspec.open(url, "rb", cmk={"key": key}) as f:
+        assert f.read() == b"a"
 
 
 def test_close_inside_an_unrelated_handler_still_commits(fs, root):
@@ -305,9 +314,14 @@ def test_foreign_files_refused_unless_migration_option(fs, tfs, root, key):
         fs.cat_file(f"{root}/plain.csv")
     with pytest.raises(FormatError):
         fs.open(f"{root}/plain.csv", "rb")
-    entry = fs.info(f"{root}/plain.csv")
-    assert entry["size"] == 8 and entry["encrypted"] is False
+    with pytest.raises(FormatError, match="plain.csv"):
+        fs.info(f"{root}/plain.csv")  # no plaintext size to report, as open() refuses it
+    with pytest.raises(FormatError, match="plain.csv"):
+        fs.size(f"{root}/plain.csv")
+    [entry] = [e for e in fs.ls(root) if e["name"].endswith("plain.csv")]
+    assert entry["size"] == 8 and entry["encrypted"] is False  # a listing still shows it
     mig = CMKFileSystem(fs=tfs, key=key, allow_plaintext_read=True, skip_instance_cache=True)
+    assert mig.info(f"{root}/plain.csv")["encrypted"] is False and mig.size(f"{root}/plain.csv") == 8
     assert mig.cat_file(f"{root}/plain.csv") == b"a,b\n1,2\n"
     assert mig.cat_file(f"{root}/plain.csv", 2, 5) == b"b\n1"
     with mig.open(f"{root}/plain.csv", "rb") as f:
@@ -561,10 +575,6 @@ def test_refused_methods_raise(fs, root):
     for name in cmkfs_filesystem.REFUSED_METHODS:
         with pytest.raises(UnsupportedOperationError):
             getattr(fs, name)(f"{root}/s")
-    with pytest.raises(UnsupportedOperationError):
-        fs.transaction
-    with pytest.raises(UnsupportedOperationError):
-        fs.open(f"{root}/s", "wb", autocommit=False)
 
 
 def test_unreviewed_methods_are_refused(monkeypatch):
