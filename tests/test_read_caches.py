@@ -108,3 +108,14 @@ def test_real_ttl_with_the_all_cache(vault, tmp_path):
         f.seek(200_000)
         with pytest.raises(KeyRevokedError):
             f.read(10)
+
+
+def test_revocation_seen_by_the_process_drops_cached_blocks_at_once(fs, data):
+    """A vault refusal purges the key process-wide; idle handles' caches go with it."""
+    from cmkfs.keycache import purge_key
+
+    path, plain = data
+    with _open(fs, path, "all") as f:
+        f.read(10)
+        purge_key("local://reads")  # what the cache does when any vault call is refused
+        assert f.cache._inner is None
