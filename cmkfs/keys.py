@@ -5,22 +5,28 @@ key to write with (a DEK plus the key block that wraps it) or for the DEK of
 an existing file (given its key block), and it re-asks before the key's
 deadline passes.  The key cache (:mod:`cmkfs.keycache`) is the production
 source; :class:`StaticKeySource` serves tests and vectors.
+
+DEKs are held in :class:`~cmkfs.secret.Secret` objects from the moment they
+are made or unwrapped, and per-file keys are derived inside them
+(:meth:`DataKey.derive`): no frame of the engine ever has a DEK or a file key
+in a ``bytes`` or ``bytearray`` local for an error report to show.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import threading
 import time
 import weakref
 from typing import Callable, Protocol
 
 from .errors import IntegrityError
-from .format import DEK_SIZE, ContentClass, KeyBlock
-from .wipe import wipe
+from .format import DEK_SIZE, ContentClass, FileParams, KeyBlock
+from .secret import Secret
+from .segment import SegmentCipher, derive_cipher
 
-__all__ = ["DataKey", "KeySource", "StaticKeySource", "new_dek", "register_key_holder", "sweep_key_holders"]
+__all__ = ["DataKey", "KeySource", "Secret", "StaticKeySource", "new_dek", "register_key_holder",
+           "sweep_key_holders"]
 
 # Open readers and writers hold per-file keys derived from a DEK.  They
 # register here so that an idle one drops its key when its DEK expires or is
@@ -46,9 +52,33 @@ def sweep_key_holders() -> None:
             pass
 
 
-def new_dek() -> bytearray:
-    """A fresh random 256-bit data key, in a buffer that can be wiped."""
-    return bytearray(os.urandom(DEK_SIZE))
+def _after_fork_in_child() -> None:
+    """In a child made by ``fork()`` (see :mod:`cmkfs.forksafe`): close every
+    handle another thread was inside at the fork.
+
+    That thread did not come along: the handle's lock would stay held for ever
+    and its buffers and key may be half-updated, so the child must not serve
+    from it.  It gets a fresh lock and is closed; a writer is aborted, so a
+    half-written stream is never sealed.  Handles that were idle keep working.
+    """
+    from .forksafe import renewed  # already imported: it is what calls this
+
+    for holder in list(_HOLDERS):
+        lock = getattr(holder, "_lock", None)
+        fresh = renewed(lock) if lock is not None else None
+        if fresh is lock:
+            continue
+        holder._lock = fresh
+        stop = getattr(holder, "abort", None) or holder.close  # abort: never seal a writer
+        try:
+            stop()
+        except Exception:  # noqa: BLE001 - best effort, like a sweep
+            pass
+
+
+def new_dek() -> Secret:
+    """A fresh random 256-bit data key."""
+    return Secret.random(DEK_SIZE)
 
 
 class DataKey:
@@ -57,19 +87,23 @@ class DataKey:
     ``expires_at`` is a value of the source's clock after which the DEK must
     not be used until the vault confirms the key again.  The object refuses
     to be pickled and hides its material in ``repr``.
+
+    ``dek`` is a :class:`~cmkfs.secret.Secret`, taken over (the cache wipes it
+    in place, which stops every handle sharing it); tests and tools may pass
+    any bytes-like object, which is copied.
     """
 
     __slots__ = ("_dek", "key_block", "expires_at")
 
-    def __init__(self, dek: bytearray, key_block: KeyBlock, expires_at: float = math.inf) -> None:
+    def __init__(self, dek, key_block: KeyBlock, expires_at: float = math.inf) -> None:
         if len(dek) != DEK_SIZE:
             raise ValueError("a data key is 32 bytes")
-        self._dek = dek if isinstance(dek, bytearray) else bytearray(dek)
+        self._dek = Secret.of(dek)
         self.key_block = key_block
         self.expires_at = expires_at
 
     @property
-    def dek(self) -> bytearray:
+    def dek(self) -> Secret:
         return self._dek
 
     def __repr__(self) -> str:
@@ -78,22 +112,38 @@ class DataKey:
     def __reduce__(self):
         raise TypeError("DataKey holds key material and cannot be pickled")
 
-    def snapshot(self) -> bytes | None:
-        """A copy of the DEK, or ``None`` if it was wiped (expired or revoked).
+    def derive(self, params: FileParams) -> tuple[SegmentCipher, bytes] | None:
+        """The file's cipher and key commitment, or ``None`` if the DEK was
+        wiped (expired or revoked) meanwhile: ask the source again.
 
-        Another thread may wipe the key at any moment; ``wipe`` marks it
-        expired *before* zeroing it, so a copy taken before the mark is
+        The file key is derived from the DEK's own buffer into the cipher's:
+        it never exists as a plain ``bytes`` in any frame.  Another thread
+        may wipe the key at any moment; ``wipe`` marks it expired *before*
+        zeroing it, so a derivation finished before the mark is checked used
+        intact material.
+        """
+        cipher, commitment = derive_cipher(self._dek, params)
+        if self.expires_at == -math.inf:
+            cipher.wipe()  # possibly derived from zeros: never use it
+            return None
+        return cipher, commitment
+
+    def snapshot(self) -> Secret | None:
+        """A private copy of the DEK (a Secret), or ``None`` if it was wiped.
+
+        The same rule as :meth:`derive`: a copy taken before the mark is
         checked is known to be intact.
         """
-        copy = bytes(self._dek)
+        copy = Secret(self._dek)
         if self.expires_at == -math.inf:
+            copy.wipe()
             return None
         return copy
 
     def wipe(self) -> None:
         """Overwrite the DEK in place (every holder of this object sees zeros)."""
-        self.expires_at = -math.inf  # first: see snapshot()
-        wipe(self._dek)
+        self.expires_at = -math.inf  # first: see derive()
+        self._dek.wipe()
 
 
 class KeySource(Protocol):
@@ -115,8 +165,8 @@ class StaticKeySource:
     refuses any key block other than its own.
     """
 
-    def __init__(self, dek: bytes | bytearray, key_block: KeyBlock, clock: Callable[[], float] = time.monotonic):
-        self._key = DataKey(bytearray(dek), key_block)
+    def __init__(self, dek, key_block: KeyBlock, clock: Callable[[], float] = time.monotonic):
+        self._key = DataKey(Secret(dek), key_block)  # our own copy, whatever the caller does with theirs
         self.clock = clock
 
     def __repr__(self) -> str:

@@ -10,6 +10,11 @@ salt, nonce prefix) into ``info`` means a changed parameter changes the key,
 so every segment authenticates the stable header without per-segment AAD.
 The commitment makes the file decryptable under one DEK only: AES-GCM alone
 is not key-committing.
+
+HKDF reads the DEK straight from its :class:`~cmkfs.secret.Secret` and writes
+the output straight into another one (``derive_into``), and AES-GCM is keyed
+from that buffer: neither key is ever a ``bytes`` or ``bytearray`` bound to a
+name, so no error report that captures locals can show it.
 """
 
 from __future__ import annotations
@@ -24,30 +29,43 @@ from cryptography.exceptions import InvalidTag
 
 from .errors import IntegrityError
 from .format import COMMITMENT_SIZE, DEK_SIZE, MAX_SEGMENTS, TAG_SIZE, FileParams
-from .wipe import wipe
+from .secret import Secret
 
-__all__ = ["HKDF_INFO_LABEL", "derive_file_key", "SegmentCipher"]
+__all__ = ["HKDF_INFO_LABEL", "derive_cipher", "derive_file_key", "SegmentCipher"]
 
 HKDF_INFO_LABEL = b"cmkfs/v1 file key"
 _INDEX = struct.Struct(">IB")
 
 
-def derive_file_key(dek: bytes, params: FileParams) -> tuple[bytearray, bytes]:
-    """Return ``(file_key, commitment)`` for ``dek`` and the file's params."""
+def derive_file_key(dek, params: FileParams) -> tuple[Secret, bytes]:
+    """Return ``(file_key, commitment)`` for ``dek`` and the file's params.
+
+    ``dek`` is a :class:`~cmkfs.secret.Secret` (tools and tests may pass any
+    bytes-like object).  The engine uses :func:`derive_cipher`.
+    """
+    okm = _okm(dek, params)
+    try:
+        return Secret(okm.reveal()[:32]), bytes(okm.reveal()[32:])
+    finally:
+        okm.wipe()  # the file key lives on only in the Secret returned
+
+
+def derive_cipher(dek, params: FileParams) -> tuple["SegmentCipher", bytes]:
+    """The file's :class:`SegmentCipher` and key commitment, from ``dek`` (a Secret)."""
+    okm = _okm(dek, params)
+    # The cipher keeps the whole output buffer (its key is the first 32 bytes):
+    # no second copy of the file key is made, and the commitment is public.
+    return SegmentCipher._keyed_by(okm, params.nonce_prefix), bytes(okm.reveal()[32:])
+
+
+def _okm(dek, params: FileParams) -> Secret:
+    """``file_key || commitment``, written by HKDF from the DEK's buffer straight into a Secret."""
     if len(dek) != DEK_SIZE:
         raise ValueError("a data key is 32 bytes")
-    okm = bytearray(
-        HKDF(
-            algorithm=hashes.SHA256(),
-            length=32 + COMMITMENT_SIZE,
-            salt=params.salt,
-            info=HKDF_INFO_LABEL + params.encode(),
-        ).derive(bytes(dek))
-    )
-    file_key = okm[:32]
-    commitment = bytes(okm[32:])
-    wipe(okm)  # best effort: scrub the copy we own
-    return file_key, commitment
+    dek = Secret.of(dek)
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=32 + COMMITMENT_SIZE, salt=params.salt,
+                info=HKDF_INFO_LABEL + params.encode())
+    return Secret.filled(32 + COMMITMENT_SIZE, lambda out: hkdf.derive_into(dek.reveal(), out))
 
 
 def check_commitment(expected: bytes, actual: bytes) -> None:
@@ -62,10 +80,22 @@ class SegmentCipher:
 
     __slots__ = ("_aead", "_prefix", "_key")
 
-    def __init__(self, file_key: bytearray, nonce_prefix: bytes) -> None:
-        self._key = file_key
-        self._aead = AESGCM(bytes(file_key))
+    def __init__(self, file_key, nonce_prefix: bytes) -> None:
+        # A Secret is taken over (wiped with this cipher); any other buffer is copied.
+        self._key = Secret.of(file_key)
+        # Keyed from our own buffer, not a bytes copy: AESGCM keeps a reference
+        # to what it is given, and this one is wiped when the cipher is.
+        self._aead = AESGCM(self._key.reveal())
         self._prefix = bytes(nonce_prefix)
+
+    @classmethod
+    def _keyed_by(cls, okm: Secret, nonce_prefix: bytes) -> "SegmentCipher":
+        """A cipher that owns ``okm`` and is keyed by its first 32 bytes (see :func:`derive_cipher`)."""
+        cipher = cls.__new__(cls)
+        cipher._key = okm
+        cipher._aead = AESGCM(okm.reveal()[:32])
+        cipher._prefix = bytes(nonce_prefix)
+        return cipher
 
     def __repr__(self) -> str:
         return "SegmentCipher(<key hidden>)"
@@ -106,5 +136,5 @@ class SegmentCipher:
         """Overwrite the key bytes this object owns.  The AESGCM object keeps
         its own copy inside OpenSSL, freed with it; Python cannot promise
         more (see docs/SECURITY.md)."""
-        wipe(self._key)
-        self._aead = None  # type: ignore[assignment]
+        self._aead = None  # type: ignore[assignment]  # first: no call can key itself from a half-wiped buffer
+        self._key.wipe()

@@ -31,6 +31,7 @@ from cmkfs.errors import (
 from cmkfs.format import KeyBlock, WrapAlgorithm
 from cmkfs.providers.base import provider_for
 from cmkfs.providers.local import LocalVaultProvider, set_default_key
+from cmkfs.secret import Secret
 
 from .provider_contract import ProviderContract
 
@@ -107,7 +108,10 @@ def test_wrap_accepts_bytes_like_and_checks_types_and_sizes(vault):
         vault.wrap("local://k", dek[:31])
     with pytest.raises(TypeError):
         vault.unwrap(b"not a key block")
-    assert isinstance(vault.unwrap(vault.wrap("local://k", dek)), bytearray)  # wipeable
+    unwrapped = vault.unwrap(vault.wrap("local://k", Secret(dek)))
+    assert isinstance(unwrapped, Secret) and dek.hex() not in repr(unwrapped)  # hidden, and wipeable
+    unwrapped.wipe()
+    assert bytes(unwrapped) == bytes(32)
 
 
 @pytest.mark.parametrize("name", ["", ".", "..", ".lock", ".hidden", "a/b", "a\\b", "x" * 65, "\u00e9quipe", "a b", "a?b"])
@@ -433,7 +437,7 @@ def test_concurrent_processes_keep_the_vault_consistent(vault, isolated_cmkfs_ho
     assert details["current_version"] == str(workers * rounds + 1)
     for rs in results:
         for _, _, block_hex, dek_hex in rs:
-            assert vault.unwrap(KeyBlock.decode(bytes.fromhex(block_hex))).hex() == dek_hex
+            assert bytes(vault.unwrap(KeyBlock.decode(bytes.fromhex(block_hex)))).hex() == dek_hex
     leftovers = [p.name for p in (isolated_cmkfs_home / "vault" / "shared").iterdir() if p.name.startswith(".tmp-")]
     assert leftovers == []
 

@@ -31,6 +31,12 @@ delay failing closed by many minutes.
 Local mode (:meth:`AzureKeyVaultProvider.from_jwk`) wraps and unwraps with
 ``CryptographyClient.from_jwk`` and never touches the network: for tests, and
 for tools that hold an exported copy of a key.
+
+The SDK takes and returns key material as ``bytes`` in its own frames (and
+holds the bearer token in its request): an error that comes out of it has its
+frames' locals cleared before it leaves this module, so an error report that
+captures locals shows where it failed, but not the DEK, the token or a local
+JWK's private key.
 """
 
 from __future__ import annotations
@@ -52,7 +58,8 @@ from ..errors import (
     KeyRevokedError,
     VaultUnavailableError,
 )
-from ..format import KeyBlock, WrapAlgorithm
+from ..format import DEK_SIZE, KeyBlock, WrapAlgorithm
+from ..secret import Secret, clear_frame_locals
 from .base import KeyInfo, KeyProvider, split_key_uri
 
 __all__ = ["AzureKeyVaultProvider", "STATUS_ERRORS", "MIN_RECOMMENDED_KEY_SIZE"]
@@ -170,7 +177,7 @@ class AzureKeyVaultProvider(KeyProvider):
         self._key_clients: dict[str, Any] = {}
         self._crypto_clients: dict[tuple[str, str, str], Any] = {}
         self._warned: set[tuple[str, str, str]] = set()
-        self._local: dict[tuple[str, str], dict[str, Any]] | None = None
+        self._local: dict[tuple[str, str], dict[str, tuple[Any, dict[str, Any]]]] | None = None
 
     # -- local mode ----------------------------------------------------------
 
@@ -211,8 +218,11 @@ class AzureKeyVaultProvider(KeyProvider):
                 client = CryptographyClient.from_jwk(JsonWebKey(**fields))
             except (TypeError, ValueError) as exc:
                 raise ConfigurationError("the JWK is not a usable key for local wrapping") from exc
+            # Keep only the public facts: the private key lives in the SDK client,
+            # never in a dict that a frame of a failed wrap or unwrap would show.
+            public = {"kty": fields.get("kty"), "n": fields.get("n"), "private": bool(fields.get("d"))}
             provider._local.setdefault((vault, name), {}).pop(version, None)
-            provider._local[(vault, name)][version] = (client, fields)
+            provider._local[(vault, name)][version] = (client, public)
         return provider
 
     # -- KeyProvider -----------------------------------------------------------
@@ -221,7 +231,8 @@ class AzureKeyVaultProvider(KeyProvider):
         mode = "local" if self._local is not None else "vault"
         return f"AzureKeyVaultProvider(mode={mode!r})"
 
-    def wrap(self, key_uri: str, dek: bytes) -> KeyBlock:
+    def wrap(self, key_uri: str, dek) -> KeyBlock:
+        dek = Secret.of(dek, DEK_SIZE, "dek")  # a Secret, or any bytes-like object (copied)
         vault, name, version = parse_key_uri(key_uri)
         if self._local is not None:
             return self._local_wrap(vault, name, version, dek)
@@ -233,7 +244,7 @@ class AzureKeyVaultProvider(KeyProvider):
         result = self._call("wrapKey", vault, name, version, lambda: client.wrap_key(KeyWrapAlgorithm.rsa_oaep_256, bytes(dek)))
         return KeyBlock(WrapAlgorithm.RSA_OAEP_256, f"{vault}/keys/{name}", version, bytes(result.encrypted_key))
 
-    def unwrap(self, key_block: KeyBlock) -> bytearray:
+    def unwrap(self, key_block: KeyBlock) -> Secret:
         if key_block.wrap_alg != WrapAlgorithm.RSA_OAEP_256:
             raise FormatError("key block was not wrapped by Azure Key Vault (RSA-OAEP-256)")
         vault, name, _ = parse_key_uri(key_block.key_uri)
@@ -244,11 +255,10 @@ class AzureKeyVaultProvider(KeyProvider):
             return self._local_unwrap(vault, name, version, key_block.wrapped_dek)
         _, _, _, KeyWrapAlgorithm = _sdk()
         client = self._crypto_client(vault, name, version)
-        result = self._call(
+        return Secret(self._call(
             "unwrapKey", vault, name, version,
             lambda: client.unwrap_key(KeyWrapAlgorithm.rsa_oaep_256, bytes(key_block.wrapped_dek)),
-        )
-        return bytearray(result.key)
+        ).key)
 
     def describe(self, key_uri: str) -> KeyInfo:
         vault, name, version = parse_key_uri(key_uri)
@@ -383,7 +393,11 @@ class AzureKeyVaultProvider(KeyProvider):
         core, _, _, _ = _sdk()
         uri = f"{vault}/keys/{name}" + (f"/{version}" if version else "")
         try:
-            return fn()
+            try:
+                return fn()
+            except BaseException as exc:
+                clear_frame_locals(exc)  # the SDK's frames hold the DEK (wrapKey) and the bearer token
+                raise
         except core.HttpResponseError as exc:
             status = exc.status_code
             if status is None and isinstance(exc, core.ClientAuthenticationError):
@@ -416,37 +430,40 @@ class AzureKeyVaultProvider(KeyProvider):
             version = list(versions)[-1]
         if version not in versions:
             raise KeyNotFoundError(f"no local JWK for {vault}/keys/{name}/{version}")
-        client, fields = versions[version]
-        return version, client, fields
+        client, public = versions[version]
+        return version, client, public
 
-    def _local_wrap(self, vault: str, name: str, version: str | None, dek: bytes) -> KeyBlock:
-        version, client, fields = self._local_entry(vault, name, version)
-        _, _, _, KeyWrapAlgorithm = _sdk()
-        key_type = str(fields.get("kty") or "")
+    def _local_wrap(self, vault: str, name: str, version: str | None, dek: Secret) -> KeyBlock:
+        version, client, public = self._local_entry(vault, name, version)
+        core, _, _, KeyWrapAlgorithm = _sdk()
+        key_type = str(public["kty"] or "")
         if key_type not in ALLOWED_KEY_TYPES:
             raise ConfigurationError(f"local JWK {name} is a {key_type or 'unknown'} key; an RSA key is required")
         try:
             result = client.wrap_key(KeyWrapAlgorithm.rsa_oaep_256, bytes(dek))
-        except NotImplementedError as exc:
+        except (NotImplementedError, core.AzureError) as exc:
+            # The SDK says AzureError when the JWK's key_ops leave out wrapKey.
+            clear_frame_locals(exc)  # its frames hold the DEK as bytes
             raise ConfigurationError(f"local JWK {name} does not permit wrapKey") from exc
         return KeyBlock(WrapAlgorithm.RSA_OAEP_256, f"{vault}/keys/{name}", version, bytes(result.encrypted_key))
 
-    def _local_unwrap(self, vault: str, name: str, version: str, wrapped: bytes) -> bytearray:
-        version, client, fields = self._local_entry(vault, name, version)
-        if not fields.get("d"):
+    def _local_unwrap(self, vault: str, name: str, version: str, wrapped: bytes) -> Secret:
+        version, client, public = self._local_entry(vault, name, version)
+        if not public["private"]:
             raise ConfigurationError(f"local JWK {name} has no private key; unwrapping needs the vault")
-        _, _, _, KeyWrapAlgorithm = _sdk()
+        core, _, _, KeyWrapAlgorithm = _sdk()
         try:
-            result = client.unwrap_key(KeyWrapAlgorithm.rsa_oaep_256, bytes(wrapped))
-        except NotImplementedError as exc:
+            return Secret(client.unwrap_key(KeyWrapAlgorithm.rsa_oaep_256, bytes(wrapped)).key)
+        except (NotImplementedError, core.AzureError) as exc:
+            clear_frame_locals(exc)
             raise ConfigurationError(f"local JWK {name} does not permit unwrapKey") from exc
         except ValueError as exc:
+            clear_frame_locals(exc)  # the SDK's frames hold the private key's numbers
             raise IntegrityError() from exc
-        return bytearray(result.key)
 
     def _local_describe(self, vault: str, name: str, version: str | None) -> KeyInfo:
-        version, _, fields = self._local_entry(vault, name, version)
-        n = fields.get("n")
+        version, _, public = self._local_entry(vault, name, version)
+        n = public["n"]
         size = int.from_bytes(n, "big").bit_length() if n else None
         warnings = ()
         if size is not None and size < self._min_key_size:

@@ -5,6 +5,13 @@ data keys (envelope encryption): the key-encryption key never leaves the
 vault, except for the embedded ``local://`` vault whose whole point is to be
 the vault.
 
+DEKs cross this interface as :class:`~cmkfs.secret.Secret` objects in both
+directions: :meth:`KeyProvider.wrap` takes one (any bytes-like object is
+accepted too, and copied) and :meth:`KeyProvider.unwrap` returns one.  A
+provider takes the bytes out only inside the expression that hands them to
+its crypto library or SDK, so no frame of a failed wrap or unwrap holds a
+DEK that an error report capturing locals would show.
+
 Providers translate their backend's errors where they enter, with
 ``raise ... from exc``:
 
@@ -32,6 +39,7 @@ from urllib.parse import unquote, urlsplit
 
 from ..errors import ConfigurationError
 from ..format import KeyBlock
+from ..secret import Secret
 
 __all__ = ["KeyInfo", "KeyProvider", "register_provider", "provider_for", "split_key_uri", "redact_key_uri"]
 
@@ -70,11 +78,11 @@ class KeyProvider(abc.ABC):
         raise TypeError(f"{type(self).__name__} cannot be pickled; pickle the key URI instead")
 
     @abc.abstractmethod
-    def wrap(self, key_uri: str, dek: bytes) -> KeyBlock:
-        """Wrap ``dek`` under the current (or the URI's named) version of the key."""
+    def wrap(self, key_uri: str, dek: Secret) -> KeyBlock:
+        """Wrap ``dek`` (32 bytes) under the current (or the URI's named) version of the key."""
 
     @abc.abstractmethod
-    def unwrap(self, key_block: KeyBlock) -> bytearray:
+    def unwrap(self, key_block: KeyBlock) -> Secret:
         """Unwrap the DEK in ``key_block`` with the version it names."""
 
     @abc.abstractmethod

@@ -28,6 +28,10 @@ in another process takes effect at the next vault call of every process.
 How long a running process keeps using an already unwrapped DEK is bounded by
 the key cache's TTL (:mod:`cmkfs.keycache`), not by this module.
 
+KEKs, like DEKs, are held in :class:`~cmkfs.secret.Secret` objects from the
+moment they are read from disk, and wiped as soon as the wrap or unwrap is
+done: no frame of a failed vault call shows one in an error report.
+
 Destroy overwrites and removes the material and leaves a tombstone: wrap and
 unwrap then raise :class:`~cmkfs.errors.KeyRevokedError` (never
 ``KeyNotFoundError``), so a destroyed key reads as revoked for good, and its
@@ -62,6 +66,7 @@ from ..errors import (
     VaultUnavailableError,
 )
 from ..format import DEK_SIZE, KeyBlock, WrapAlgorithm
+from ..secret import Secret
 from .base import KeyInfo, KeyProvider
 
 __all__ = [
@@ -140,7 +145,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def _atomic_write(path: Path, data: bytes | memoryview) -> None:
     """Write ``data`` to ``path`` so that a crash leaves the old or the new file, whole."""
     fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)  # created 0600
     try:
@@ -204,7 +209,7 @@ class LocalVaultProvider(KeyProvider):
         if passphrase is not None and not isinstance(passphrase, bytes):
             raise TypeError("passphrase must be str or bytes")
         self._passphrase = passphrase
-        self._derived: dict[tuple[bytes, bytes, int, int, int], bytearray] = {}
+        self._derived: dict[tuple[bytes, bytes, int, int, int], Secret] = {}
         self._derived_lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -221,13 +226,13 @@ class LocalVaultProvider(KeyProvider):
     def close(self) -> None:
         with self._derived_lock:
             for key in self._derived.values():
-                key[:] = bytes(len(key))
+                key.wipe()
             self._derived.clear()
 
     # -- KeyProvider -------------------------------------------------------
 
     def wrap(self, key_uri: str, dek) -> KeyBlock:
-        dek = _key_bytes(dek, DEK_SIZE, "dek")
+        dek = Secret.of(dek, DEK_SIZE, "dek")  # a Secret, or any bytes-like object (copied)
         name, version = parse_local_uri(key_uri)
         with self._locked(shared=True):
             meta = self._usable_meta(name)
@@ -236,12 +241,12 @@ class LocalVaultProvider(KeyProvider):
         uri = PREFIX + name
         try:
             nonce = os.urandom(NONCE_SIZE)
-            wrapped = nonce + AESGCM(bytes(kek)).encrypt(nonce, dek, wrap_aad(uri, version))
+            wrapped = nonce + AESGCM(kek.reveal()).encrypt(nonce, dek.reveal(), wrap_aad(uri, version))
         finally:
-            kek[:] = bytes(len(kek))
+            kek.wipe()
         return KeyBlock(WrapAlgorithm.A256GCM, uri, version, wrapped)
 
-    def unwrap(self, key_block: KeyBlock) -> bytearray:
+    def unwrap(self, key_block: KeyBlock) -> Secret:
         if not isinstance(key_block, KeyBlock):
             raise TypeError("unwrap takes a KeyBlock")
         name, _ = parse_local_uri(key_block.key_uri)
@@ -253,13 +258,13 @@ class LocalVaultProvider(KeyProvider):
         try:
             if key_block.wrap_alg != WrapAlgorithm.A256GCM or len(wrapped) != WRAPPED_SIZE:
                 raise IntegrityError()  # not something this vault wrapped
-            aead = AESGCM(bytes(kek))
+            aad = wrap_aad(key_block.key_uri, version)
             try:
-                return bytearray(aead.decrypt(wrapped[:NONCE_SIZE], wrapped[NONCE_SIZE:], wrap_aad(key_block.key_uri, version)))
+                return Secret(AESGCM(kek.reveal()).decrypt(wrapped[:NONCE_SIZE], wrapped[NONCE_SIZE:], aad))
             except InvalidTag:
                 raise IntegrityError() from None
         finally:
-            kek[:] = bytes(len(kek))
+            kek.wipe()
 
     def describe(self, key_uri: str) -> KeyInfo:
         name, _ = parse_local_uri(key_uri)
@@ -342,8 +347,7 @@ class LocalVaultProvider(KeyProvider):
                     passphrase = self._require_passphrase(name)
                     # Prove the passphrase on the current version first: a new version
                     # under a mistyped passphrase would be unreadable with the right one.
-                    old = self._material(name, meta, meta["current_version"])
-                    old[:] = bytes(len(old))
+                    self._material(name, meta, meta["current_version"]).wipe()
                 self._clean_leftovers(self.root / name, keep=_material_names(meta))
                 version = str(max(int(v["version"]) for v in meta["versions"]) + 1)
                 if len(meta["versions"]) >= MAX_VERSIONS:
@@ -491,7 +495,7 @@ class LocalVaultProvider(KeyProvider):
             raise KeyRevokedError(f"key {PREFIX}{name} is disabled")
         return meta
 
-    def _material(self, name: str, meta: dict, version: str) -> bytearray:
+    def _material(self, name: str, meta: dict, version: str) -> Secret:
         entry = _version_entry(meta, version)
         if entry is None:
             raise KeyNotFoundError(f"key {PREFIX}{name} has no version {version!r}")
@@ -500,7 +504,9 @@ class LocalVaultProvider(KeyProvider):
         path = self.root / name / _material_file(version)
         try:
             with open(path, "rb") as f:
-                raw = f.read(PROTECTED_SIZE + 1)
+                # Straight into a Secret: a damaged file (a stray newline) must
+                # not put the KEK into an error report as a bytes local.
+                raw = Secret(f.read(PROTECTED_SIZE + 1))
         except FileNotFoundError:
             raise VaultUnavailableError(f"key {PREFIX}{name} version {version} has no material in {self.root}") from None
         except OSError as exc:
@@ -508,28 +514,34 @@ class LocalVaultProvider(KeyProvider):
         protection = meta.get("protection")
         if protection is None:
             if len(raw) != KEK_SIZE:
+                raw.wipe()
                 raise VaultUnavailableError(f"key {PREFIX}{name} version {version} is damaged in {self.root}")
-            return bytearray(raw)
-        if len(raw) != PROTECTED_SIZE:
-            raise VaultUnavailableError(f"key {PREFIX}{name} version {version} is damaged in {self.root}")
-        locker = self._locker(name, protection, self._require_passphrase(name))
+            return raw
         try:
-            return bytearray(locker.decrypt(raw[:NONCE_SIZE], raw[NONCE_SIZE:], _material_aad(name, version)))
-        except InvalidTag:
-            raise ConfigurationError(f"wrong passphrase for key {PREFIX}{name}") from None
+            if len(raw) != PROTECTED_SIZE:
+                raise VaultUnavailableError(f"key {PREFIX}{name} version {version} is damaged in {self.root}")
+            locker = self._locker(name, protection, self._require_passphrase(name))
+            sealed = raw.reveal()
+            try:
+                return Secret(locker.decrypt(sealed[:NONCE_SIZE], sealed[NONCE_SIZE:], _material_aad(name, version)))
+            except InvalidTag:
+                raise ConfigurationError(f"wrong passphrase for key {PREFIX}{name}") from None
+        finally:
+            raw.wipe()
 
     def _write_material(self, name: str, meta: dict, version: str, passphrase: bytes | None) -> None:
-        kek = bytearray(os.urandom(KEK_SIZE))
+        kek = Secret.random(KEK_SIZE)
         try:
             protection = meta.get("protection")
             if protection is None:
-                data = bytes(kek)
+                data = kek.reveal()  # a view, not a bytes copy: a failed write must not show the KEK
             else:
                 nonce = os.urandom(NONCE_SIZE)
-                data = nonce + self._locker(name, protection, passphrase).encrypt(nonce, bytes(kek), _material_aad(name, version))
+                data = nonce + self._locker(name, protection, passphrase).encrypt(nonce, kek.reveal(),
+                                                                                  _material_aad(name, version))
             _atomic_write(self.root / name / _material_file(version), data)
         finally:
-            kek[:] = bytes(KEK_SIZE)
+            kek.wipe()
 
     def _write_meta(self, name: str, meta: dict) -> None:
         _atomic_write(self.root / name / META_FILE, json.dumps(meta, indent=1, sort_keys=True).encode("utf-8"))
@@ -575,9 +587,11 @@ class LocalVaultProvider(KeyProvider):
         with self._derived_lock:
             key = self._derived.get(cache_key)
             if key is None:
-                key = bytearray(Scrypt(salt=salt, length=32, n=n, r=r, p=p).derive(passphrase))
+                scrypt = Scrypt(salt=salt, length=32, n=n, r=r, p=p)
+                key = Secret.filled(32, lambda out: scrypt.derive_into(passphrase, out))
                 self._derived[cache_key] = key
-            return AESGCM(bytes(key))
+            # Keyed from the cached buffer (wiped by close()); used at once by the caller.
+            return AESGCM(key.reveal())
 
 
 def set_default_key(key_uri: str, home: str | os.PathLike | None = None) -> str:
@@ -591,15 +605,6 @@ def set_default_key(key_uri: str, home: str | os.PathLike | None = None) -> str:
         raise ConfigurationError("the configuration file would be too large")
     _atomic_write(home / CONFIG_FILE, data)
     return key_uri
-
-
-def _key_bytes(value, size: int, what: str) -> bytes:
-    if not isinstance(value, (bytes, bytearray, memoryview)):
-        raise TypeError(f"{what} must be bytes, bytearray or memoryview")
-    data = bytes(value)
-    if len(data) != size:
-        raise ValueError(f"{what} must be {size} bytes")
-    return data
 
 
 def _material_file(version: str) -> str:

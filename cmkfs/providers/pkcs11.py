@@ -60,6 +60,7 @@ from ..errors import (
     VaultUnavailableError,
 )
 from ..format import DEK_SIZE, KeyBlock, WrapAlgorithm
+from ..secret import Secret
 from .base import KeyInfo, KeyProvider
 
 __all__ = ["PKCS11Provider", "PKCS11URI", "parse_pkcs11_uri", "close_sessions", "MODULE_ENV", "PIN_ENV", "DEFAULT_MODULE"]
@@ -300,6 +301,7 @@ def _session_lost(exc: BaseException) -> bool:
 _LIBS_LOCK = threading.Lock()
 _TOKENS: dict[tuple[str, str], "_Token"] = {}
 _REJECTED_PINS: set[tuple[str, str, bytes]] = set()
+_INITIALISED_IN: dict[str, int] = {}  # module path -> the process that initialised it
 
 
 def _load_module(path: str):
@@ -308,7 +310,16 @@ def _load_module(path: str):
         raise ConfigurationError(f"PKCS#11 module {path!r} not found{hint}; set {MODULE_ENV} or module-path=")
     p = _pkcs11()
     try:
-        return p.lib(path)
+        lib = p.lib(path)
+        if _INITIALISED_IN.setdefault(path, os.getpid()) != os.getpid():
+            # Initialised by a parent before fork(): PKCS#11 requires the child to
+            # call C_Initialize itself, which python-pkcs11 does only after
+            # C_Finalize (of the child's copy of the library state).
+            with contextlib.suppress(p.PKCS11Error):
+                lib.finalize()
+            lib.initialize()
+            _INITIALISED_IN[path] = os.getpid()
+        return lib
     except p.PKCS11Error as exc:
         raise ConfigurationError(f"cannot load the PKCS#11 module {path!r}") from exc
 
@@ -402,6 +413,17 @@ def close_sessions() -> None:
     for token in tokens:
         with token.lock:
             token.drop()
+
+
+def _after_fork_in_child() -> None:
+    """In a child made by ``fork()`` (see :mod:`cmkfs.forksafe`): forget the
+    parent's sessions, without closing them or logging out (they are the
+    parent's: on a network HSM that would log the parent out).  Each token
+    logs in again on next use, once :func:`_load_module` has initialised the
+    library for this process."""
+    for token in list(_TOKENS.values()):
+        token.lock = threading.RLock()  # a thread in the middle of an HSM call may have held it
+        token.session, token.pin_mac, token.aes_mechanism = None, None, None
 
 
 # -- the provider -------------------------------------------------------------
@@ -589,10 +611,9 @@ class PKCS11Provider(KeyProvider):
 
     # -- KeyProvider --------------------------------------------------------
 
-    def wrap(self, key_uri: str, dek: bytes) -> KeyBlock:
+    def wrap(self, key_uri: str, dek) -> KeyBlock:
         uri = parse_pkcs11_uri(key_uri)
-        if len(dek) != DEK_SIZE:
-            raise ValueError("a data key is 32 bytes")
+        dek = Secret.of(dek, DEK_SIZE, "a data key")  # a Secret, or any bytes-like object (copied)
 
         def op(token, session):
             versions = self._find(session, uri, uri.version)
@@ -616,7 +637,7 @@ class PKCS11Provider(KeyProvider):
 
         return self._run(uri, op)
 
-    def unwrap(self, key_block: KeyBlock) -> bytearray:
+    def unwrap(self, key_block: KeyBlock) -> Secret:
         uri = parse_pkcs11_uri(key_block.key_uri)
         if uri.has_options or uri.version is not None:
             # Header URIs come from storage: never let one choose a library or a PIN file.
@@ -651,12 +672,12 @@ class PKCS11Provider(KeyProvider):
                 template={a.SENSITIVE: False, a.EXTRACTABLE: True, a.PRIVATE: True},
             )
             try:
-                value = bytearray(obj[a.VALUE])
+                value = Secret(obj[a.VALUE])  # never a bytes local: see cmkfs.secret
             finally:
                 with contextlib.suppress(p.PKCS11Error):
                     obj.destroy()
             if len(value) != DEK_SIZE:
-                value[:] = bytes(len(value))
+                value.wipe()
                 raise IntegrityError()
             return value
 

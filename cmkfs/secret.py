@@ -1,0 +1,127 @@
+"""Key material in one small object: DEKs, file keys and local KEKs never sit in a plain local.
+
+Error reporters that capture local variables (Sentry by default,
+``traceback.TracebackException(capture_locals=True)``) put ``repr()`` of every
+local of every frame into the report, and a ``bytes`` or ``bytearray`` repr
+shows its content.  One DEK protects a whole batch of files, so key material
+travels only inside a :class:`Secret`: its repr hides the content, it refuses
+to be pickled or copied, and it owns one ``bytearray`` that :meth:`Secret.wipe`
+overwrites in place (and that is overwritten when the object is dropped).
+
+The bytes come out only inside the expression that calls the crypto library
+(``AESGCM(kek.reveal())``), as a read-only ``memoryview`` whose repr shows
+nothing.  Python cannot promise that no other copy exists (see
+docs/SECURITY.md); what cmkfs holds, it holds here.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import traceback
+from typing import Callable
+
+from .wipe import wipe
+
+__all__ = ["Secret", "clear_frame_locals"]
+
+
+class Secret:
+    """Key material (a DEK, a file key, a KEK) in a buffer only this object owns.
+
+    ``Secret(material)`` copies any bytes-like ``material``; the caller's
+    buffer stays the caller's to wipe.
+    """
+
+    __slots__ = ("_buf",)
+
+    def __init__(self, material) -> None:
+        if isinstance(material, Secret):
+            material = material.reveal()
+        elif not isinstance(material, (bytes, bytearray, memoryview)):
+            raise TypeError("key material must be bytes, bytearray, memoryview or a Secret")
+        self._buf = bytearray(material)
+
+    @classmethod
+    def of(cls, value, size: int | None = None, what: str = "key") -> "Secret":
+        """``value`` itself if it is a Secret, else a Secret holding a copy; ``size`` is checked."""
+        secret = value if isinstance(value, Secret) else cls(value)
+        if size is not None and len(secret) != size:
+            if secret is not value:
+                secret.wipe()
+            raise ValueError(f"{what} must be {size} bytes")
+        return secret
+
+    @classmethod
+    def random(cls, size: int) -> "Secret":
+        """``size`` bytes from the operating system's CSPRNG."""
+        return cls(os.urandom(size))
+
+    @classmethod
+    def filled(cls, size: int, fill: Callable[[memoryview], object]) -> "Secret":
+        """A Secret of ``size`` bytes written by ``fill(view)``, e.g. a KDF's ``derive_into``.
+
+        The material is produced straight into this object's buffer, so no
+        copy of it is ever bound to a name; a failed ``fill`` leaves zeros.
+        """
+        secret = cls.__new__(cls)
+        secret._buf = bytearray(size)
+        try:
+            fill(memoryview(secret._buf))
+        except BaseException:
+            secret.wipe()
+            raise
+        return secret
+
+    def reveal(self) -> memoryview:
+        """A read-only view of the material, for the one expression that hands it to a crypto call."""
+        return memoryview(self._buf).toreadonly()
+
+    def matches(self, other: "Secret") -> bool:
+        """Whether ``other`` holds the same material (in constant time)."""
+        if not isinstance(other, Secret):
+            raise TypeError("a Secret compares only with a Secret")
+        return hmac.compare_digest(self._buf, other._buf)
+
+    def wipe(self) -> None:
+        """Overwrite the material in place: every holder of this object sees zeros."""
+        wipe(self._buf)
+
+    def __len__(self) -> int:
+        return len(self._buf)
+
+    def __bytes__(self) -> bytes:
+        # An explicit copy out, for tools and tests; the library never binds one to a name.
+        return bytes(self._buf)
+
+    def __repr__(self) -> str:
+        return f"Secret(<{len(self._buf)} bytes hidden>)"
+
+    def __reduce__(self):
+        raise TypeError("a Secret holds key material and cannot be pickled or copied")
+
+    def __del__(self) -> None:
+        try:
+            wipe(self._buf)
+        except Exception:  # noqa: BLE001 - interpreter shutdown, or never initialised
+            pass
+
+
+def clear_frame_locals(exc: BaseException) -> BaseException:
+    """Drop the local variables of the finished frames in ``exc``'s traceback and its causes.
+
+    For errors that come out of third-party code that was handed key
+    material (a vault SDK's ``wrap_key(alg, key)`` frame holds the DEK as
+    ``bytes``): the frames, file names and line numbers stay in the report,
+    their locals do not.  Frames still running (the caller's) are left alone.
+    """
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        item = todo.pop()
+        if item is None or id(item) in seen:
+            continue
+        seen.add(id(item))
+        traceback.clear_frames(item.__traceback__)
+        todo += [item.__cause__, item.__context__]
+    return exc
