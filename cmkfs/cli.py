@@ -1,10 +1,11 @@
 """The ``cmkfs`` command line: a thin front-end over the library.
 
 The root group holds what every command shares: ``--home``, ``--version``,
-output helpers, and the one place where library errors become messages and
-exit codes.  Each command group lives in its own module, listed in
-:data:`COMMAND_MODULES`; a module exposes ``command`` (a click command or
-group) and is imported when the CLI starts.
+output helpers (:func:`printable` escapes text that comes from files, so a
+hostile path or header cannot drive the terminal), and the one place where
+library errors become messages and exit codes.  Each command group lives in
+its own module, listed in :data:`COMMAND_MODULES`; a module exposes
+``command`` (a click command or group) and is imported when the CLI starts.
 
 Exit codes (also in docs/KEYS.md):
 
@@ -45,7 +46,7 @@ from .errors import (
     VaultUnavailableError,
 )
 
-__all__ = ["cli", "main", "CliState", "pass_state", "emit_json", "fail", "EXIT_CODES", "COMMAND_MODULES"]
+__all__ = ["cli", "main", "CliState", "pass_state", "emit_json", "fail", "printable", "EXIT_CODES", "COMMAND_MODULES"]
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -79,7 +80,16 @@ class CommandError(click.ClickException):
         self.exit_code = exit_code
 
     def show(self, file=None) -> None:
-        click.echo(f"cmkfs: error: {self.format_message()}", err=True, file=file)
+        # Messages quote paths and header fields: escape them here, once, for every command.
+        click.echo(f"cmkfs: error: {printable(self.format_message())}", err=True, file=file)
+
+
+def printable(text: str) -> str:
+    """``text`` fit for a terminal: every character a terminal could act on
+    (controls, escapes, bidi and other format characters, line separators)
+    is shown as a Python escape, and so is a backslash, so that an escape in
+    the output never comes from the text itself.  Printable non-ASCII stays."""
+    return "".join(ch if ch.isprintable() and ch != "\\" else ascii(ch)[1:-1] for ch in str(text))
 
 
 def exit_code_for(exc: BaseException) -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from .cli import CliState, emit_json, fail, pass_state, passphrase_from_env
+from .cli import CliState, emit_json, fail, pass_state, passphrase_from_env, printable
 from .config import default_key_uri
 from .errors import ConfigurationError
 
@@ -38,8 +38,13 @@ def _default_uri(state: CliState) -> str | None:
         return None
 
 
+def _out(line: str) -> None:
+    # meta.json is a file anyone with write access to the vault can edit: escape what it says.
+    click.echo(printable(line))
+
+
 def _note(message: str) -> None:
-    click.echo(message, err=True)
+    click.echo(printable(message), err=True)
 
 
 @click.group("keys")
@@ -65,7 +70,7 @@ def create(state: CliState, name: str, make_default: bool, passphrase_env: str |
         details["default"] = make_default or _default_uri(state) == info.key_uri
         emit_json(details)
     else:
-        click.echo(info.key_uri)
+        _out(info.key_uri)
     if make_default:
         _note(f"{info.key_uri} is now the default key")
 
@@ -93,7 +98,8 @@ def list_keys(state: CliState, as_json: bool) -> None:
         live = sum(1 for v in r["versions"] if v["state"] != "destroyed")
         current = r["current_version"] or "-"
         mark = "*" if r["default"] else " "
-        click.echo(f"{mark} {r['key_uri']:<{width}}  {r['state']:<9}  version {current:<4}  {live} live version(s)  protection: {r['protection']}")
+        _out(f"{mark} {r['key_uri']:<{width}}  {r['state']:<9}  version {current:<4}  {live} live version(s)  "
+             f"protection: {r['protection']}")
 
 
 @command.command("show")
@@ -108,15 +114,15 @@ def show(state: CliState, name: str, as_json: bool) -> None:
     if as_json:
         emit_json(details)
         return
-    click.echo(f"key:             {details['key_uri']}{'  (default)' if details['default'] else ''}")
-    click.echo(f"state:           {details['state']}")
-    click.echo(f"current version: {details['current_version'] or '-'}")
-    click.echo(f"protection:      {details['protection']}")
-    click.echo(f"created:         {details['created']}")
-    click.echo(f"updated:         {details['updated']}")
-    click.echo("versions:")
+    _out(f"key:             {details['key_uri']}{'  (default)' if details['default'] else ''}")
+    _out(f"state:           {details['state']}")
+    _out(f"current version: {details['current_version'] or '-'}")
+    _out(f"protection:      {details['protection']}")
+    _out(f"created:         {details['created']}")
+    _out(f"updated:         {details['updated']}")
+    _out("versions:")
     for v in details["versions"]:
-        click.echo(f"  {v['version']:>4}  {v['state']:<9}  created {v['created']}")
+        _out(f"  {v['version']:>4}  {v['state']:<9}  created {v['created']}")
 
 
 @command.command("rotate")
@@ -135,7 +141,7 @@ def rotate(state: CliState, name: str, passphrase_env: str | None, as_json: bool
     if as_json:
         emit_json({"key_uri": f"local://{name}", "current_version": version})
     else:
-        click.echo(version)
+        _out(version)
 
 
 @command.command("disable")
@@ -191,4 +197,4 @@ def destroy(state: CliState, name: str, version: str | None, yes: bool) -> None:
 def default(state: CliState, name: str) -> None:
     """Make NAME the default key (written to config.json as "default_key")."""
     name = _name(name)
-    click.echo(state.vault().set_default(name))
+    _out(state.vault().set_default(name))

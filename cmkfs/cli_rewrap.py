@@ -4,7 +4,9 @@ Only each file's header changes (docs/FORMAT.md §10); the encrypted segments
 are copied byte for byte and never decrypted.  See :mod:`cmkfs.rewrap`.
 
 Results go to stdout, one line per file and a summary (or one JSON document
-with ``--json``); per-file errors go to stderr.  The exit code is 0 when
+with ``--json``); per-file errors go to stderr.  Paths, key URIs, versions
+and messages come from storage and headers, so lines are printed through
+:func:`~cmkfs.cli.printable`.  The exit code is 0 when
 every file was re-wrapped or already current; otherwise the code of the
 failures' error class (docs/KEYS.md, "Exit codes") if they share one, else 1.
 """
@@ -16,7 +18,7 @@ import os
 
 import click
 
-from .cli import EXIT_ERROR, CliState, emit_json, exit_code_for, fail, pass_state
+from .cli import EXIT_ERROR, CliState, emit_json, exit_code_for, fail, pass_state, printable
 from .config import ENV_HOME
 from .errors import CMKError, ConfigurationError
 
@@ -58,8 +60,11 @@ def _parse_options(text: str | None) -> dict:
 
 
 def _describe(result) -> str:
+    """One line for a file; the caller escapes it (paths come from storage, names from headers)."""
     old = f"{result.old_key_uri} v{result.old_version}"
-    new = f"v{result.new_version}" if result.new_key_uri == result.old_key_uri else f"{result.new_key_uri} v{result.new_version}"
+    new = f"v{result.new_version}"
+    if result.new_key_uri != result.old_key_uri:
+        new = f"{result.new_key_uri} {new}"
     if not result.changed:
         return f"{result.path}: unchanged ({old})"
     if result.dry_run:
@@ -100,9 +105,13 @@ def command(state: CliState, urls: tuple[str, ...], key: str | None, recursive: 
             results.append(RewrapResult(path, None, None, None, None, False, dry_run=dry_run, error=exc))
             _report(results[-1], as_json)
             continue
-        for result in rewrap_tree(fs, path, key=key, dry_run=dry_run):
-            results.append(result)
-            _report(result, as_json)
+        try:
+            for result in rewrap_tree(fs, path, key=key, dry_run=dry_run):
+                results.append(result)
+                _report(result, as_json)
+        except FileNotFoundError as exc:  # only the URL itself: the walk reports missing files as results
+            results.append(RewrapResult(path, None, None, None, None, False, dry_run=dry_run, error=exc))
+            _report(results[-1], as_json)
 
     failed = [r for r in results if r.error is not None]
     changed = sum(1 for r in results if r.changed)
@@ -129,9 +138,9 @@ def _report(result, as_json: bool) -> None:
     if result.error is not None:
         message = _message(result.error)
         where = "" if result.path in message else f"{result.path}: "
-        click.echo(f"cmkfs: error: {where}{message}", err=True)
+        click.echo(f"cmkfs: error: {printable(where + message)}", err=True)
     elif not as_json:
-        click.echo(_describe(result))
+        click.echo(printable(_describe(result)))
 
 
 def _message(exc: BaseException) -> str:

@@ -12,9 +12,14 @@ Wire format (all integers big-endian; docs/FORMAT.md is the normative text)::
                   || segment_size (u32) || salt (32) || nonce_prefix (7)
                   || reserved=0 (u8)
 
-    key_block   = wrap_alg (u8) || uri_len (u16) || key_uri (UTF-8)
-                  || version_len (u16) || key_version (UTF-8)
+    key_block   = wrap_alg (u8) || uri_len (u16) || key_uri (ASCII)
+                  || version_len (u16) || key_version (ASCII)
                   || wrapped_len (u16) || wrapped_dek
+
+    key_uri     = "local://" NAME                              wrap_alg A256GCM
+                | "https://" HOST [":" PORT] "/keys/" NAME     wrap_alg RSA_OAEP_256
+                | "pkcs11:token=" V ";object=" V [";type=" T]  wrap_alg A256KWP | RSA_OAEP_SHA1
+                  (no query, fragment or version: one spelling per key; docs/FORMAT.md 3.5)
 
     checksum    = SHA-256(header without checksum)[:16]   (corruption only)
 
@@ -36,6 +41,8 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import ipaddress
+import re
 import struct
 from dataclasses import dataclass
 
@@ -63,6 +70,8 @@ __all__ = [
     "FileParams",
     "KeyBlock",
     "Header",
+    "KEY_URI_WRAP_ALGORITHMS",
+    "check_key_names",
     "header_length_from_prefix",
     "plaintext_size",
     "ciphertext_size",
@@ -185,7 +194,9 @@ class KeyBlock:
 
     ``key_uri`` names the key without a version (``local://sales``,
     ``https://v.vault.azure.net/keys/sales``, ``pkcs11:token=t;object=o``);
-    ``key_version`` names the version that wrapped this DEK.
+    ``key_version`` names the version that wrapped this DEK.  Both follow
+    docs/FORMAT.md 3.5 (:func:`check_key_names`): :meth:`decode` refuses
+    anything else, and :meth:`encode` will not write it.
     """
 
     wrap_alg: WrapAlgorithm
@@ -215,6 +226,8 @@ class KeyBlock:
             raise ValueError("key URI or version too long")
         if len(self.wrapped_dek) > MAX_WRAPPED_DEK_SIZE:
             raise ValueError("wrapped key too long")
+        # A writer must not produce a file every reader refuses (FormatError is a ValueError).
+        check_key_names(self.wrap_alg, self.key_uri, self.key_version)
         return b"".join(
             (
                 bytes([int(self.wrap_alg)]),
@@ -250,7 +263,9 @@ class KeyBlock:
         try:
             uri, ver = fields[0].decode("utf-8"), fields[1].decode("utf-8")
         except UnicodeDecodeError:
-            raise FormatError("key URI is not UTF-8") from None
+            raise FormatError("key URI or key version is not UTF-8") from None
+        # Before any parser, provider, cache, log line or terminal sees them.
+        check_key_names(alg, uri, ver)
         return cls(alg, uri, ver, fields[2])
 
 
@@ -291,6 +306,145 @@ class Header:
         commitment = bytes(view[PARAMS_SIZE : PARAMS_SIZE + COMMITMENT_SIZE])
         key_block = KeyBlock.decode(view[HEADER_PREFIX_SIZE : length - CHECKSUM_SIZE])
         return cls(params, commitment, key_block)
+
+
+# -- key URIs and versions (docs/FORMAT.md 3.5) -------------------------------------------
+
+#: Key URI scheme -> the wrap algorithms its providers write.  Any other pair is refused.
+KEY_URI_WRAP_ALGORITHMS: dict[str, frozenset[WrapAlgorithm]] = {
+    "local://": frozenset({WrapAlgorithm.A256GCM}),
+    "https://": frozenset({WrapAlgorithm.RSA_OAEP_256}),
+    "pkcs11:": frozenset({WrapAlgorithm.A256KWP, WrapAlgorithm.RSA_OAEP_SHA1}),
+}
+SHOWN_NAME_SIZE = 70  # characters of a refused name quoted (escaped) in a message
+
+# Printable ASCII without space: every allowed spelling fits, and nothing in it can steer a terminal.
+_PRINTABLE = re.compile(r"[\x21-\x7e]+")
+_LOCAL_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")  # no leading dot: never ".", ".."
+_LOCAL_VERSION = re.compile(r"[1-9][0-9]{0,19}")  # one spelling per version: no leading zero
+_AZURE_URI = re.compile(r"https://([^/]*)/keys/(.*)")
+_AZURE_NAME = re.compile(r"[0-9A-Za-z-]{1,127}")
+_AZURE_VERSION = re.compile(r"[0-9A-Za-z]{1,64}")
+_DNS_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+_IPV6_CHARS = re.compile(r"[0-9A-Fa-f:.]+")  # no "%": zone identifiers name a local interface
+_PORT = re.compile(r"[1-9][0-9]{0,4}")
+_PKCS11_URI = re.compile(r"pkcs11:token=([^;]*);object=([^;]*)(?:;type=(secret-key|private|public))?")
+# RFC 7512 pk11-pchar minus "=", as cmkfs writes it: percent-encoding in upper case, only where needed.
+_PKCS11_PLAIN = r"A-Za-z0-9._~:\[\]@!$'()*+,-"
+_PKCS11_VALUE = re.compile(rf"(?:[{_PKCS11_PLAIN}]|%[0-9A-F]{{2}})+")
+_PKCS11_PLAIN_CHAR = re.compile(rf"[{_PKCS11_PLAIN}]")
+_PKCS11_VERSION = re.compile(r"0|[1-9][0-9]*|x(?:[0-9a-f]{2})*")  # CKA_ID: decimal, else hex
+_PKCS11_TYPE_ALGS = {
+    "secret-key": frozenset({WrapAlgorithm.A256KWP}),
+    "private": frozenset({WrapAlgorithm.RSA_OAEP_SHA1}),
+    "public": frozenset({WrapAlgorithm.RSA_OAEP_SHA1}),
+}
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def check_key_names(wrap_alg: WrapAlgorithm | int, key_uri: str, key_version: str) -> None:
+    """Refuse, with a :class:`FormatError`, a key URI or key version outside the
+    grammar of docs/FORMAT.md 3.5, or a (scheme, wrap algorithm) pair outside
+    its table.  Messages quote the names escaped and bounded."""
+    alg = WrapAlgorithm(wrap_alg)
+    if not _PRINTABLE.fullmatch(key_uri):
+        raise FormatError(f"key URI {_shown(key_uri)} is empty or not printable ASCII")
+    if not _PRINTABLE.fullmatch(key_version):
+        raise FormatError(f"key version {_shown(key_version)} is empty or not printable ASCII")
+    scheme = next((s for s in KEY_URI_WRAP_ALGORITHMS if key_uri.startswith(s)), None)
+    if scheme is None:
+        raise FormatError(f"key URI {_shown(key_uri)} has no known scheme (local://, https://, pkcs11:)")
+    if "?" in key_uri or "#" in key_uri:
+        # A query could name a version, a library or a PIN file: a header names the key alone.
+        raise FormatError(f"key URI {_shown(key_uri)} has a query or fragment; a header names its key without one")
+    allowed = _SCHEME_CHECKS[scheme](key_uri, key_version)
+    if alg not in allowed:
+        raise FormatError(f"wrap algorithm {alg.name} is not allowed with key URI {_shown(key_uri)}")
+
+
+def _shown(text: str) -> str:
+    shown = ascii(text)  # escapes control, non-ASCII and bidi characters
+    return shown if len(shown) <= SHOWN_NAME_SIZE else shown[: SHOWN_NAME_SIZE - 3] + "..."
+
+
+def _check_local(key_uri: str, key_version: str) -> frozenset:
+    if not _LOCAL_NAME.fullmatch(key_uri[len("local://") :]):
+        raise FormatError(f"key URI {_shown(key_uri)} is not local://NAME (1-64 of A-Z a-z 0-9 . _ -, no leading dot)")
+    if not _LOCAL_VERSION.fullmatch(key_version):
+        raise FormatError(f"key version {_shown(key_version)} is not a local:// version (digits, no leading zero)")
+    return KEY_URI_WRAP_ALGORITHMS["local://"]
+
+
+def _check_https(key_uri: str, key_version: str) -> frozenset:
+    match = _AZURE_URI.fullmatch(key_uri)
+    if match is None or not _valid_authority(match[1]):
+        raise FormatError(f"key URI {_shown(key_uri)} is not https://HOST[:PORT]/keys/NAME")
+    if "/" in match[2]:
+        raise FormatError(f"key URI {_shown(key_uri)} names a key version; a header keeps it in key_version")
+    if not _AZURE_NAME.fullmatch(match[2]):
+        raise FormatError(f"key URI {_shown(key_uri)} has a key name outside 1-127 of A-Z a-z 0-9 -")
+    if not _AZURE_VERSION.fullmatch(key_version):
+        raise FormatError(f"key version {_shown(key_version)} is not an https:// key version (1-64 letters, digits)")
+    return KEY_URI_WRAP_ALGORITHMS["https://"]
+
+
+def _valid_authority(authority: str) -> bool:
+    """HOST [":" PORT]: a DNS name or IPv4 address, or an IPv6 literal in brackets."""
+    if authority.startswith("["):
+        host, bracket, rest = authority[1:].partition("]")
+        if not bracket or not _IPV6_CHARS.fullmatch(host):
+            return False
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return False
+    else:
+        host, _, _ = authority.partition(":")
+        rest = authority[len(host) :]
+        if len(host) > 253 or not all(_DNS_LABEL.fullmatch(label) for label in host.split(".")):
+            return False
+    if not rest:
+        return True
+    return rest[0] == ":" and _PORT.fullmatch(rest[1:]) is not None and int(rest[1:]) <= 65535
+
+
+def _check_pkcs11(key_uri: str, key_version: str) -> frozenset:
+    match = _PKCS11_URI.fullmatch(key_uri)
+    if match is None:
+        raise FormatError(f"key URI {_shown(key_uri)} is not pkcs11:token=T;object=O[;type=secret-key|private|public]")
+    if not (_canonical_label(match[1]) and _canonical_label(match[2])):
+        raise FormatError(f"key URI {_shown(key_uri)} has a label that is not canonical percent-encoded UTF-8 "
+                          "without control characters")
+    if not _PKCS11_VERSION.fullmatch(key_version):
+        raise FormatError(f"key version {_shown(key_version)} is not a pkcs11: version (decimal, or x and hex)")
+    return _PKCS11_TYPE_ALGS[match[3]] if match[3] else KEY_URI_WRAP_ALGORITHMS["pkcs11:"]
+
+
+def _canonical_label(value: str) -> bool:
+    """A non-empty label, percent-encoded exactly where cmkfs's encoder would, decoding to
+    UTF-8 without control characters: so each label has one spelling."""
+    if not _PKCS11_VALUE.fullmatch(value):
+        return False
+    raw = bytearray()
+    pos = 0
+    while pos < len(value):
+        if value[pos] == "%":
+            byte = int(value[pos + 1 : pos + 3], 16)
+            if _PKCS11_PLAIN_CHAR.fullmatch(chr(byte)):
+                return False  # encoded although it need not be: a second spelling
+            raw.append(byte)
+            pos += 3
+        else:
+            raw += value[pos].encode("ascii")
+            pos += 1
+    try:
+        label = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return _CONTROL.search(label) is None
+
+
+_SCHEME_CHECKS = {"local://": _check_local, "https://": _check_https, "pkcs11:": _check_pkcs11}
 
 
 def check_segment_size(segment_size: int) -> None:

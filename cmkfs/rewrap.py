@@ -221,7 +221,8 @@ def rewrap_tree(fs, path: str, *, key: str | None = None, dry_run: bool = False)
     """Re-wrap every file under ``path`` (or ``path`` itself if it is a file).
 
     Yields one :class:`RewrapResult` per file, in path order.  A file that
-    fails (not a cmkfs file, tampered, its key revoked, a storage error) is
+    fails (not a cmkfs file, tampered, its key revoked, a storage error, or
+    a ``ValueError`` that a hostile file provoked in some parser) is
     reported with ``error`` set and the walk goes on.  Temp files of
     in-progress writes are skipped.  A target key that cannot be used
     (missing, disabled) raises before any file is touched.
@@ -235,7 +236,8 @@ def rewrap_tree(fs, path: str, *, key: str | None = None, dry_run: bool = False)
     for name in names:
         try:
             yield rewrap_file(fs, name, dry_run=dry_run, _target=target)
-        except (CMKError, OSError) as exc:
+        except (CMKError, OSError, ValueError) as exc:
+            # One bad file must not stop the walk: the files after it still need their new key.
             yield RewrapResult(path=name, old_key_uri=None, old_version=None, new_key_uri=target.key_uri,
                                new_version=None, changed=False, dry_run=dry_run, error=exc)
 

@@ -25,6 +25,12 @@ Each record holds what an independent decryptor needs (see docs/FORMAT.md,
 "Test vectors"): the KEK, the wrapping algorithm, the key URI and version,
 the expected outcome, and the ciphertext.  Negative vectors are derived
 from positive ones by the edit their comment describes.
+
+The key-name vectors (a key URI, key version or wrapping algorithm outside
+docs/FORMAT.md 3.5) are encoded here by hand, because the library refuses
+to write them, and their DEK is validly wrapped under the edited name: a
+reader that skipped the rules of 3.5 would decrypt them, so only those rules
+can refuse them.
 """
 
 from __future__ import annotations
@@ -95,8 +101,12 @@ def pattern(n: int) -> bytes:
     return bytes(i % 251 for i in range(n))
 
 
-def wrap_aad(key_uri: str, key_version: str) -> bytes:
-    return WRAP_AAD_LABEL + key_uri.encode("utf-8") + b"\x00" + key_version.encode("utf-8")
+def _utf8(text: str | bytes) -> bytes:
+    return text if isinstance(text, bytes) else text.encode("utf-8")
+
+
+def wrap_aad(key_uri: str | bytes, key_version: str | bytes) -> bytes:
+    return WRAP_AAD_LABEL + _utf8(key_uri) + b"\x00" + _utf8(key_version)
 
 
 # TEST KEY ONLY.  Generated once for these vectors and published with them:
@@ -198,6 +208,9 @@ NEW_KEK = Drbg("kek version 10")(32)  # a different KEK, for the re-wrap to vers
 AZURE_URI = "https://vectors.vault.azure.net/keys/vectors"
 AZURE_VERSION = "0123456789abcdef0123456789abcdef"
 PKCS11_URI = "pkcs11:token=vectors;object=vectors-rsa"
+PKCS11_AES_URI = "pkcs11:token=vectors;object=vectors-aes"
+# A non-ASCII label: key URIs are ASCII, so it is percent-encoded UTF-8 ("équipe finance").
+PKCS11_LABEL_URI = "pkcs11:token=vectors;object=%C3%A9quipe%20finance"
 
 
 def encrypt(name: str, plaintext: bytes, *, content_class=ContentClass.OTHER, segment_size=SEGMENT,
@@ -214,6 +227,20 @@ def encrypt(name: str, plaintext: bytes, *, content_class=ContentClass.OTHER, se
 def header_length(blob: bytes) -> int:
     (block_len,) = struct.unpack_from(">I", blob, 88)
     return 92 + block_len + CHECKSUM_SIZE
+
+
+def raw_key_block(alg: WrapAlgorithm, uri: str | bytes, version: str | bytes, wrapped: bytes) -> bytes:
+    """The key block of docs/FORMAT.md 3.2, encoded by hand: ``KeyBlock.encode``
+    refuses the names the key-name vectors need."""
+    u, v = _utf8(uri), _utf8(version)
+    return b"".join((bytes([int(alg)]), struct.pack(">H", len(u)), u, struct.pack(">H", len(v)), v,
+                     struct.pack(">H", len(wrapped)), wrapped))
+
+
+def with_raw_key_block(blob: bytes, block: bytes) -> bytes:
+    """``blob`` with its key block replaced by ``block`` and the checksum recomputed."""
+    body = blob[:88] + struct.pack(">I", len(block)) + block
+    return body + hashlib.sha256(body).digest()[:CHECKSUM_SIZE] + blob[header_length(blob):]
 
 
 def fix_checksum(header: bytes) -> bytes:
@@ -298,10 +325,11 @@ def build() -> dict:
     for cls, text in samples.items():
         ok(f"class-{cls.name.lower()}", f"content class {cls.name} ({int(cls)}) in header byte 10", text,
            content_class=cls)
-    ok("wrap-a256kwp", "DEK wrapped with AES key wrap with padding (RFC 5649), wrap_alg 3: 40-byte wrapped DEK",
-       b"wrapped with A256KWP", alg=WrapAlgorithm.A256KWP)
-    ok("utf8-key-uri", "non-ASCII key URI and version: lengths count UTF-8 bytes, and the wrap AAD uses them",
-       b"utf-8 names", uri="local://\u00e9quipe-finance", version="2025-\u00e9t\u00e9")
+    ok("wrap-a256kwp", "DEK wrapped with AES key wrap with padding (RFC 5649), wrap_alg 3, under a pkcs11: key: "
+       "40-byte wrapped DEK", b"wrapped with A256KWP", alg=WrapAlgorithm.A256KWP, uri=PKCS11_AES_URI, version="1")
+    ok("pkcs11-encoded-label", "a pkcs11: key whose label is not ASCII ('\u00e9quipe finance'): the key URI "
+       "carries it percent-encoded as UTF-8, upper-case hex, so the key block stays ASCII",
+       b"a label in percent-encoded UTF-8", alg=WrapAlgorithm.A256KWP, uri=PKCS11_LABEL_URI, version="2")
     ok("wrap-rsa-oaep-256", "DEK wrapped with RSA-OAEP, SHA-256 and MGF1-SHA-256, empty label, wrap_alg 2, "
        "under the RSA-2048 test key (kek is its PKCS#8 PEM): 256-byte wrapped DEK",
        b"wrapped with RSA_OAEP_256", alg=WrapAlgorithm.RSA_OAEP_256, uri=AZURE_URI, version=AZURE_VERSION,
@@ -424,6 +452,8 @@ def build() -> dict:
     bad("foreign-empty", "an empty file is not a cmkfs file (an encrypted empty file has a header)", "format",
         b"", None)
 
+    key_name_vectors(made, bad)
+
     return {
         "description": "cmkfs format v1 test vectors; see docs/FORMAT.md, 'Test vectors'",
         "generator": "scripts/make_vectors.py",
@@ -439,6 +469,68 @@ def build() -> dict:
         },
         "vectors": vectors,
     }
+
+
+# (name, what is wrong, source vector, wrap_alg, key_uri, key_version) of the key-name vectors:
+# each breaks one rule of docs/FORMAT.md 3.5 and nothing else.
+KEY_NAME_EDITS = [
+    ("key-uri-query", "a query in the key URI: a header names its key without one (else one key has many "
+     "spellings, and the audit log records a version the file does not use)", "one-byte",
+     WrapAlgorithm.A256GCM, "local://vectors?version=1", "1"),
+    ("key-uri-fragment", "a fragment in the key URI", "one-byte", WrapAlgorithm.A256GCM, "local://vectors#1", "1"),
+    ("key-uri-non-ascii", "a non-ASCII (valid UTF-8) local:// name", "one-byte", WrapAlgorithm.A256GCM,
+     "local://\u00e9quipe-finance", "1"),
+    ("key-uri-control", "a terminal escape sequence (ESC [ 2 J) in the key URI", "one-byte",
+     WrapAlgorithm.A256GCM, "local://vectors\x1b[2J", "1"),
+    ("key-uri-not-utf8", "a key URI that is not UTF-8 (byte 0xFF)", "one-byte", WrapAlgorithm.A256GCM,
+     b"local://vectors\xff", "1"),
+    ("key-uri-empty", "an empty key URI", "one-byte", WrapAlgorithm.A256GCM, "", "1"),
+    ("key-uri-unknown-scheme", "a key URI scheme no rule allows", "one-byte", WrapAlgorithm.A256GCM,
+     "kms://vectors", "1"),
+    ("key-version-non-ascii", "key version U+00B2 (superscript two: a Unicode digit, not an ASCII one)",
+     "one-byte", WrapAlgorithm.A256GCM, KEY_URI, "\u00b2"),
+    ("key-version-nul", "key version '1' followed by NUL", "one-byte", WrapAlgorithm.A256GCM, KEY_URI, "1\x00"),
+    ("key-version-leading-zero", "key version '01': a second spelling of version 1", "one-byte",
+     WrapAlgorithm.A256GCM, KEY_URI, "01"),
+    ("wrap-alg-mismatch", "a local:// key with wrap_alg A256KWP (the embedded vault wraps with A256GCM only)",
+     "one-byte", WrapAlgorithm.A256KWP, KEY_URI, "1"),
+    ("key-uri-https-version", "an https:// key URI with a version segment (the version belongs in key_version)",
+     "wrap-rsa-oaep-256", WrapAlgorithm.RSA_OAEP_256, f"{AZURE_URI}/{AZURE_VERSION}", AZURE_VERSION),
+    ("key-uri-https-bad-host", "an https:// key URI whose host does not parse ('[' opens no IPv6 literal)",
+     "wrap-rsa-oaep-256", WrapAlgorithm.RSA_OAEP_256, "https://[/keys/vectors", AZURE_VERSION),
+    ("key-uri-https-bad-port", "an https:// key URI with port 99999", "wrap-rsa-oaep-256",
+     WrapAlgorithm.RSA_OAEP_256, "https://vectors.vault.azure.net:99999/keys/vectors", AZURE_VERSION),
+    ("key-uri-pkcs11-query", "a pkcs11: key URI whose query names a PKCS#11 library to load", "wrap-a256kwp",
+     WrapAlgorithm.A256KWP, PKCS11_AES_URI + "?module-path=/tmp/evil.so", "1"),
+    ("key-uri-pkcs11-not-canonical", "a pkcs11: key URI with its attributes in another order", "wrap-a256kwp",
+     WrapAlgorithm.A256KWP, "pkcs11:object=vectors-aes;token=vectors", "1"),
+    ("wrap-alg-mismatch-pkcs11-type", "a pkcs11: key URI with type=secret-key (an AES key) and wrap_alg "
+     "RSA_OAEP_SHA1", "wrap-rsa-oaep-sha1", WrapAlgorithm.RSA_OAEP_SHA1, PKCS11_URI + ";type=secret-key", "1"),
+]
+# The source vectors' informational fields (they describe the source, docs/FORMAT.md 12).
+SOURCES = {
+    "one-byte": {},
+    "wrap-rsa-oaep-256": dict(alg=WrapAlgorithm.RSA_OAEP_256, uri=AZURE_URI, version=AZURE_VERSION, kek=RSA_TEST_KEY),
+    "wrap-a256kwp": dict(alg=WrapAlgorithm.A256KWP, uri=PKCS11_AES_URI, version="1"),
+    "wrap-rsa-oaep-sha1": dict(alg=WrapAlgorithm.RSA_OAEP_SHA1, uri=PKCS11_URI, version="1", kek=RSA_TEST_KEY),
+}
+
+
+def key_name_vectors(made, bad) -> None:
+    """Format-error vectors for the key-name rules, each with its DEK validly wrapped under the edited name."""
+    for name, comment, source, alg, uri, version in KEY_NAME_EDITS:
+        blob, dek, _ = made[source]
+        meta = SOURCES[source]
+        kek = meta.get("kek", KEK)
+        rng = Drbg("keys:" + name)
+        if alg == WrapAlgorithm.A256GCM:
+            nonce = rng(12)
+            wrapped = nonce + AESGCM(kek).encrypt(nonce, dek, wrap_aad(uri, version))
+        else:
+            wrapped = wrap(alg, kek, dek, KEY_URI, "1", rng).wrapped_dek  # no associated data: the name is free
+        edit = f"; {source} with key_uri {ascii(uri)}, key_version {ascii(version)}, wrap_alg {alg.name}"
+        bad(name, comment + edit + ", DEK validly wrapped, checksum recomputed", "format",
+            with_raw_key_block(blob, raw_key_block(alg, uri, version, wrapped)), source, **meta)
 
 
 def main(argv=None) -> int:

@@ -3,12 +3,14 @@
 
 This script is written from ``docs/FORMAT.md`` alone and deliberately shares
 no code with the ``cmkfs`` package: it re-implements the header parser, the
-bounds checks (in the order of FORMAT.md section 4), the DEK unwrap, the HKDF
+bounds checks (in the order of FORMAT.md section 4), the key URI and key
+version rules of section 3.5, the DEK unwrap, the HKDF
 key derivation and key commitment, the segment nonces, the last-segment rule
 and the size arithmetic of section 8.  If it and the library agree on every
 vector, the specification is sufficient to write a decryptor.
 
-Dependencies: the standard library and ``cryptography``, of which only
+Dependencies: the standard library (``ipaddress`` for IPv6 literals) and
+``cryptography``, of which only
 ``AESGCM`` (segments and the A256GCM wrap), ``HKDF`` with SHA-256,
 ``aes_key_unwrap_with_padding`` (RFC 5649, the A256KWP wrap) and the RSA
 private key's OAEP decryption (RSA_OAEP_256 with SHA-256, RSA_OAEP_SHA1 with
@@ -36,6 +38,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import hmac
+import ipaddress
 import json
 import math
 import sys
@@ -259,11 +262,149 @@ def parse_header(data: bytes) -> Header:
         key_version = version_bytes.decode("utf-8", errors="strict")
     except UnicodeDecodeError as exc:
         raise FormatError(f"step 7: key_uri/key_version not valid UTF-8 ({exc.reason})") from None
+    check_key_names(WRAP_ALGS[wrap_alg], key_uri, key_version)
     hdr.wrap_alg = wrap_alg
     hdr.key_uri = key_uri
     hdr.key_version = key_version
     hdr.wrapped_dek = wrapped
     return hdr
+
+
+# --------------------------------------------------------------------------
+# Key URIs and versions (FORMAT.md 3.5), checked at step 7
+# --------------------------------------------------------------------------
+
+ASCII_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+ASCII_DIGITS = "0123456789"
+ALNUM = ASCII_LETTERS + ASCII_DIGITS
+P11_CHARS = ALNUM + "-._~:[]@!$'()*+,"
+UP_HEX = ASCII_DIGITS + "ABCDEF"
+LOW_HEX = ASCII_DIGITS + "abcdef"
+# scheme -> wrap_alg names allowed with it (the table of 3.5)
+SCHEME_WRAP_ALGS = {
+    "local://": {"A256GCM"},
+    "https://": {"RSA_OAEP_256"},
+    "pkcs11:": {"A256KWP", "RSA_OAEP_SHA1"},
+}
+P11_TYPE_WRAP_ALGS = {"secret-key": {"A256KWP"}, "private": {"RSA_OAEP_SHA1"}, "public": {"RSA_OAEP_SHA1"}}
+
+
+def _only(text: str, allowed: str) -> bool:
+    return all(ch in allowed for ch in text)
+
+
+def _decimal(text: str, max_digits: int | None = None) -> bool:
+    """``%x31-39 *DIGIT``: digits, no leading zero."""
+    return (text != "" and _only(text, ASCII_DIGITS) and text[0] != "0"
+            and (max_digits is None or len(text) <= max_digits))
+
+
+def _local_name(name: str) -> bool:
+    return 1 <= len(name) <= 64 and _only(name, ALNUM + "_-.") and not name.startswith(".")
+
+
+def _dns_name(host: str) -> bool:
+    if not 1 <= len(host) <= 253:
+        return False
+    for label in host.split("."):
+        if not (1 <= len(label) <= 63 and _only(label, ALNUM + "-") and label[0] != "-" and label[-1] != "-"):
+            return False
+    return True
+
+
+def _host_and_port(authority: str) -> bool:
+    if authority.startswith("["):
+        close = authority.find("]")
+        if close < 0:
+            return False
+        literal, rest = authority[1:close], authority[close + 1 :]
+        if not literal or not _only(literal, ASCII_DIGITS + "abcdefABCDEF:."):  # no zone id, no IPvFuture
+            return False
+        try:
+            ipaddress.IPv6Address(literal)
+        except ValueError:
+            return False
+    else:
+        colon = authority.find(":")
+        host, rest = (authority, "") if colon < 0 else (authority[:colon], authority[colon:])
+        if not _dns_name(host):
+            return False
+    if rest == "":
+        return True
+    port = rest[1:]
+    return rest[0] == ":" and _decimal(port, 5) and int(port) <= 65535
+
+
+def _p11_value(value: str) -> bool:
+    """1*( p11-char / pct ), percent-encoded only where needed, decoding to UTF-8 without controls."""
+    if value == "":
+        return False
+    decoded = bytearray()
+    i = 0
+    while i < len(value):
+        ch = value[i]
+        if ch == "%":
+            pair = value[i + 1 : i + 3]
+            if len(pair) != 2 or not _only(pair, UP_HEX):
+                return False
+            byte = int(pair, 16)
+            if chr(byte) in P11_CHARS:
+                return False  # this byte has a plain spelling
+            decoded.append(byte)
+            i += 3
+        elif ch in P11_CHARS:
+            decoded.append(ord(ch))
+            i += 1
+        else:
+            return False
+    try:
+        label = decoded.decode("utf-8", errors="strict")
+    except UnicodeDecodeError:
+        return False
+    return not any(ord(c) <= 0x1F or 0x7F <= ord(c) <= 0x9F for c in label)
+
+
+def check_key_names(wrap_alg: str, key_uri: str, key_version: str) -> None:
+    """Section 3.5: the key URI, the key version and the (scheme, wrap_alg) pair."""
+    for what, text in (("key_uri", key_uri), ("key_version", key_version)):
+        if text == "" or any(not 0x21 <= ord(ch) <= 0x7E for ch in text):
+            raise FormatError(f"step 7: {what} is empty or not printable ASCII (3.5)")
+    scheme = next((p for p in SCHEME_WRAP_ALGS if key_uri.startswith(p)), None)
+    if scheme is None:
+        raise FormatError("step 7: unknown key URI scheme (3.5)")
+    rest = key_uri[len(scheme) :]
+    allowed = SCHEME_WRAP_ALGS[scheme]
+    if scheme == "local://":
+        if not _local_name(rest):
+            raise FormatError("step 7: not local://local-name (3.5)")
+        if not _decimal(key_version, 20):
+            raise FormatError("step 7: not a local-version (3.5)")
+    elif scheme == "https://":
+        authority, sep, path = rest.partition("/")
+        if not sep or not _host_and_port(authority):
+            raise FormatError("step 7: https:// key URI without a valid host[:port] (3.5)")
+        name = path[len("keys/") :] if path.startswith("keys/") else None
+        if name is None or not 1 <= len(name) <= 127 or not _only(name, ALNUM + "-"):
+            raise FormatError("step 7: https:// key URI path is not /keys/azure-name (3.5)")
+        if not 1 <= len(key_version) <= 64 or not _only(key_version, ALNUM):
+            raise FormatError("step 7: not an azure-version (3.5)")
+    else:
+        attrs = rest.split(";")
+        names = [a.partition("=")[0] for a in attrs]
+        if names not in (["token", "object"], ["token", "object", "type"]) or not all("=" in a for a in attrs):
+            raise FormatError("step 7: pkcs11: key URI is not token=...;object=...[;type=...] (3.5)")
+        values = [a.partition("=")[2] for a in attrs]
+        if not (_p11_value(values[0]) and _p11_value(values[1])):
+            raise FormatError("step 7: pkcs11: label is not a canonical p11-value (3.5)")
+        if len(values) == 3:
+            if values[2] not in P11_TYPE_WRAP_ALGS:
+                raise FormatError("step 7: unknown pkcs11: type (3.5)")
+            allowed = P11_TYPE_WRAP_ALGS[values[2]]
+        v = key_version
+        if not (v == "0" or _decimal(v) or (v[:1] == "x" and len(v) % 2 == 1 and _only(v[1:], LOW_HEX))):
+            raise FormatError("step 7: not a p11-version (3.5)")
+    if wrap_alg not in allowed:
+        raise FormatError(f"step 7: wrap_alg {wrap_alg} is not allowed with {scheme} key URIs (3.5)")
 
 
 def sizes(c: int, h: int, s: int) -> tuple[int, int, int]:

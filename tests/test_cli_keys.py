@@ -204,3 +204,21 @@ def test_python_dash_m_in_a_real_process(isolated_cmkfs_home):
     assert missing.returncode == 3
     assert missing.stderr.count("\n") == 1 and "Traceback" not in missing.stderr
     assert cmkfs("--version").stdout.strip().endswith(__version__)
+
+
+def test_vault_text_is_escaped_on_the_terminal(run, isolated_cmkfs_home):
+    # meta.json is a file on disk: its free-text fields reach the terminal escaped.
+    run("keys", "create", "k")
+    path = isolated_cmkfs_home / "vault" / "k" / "meta.json"
+    meta = json.loads(path.read_text())
+    meta["created"] = "2026-01-05\x1b]0;pwned\x07"
+    meta["versions"][0]["created"] = "2026\x1b[2J"
+    meta["updated"] = "\u202eevil"
+    path.write_text(json.dumps(meta))
+    for args in (("keys", "show", "k"), ("keys", "list")):
+        result = run(*args)
+        assert result.exit_code == 0
+        assert all(ch.isprintable() or ch == "\n" for ch in result.stdout), repr(result.stdout)
+    shown = run("keys", "show", "k").stdout
+    assert "2026-01-05\\x1b]0;pwned\\x07" in shown and "2026\\x1b[2J" in shown and "\\u202eevil" in shown
+    assert json.loads(run("keys", "show", "k", "--json").stdout)["created"] == meta["created"]  # JSON stays exact

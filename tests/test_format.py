@@ -88,10 +88,19 @@ def test_header_byte_layout():
     assert raw[-16:] == hashlib.sha256(raw[:-16]).digest()[:16]
 
 
+# One key URI and version per wrap algorithm, of the forms its providers write (FORMAT.md 3.5).
+NAMES = {
+    WrapAlgorithm.A256GCM: ("local://sales", "3"),
+    WrapAlgorithm.RSA_OAEP_256: ("https://v.vault.azure.net/keys/k", "0123456789abcdef0123456789abcdef"),
+    WrapAlgorithm.A256KWP: ("pkcs11:token=t;object=%C3%A9quipe%20finance", "12"),
+    WrapAlgorithm.RSA_OAEP_SHA1: ("pkcs11:token=t;object=o;type=private", "x0aff"),
+}
+
+
 @pytest.mark.parametrize("cls", list(ContentClass))
 @pytest.mark.parametrize("alg", list(WrapAlgorithm))
 def test_header_round_trip(cls, alg):
-    block = KeyBlock(alg, "pkcs11:token=t;object=\u00e9", "v\u00e9rsion", os.urandom(40 if alg == 3 else 256))
+    block = KeyBlock(alg, *NAMES[alg], os.urandom(40 if alg == 3 else 256))
     h = make_header(cls, 1 << 20, block)
     raw = h.encode()
     back = Header.decode(raw)
@@ -100,11 +109,15 @@ def test_header_round_trip(cls, alg):
 
 
 def test_key_block_round_trip_limits():
-    block = KeyBlock(WrapAlgorithm.RSA_OAEP_256, "u" * 2048, "v" * 256, b"w" * 4096)
-    assert KeyBlock.decode(block.encode()) == block
-    empty = KeyBlock(WrapAlgorithm.A256GCM, "", "", b"")
-    assert len(empty.encode()) == 7
-    assert KeyBlock.decode(empty.encode()) == empty
+    uri = "pkcs11:token=" + "t" * (2048 - len("pkcs11:token=;object=o")) + ";object=o"
+    block = KeyBlock(WrapAlgorithm.A256KWP, uri, "1" + "0" * 255, b"w" * 4096)
+    assert len(uri) == 2048 and KeyBlock.decode(block.encode()) == block
+    # The smallest key block is well-formed in its lengths, but names no key (3.5).
+    empty = bytes([1]) + bytes(6)
+    with pytest.raises(FormatError):
+        KeyBlock.decode(empty)
+    with pytest.raises(ValueError):
+        KeyBlock(WrapAlgorithm.A256GCM, "", "", b"").encode()
 
 
 @pytest.mark.parametrize(

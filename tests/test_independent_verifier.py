@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "verify_vectors.py"
@@ -138,3 +140,96 @@ def test_worked_example_of_the_specification():
     assert hdr.commitment.hex() == "7c877097c0609873c6ce6825d4fab82e0321051ae353291e01607fb1b48c5b5b"
     assert vv.segment_nonce(hdr.nonce_prefix, 0, True).hex() == "f1ed4c34e51b310000000001"
     assert result.plaintext == b"\x42"
+
+
+@pytest.fixture
+def vv():
+    """The verifier as a module (it imports nothing from cmkfs)."""
+    spec = importlib.util.spec_from_file_location("_cmkfs_verify_vectors", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop(spec.name, None)
+
+
+def test_verifier_refuses_key_name_vectors_by_the_name_rules_alone(vv, monkeypatch):
+    """With its FORMAT.md 3.5 check switched off, the verifier decrypts every
+    key-name vector (except the one that is not UTF-8): the check is what refuses them."""
+    doc = json.loads(VECTORS.read_text(encoding="utf-8"))
+    by_name = {v["name"]: v for v in doc["vectors"]}
+    names = [n for n in by_name if n.startswith(("key-uri-", "key-version-", "wrap-alg-mismatch"))]
+    assert len(names) >= 15
+    for name in names:
+        agrees, message = vv.check_vector(by_name[name])
+        assert agrees and "(3.5)" in message or name == "key-uri-not-utf8", (name, message)
+    monkeypatch.setattr(vv, "check_key_names", lambda *args: None)
+    for name in names:
+        vec = by_name[name]
+        if name == "key-uri-not-utf8":
+            continue
+        result = vv.decrypt(bytes.fromhex(vec["ciphertext"]), vv.parse_kek(vec["kek"]))
+        assert result.plaintext == bytes.fromhex(by_name[vec["derived_from"]]["plaintext"]), name
+
+
+def _library_accepts(alg, uri: str, version: str) -> bool:
+    from cmkfs.errors import FormatError
+    from cmkfs.format import check_key_names
+
+    try:
+        check_key_names(alg, uri, version)
+    except FormatError:
+        return False
+    return True
+
+
+def _verifier_accepts(vv, alg, uri: str, version: str) -> bool:
+    try:
+        vv.check_key_names(alg.name, uri, version)
+    except vv.FormatError:
+        return False
+    return True
+
+
+def test_library_and_verifier_agree_on_key_names(vv):
+    from tests.key_names import HOSTILE, LEGITIMATE
+
+    for uri, version, alg, why in HOSTILE:
+        assert not _verifier_accepts(vv, alg, uri, version), why
+    for uri, version, alg in LEGITIMATE:
+        assert _verifier_accepts(vv, alg, uri, version), uri
+
+
+# Pieces of key URIs and versions, valid and not, spliced into valid names: near misses are
+# where two implementations of a grammar disagree.
+_PIECES = ["local://", "https://", "pkcs11:", "token=", ";object=", ";type=", "secret-key", "private", "/keys/",
+           "k", "K-1", "v.vault.azure.net", "[::1]", "[", "]", ":", ":443", ":0", ":65536", "/", "?", "#", "%",
+           "%41", "%C3%A9", "%c3", "%0A", "%FF", "%3D", "=", ";", ".", "-", "_", "~", "x", "0", "01", "1",
+           "9" * 21, "\x00", "\x1b", " ", "\u00b2", "\u00e9", "a" * 64, "@", "A", "f", "x0a"]
+_EDIT = st.tuples(st.booleans(), st.integers(0, 400), st.integers(0, 3), st.sampled_from(_PIECES + [""]))
+
+
+def _edited(text: str, edit) -> str:
+    _, pos, cut, insert = edit
+    pos %= len(text) + 1
+    return text[:pos] + insert + text[pos + cut :]
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(base=st.integers(0, 10**6), edits=st.lists(_EDIT, max_size=3),
+       alg=st.one_of(st.none(), st.sampled_from(["A256GCM", "RSA_OAEP_256", "A256KWP", "RSA_OAEP_SHA1"])))
+def test_library_and_verifier_agree_on_any_key_name(vv, base, edits, alg):
+    from cmkfs.format import WrapAlgorithm
+    from tests.key_names import HOSTILE, LEGITIMATE
+
+    names = LEGITIMATE + [h[:3] for h in HOSTILE]
+    uri, version, wrap_alg = names[base % len(names)]
+    for edit in edits:
+        if edit[0]:
+            uri = _edited(uri, edit)
+        else:
+            version = _edited(version, edit)
+    wrap_alg = WrapAlgorithm[alg] if alg else wrap_alg
+    assert _library_accepts(wrap_alg, uri, version) == _verifier_accepts(vv, wrap_alg, uri, version), (uri, version)

@@ -244,7 +244,7 @@ def test_rewrap_replaces_only_the_key_block():
     for new_block in (
         wrap_dek(KEK, dek, "local://rotation", "2"),
         wrap_dek(KEK, dek, "local://rotation-new-name", "1"),
-        wrap_dek(KEK, dek, "local://rotation", "3", alg=WrapAlgorithm.A256KWP),
+        wrap_dek(KEK, dek, "pkcs11:token=t;object=rotation", "3", alg=WrapAlgorithm.A256KWP),
     ):
         rewrapped = header.with_key_block(new_block).encode() + blob[header.length :]
         assert decrypt_bytes(rewrapped, KekKeySource(KEK)) == data

@@ -29,6 +29,14 @@ ROOT = Path(__file__).resolve().parent.parent
 VECTORS = json.loads((ROOT / "tests" / "vectors" / "v1.json").read_text())["vectors"]
 BY_NAME = {v["name"]: v for v in VECTORS}
 EXPECTED_ERROR = {"integrity": IntegrityError, "format": FormatError}
+# Each breaks one rule of docs/FORMAT.md 3.5 and nothing else.
+KEY_NAME_VECTORS = (
+    "key-uri-query", "key-uri-fragment", "key-uri-non-ascii", "key-uri-control", "key-uri-not-utf8",
+    "key-uri-empty", "key-uri-unknown-scheme", "key-version-non-ascii", "key-version-nul",
+    "key-version-leading-zero", "wrap-alg-mismatch", "key-uri-https-version", "key-uri-https-bad-host",
+    "key-uri-https-bad-port", "key-uri-pkcs11-query", "key-uri-pkcs11-not-canonical",
+    "wrap-alg-mismatch-pkcs11-type",
+)
 
 
 def expected_plaintext(v: dict) -> bytes | None:
@@ -114,6 +122,7 @@ def test_vector_set_covers_the_required_cases():
         "flipped-tag-bit", "flipped-header-bit", "truncated-at-segment-boundary", "appended-byte",
         "swapped-segments", "spliced-header", "wrong-kek", "rewrapped",
         "wrap-a256kwp", "wrap-rsa-oaep-256", "wrap-rsa-oaep-sha1", "rewrapped-new-kek", "wrong-version-name",
+        "pkcs11-encoded-label", *KEY_NAME_VECTORS,
     ):
         assert required in names
     classes = {v["content_class"] for v in VECTORS if v["outcome"] == "ok"}
@@ -194,3 +203,31 @@ def test_negative_vectors_are_cmk_errors_not_os_errors():
         with pytest.raises(CMKError) as info:
             decrypt_vector(v)
         assert not isinstance(info.value, OSError)
+
+
+def test_ok_vectors_name_their_keys_as_the_spec_requires():
+    from cmkfs.format import check_key_names
+
+    for v in VECTORS:
+        if v["outcome"] == "ok":
+            check_key_names(WrapAlgorithm[v["wrap_alg"]], v["key_uri"], v["key_version"])
+
+
+@pytest.mark.parametrize("name", [n for n in KEY_NAME_VECTORS if n != "key-uri-not-utf8"])
+def test_key_name_vectors_fail_only_the_name_rules(name, monkeypatch):
+    """Without the rules of FORMAT.md 3.5 the library would decrypt each key-name
+    vector to its source's plaintext: so the vectors test those rules and nothing else."""
+    from cmkfs import format as format_module
+
+    v = BY_NAME[name]
+    assert v["outcome"] == "format"
+    with pytest.raises(FormatError, match="key URI|key version|wrap algorithm"):
+        decrypt_vector(v)
+    monkeypatch.setattr(format_module, "check_key_names", lambda *args: None)
+    source = BY_NAME[v["derived_from"]]
+    assert decrypt_vector(v) == bytes.fromhex(source["plaintext"])
+
+
+def test_a_key_uri_that_is_not_utf8_is_a_format_error():
+    with pytest.raises(FormatError, match="not UTF-8"):
+        decrypt_vector(BY_NAME["key-uri-not-utf8"])
