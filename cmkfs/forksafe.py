@@ -16,15 +16,16 @@ Left alone, a child would inherit:
 One ``os.register_at_fork(after_in_child=...)`` hook handles all of them, in
 the child only.  Every module-level lock is replaced by a fresh one: the
 child has a single thread, so nobody else can be inside those critical
-sections, and each of them makes one update that is atomic under the GIL or
-whose result the child discards (the pools).  The parent does not take the
-locks before forking: that would make a fork wait behind other threads, and
-a thread blocked on one of them while holding a lock of its own (a reader's,
-a filesystem's) would then be sure to pass that lock to the child held.
-Locks of objects are renewed only if they were held (:func:`renewed`), and the
-object is then treated as half-updated: open handles are closed, key caches
-emptied (see the ``_after_fork_in_child`` functions of :mod:`cmkfs.keys` and
-:mod:`cmkfs.keycache`).
+sections, and what they guard is consistent between any two bytecodes (an
+entry added to or removed from a dict or set, a pool or provider made and
+stored) or is rebuilt in the child anyway (pools, HSM sessions).  The parent
+does not take the locks before forking: that would make a fork wait behind
+other threads, and a thread blocked on one of them while holding a lock of
+its own (a reader's, a filesystem's) would then be sure to pass that lock to
+the child held.  Locks of objects are renewed only if they were held
+(:func:`renewed`); an open handle whose lock was held is closed, as possibly
+half-updated, and every key cache is emptied (see the ``_after_fork_in_child``
+functions of :mod:`cmkfs.keys` and :mod:`cmkfs.keycache`).
 
 This module imports no other cmkfs module: the hook finds modules in
 ``sys.modules``, so a module never imported has nothing to reset, and the hook
