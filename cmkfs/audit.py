@@ -16,7 +16,6 @@ import datetime as _dt
 import json
 import logging
 import os
-import threading
 
 from .config import ENV_AUDIT
 
@@ -30,7 +29,6 @@ class AuditLog:
 
     def __init__(self, path: str | os.PathLike | None = None) -> None:
         self.path = os.fspath(path) if path is not None else None
-        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"AuditLog(path={self.path!r})"
@@ -49,13 +47,14 @@ class AuditLog:
         logger.info(line)
         if self.path is None:
             return
-        with self._lock:
-            # O_APPEND: concurrent processes interleave whole lines, never bytes.
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            try:
-                os.write(fd, (line + "\n").encode("utf-8"))
-            finally:
-                os.close(fd)
+        # One write(2) of a whole line on an O_APPEND descriptor: threads and
+        # processes interleave whole lines, never bytes.  No lock, so none for
+        # a forked child to inherit held.
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, (line + "\n").encode("utf-8"))
+        finally:
+            os.close(fd)
 
 
 _default: AuditLog | None = None

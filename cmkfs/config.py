@@ -41,8 +41,12 @@ def load_config(home: str | os.PathLike | None = None) -> dict:
         raise ConfigurationError(f"{path} is too large to be a cmkfs configuration file")
     try:
         data = json.loads(raw)
-    except ValueError as exc:
+    except UnicodeDecodeError as exc:  # a ValueError without .msg: before the JSON case
+        raise ConfigurationError(f"{path} is not UTF-8 text (byte {exc.start} is not valid UTF-8)") from None
+    except json.JSONDecodeError as exc:
         raise ConfigurationError(f"{path} is not valid JSON: {exc.msg} at line {exc.lineno}") from None
+    except RecursionError:  # the decoder recurses once per nested array or object
+        raise ConfigurationError(f"{path} is not a cmkfs configuration file: JSON nested too deeply") from None
     if not isinstance(data, dict):
         raise ConfigurationError(f"{path} must hold a JSON object")
     return data

@@ -29,14 +29,17 @@ import weakref
 from typing import Callable, Iterable
 from urllib.parse import urlsplit
 
-from cachetools import TLRUCache
+from cachetools import Cache, TLRUCache
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, stop_after_delay, wait_random_exponential
 
+from . import forksafe  # noqa: F401 - registers the fork hooks (the sweeper among them)
 from .audit import AuditLog, audit_log
+from .clock import key_clock
 from .errors import CMKError, ConfigurationError, IntegrityError, KeyNotFoundError, KeyRevokedError, VaultUnavailableError
 from .format import DEK_SIZE, ContentClass, KeyBlock
 from .keys import DataKey, new_dek, sweep_key_holders
 from .providers.base import KeyProvider, provider_for, redact_key_uri, split_key_uri
+from .secret import Secret
 from .wipe import wipe
 
 __all__ = ["KeyCache", "MAX_CACHE_TTL", "DEFAULT_CACHE_TTL", "ENV_TRUSTED_VAULTS", "check_ttl", "purge_key",
@@ -78,6 +81,45 @@ def _start_sweeper() -> None:
     if _SWEEPER is None or not _SWEEPER.is_alive():
         _SWEEPER = threading.Thread(target=_sweep_forever, name="cmkfs-key-sweeper", daemon=True)
         _SWEEPER.start()
+
+
+def _after_fork_in_child() -> None:
+    """In a child made by ``fork()`` (see :mod:`cmkfs.forksafe`): empty every
+    cache and start a sweeper again.
+
+    The sweeper thread stayed in the parent, and a thread that was inside a
+    cache at the fork may have left its entries half-updated (and its lock
+    held: renewed here).  An empty cache is consistent whatever happened, and
+    costs the child one vault call per key, so each process answers to the
+    vault for itself.  The DEKs are overwritten (the child's copies only), which
+    makes idle handles that share them drop their file keys at once.
+    """
+    from .forksafe import renewed  # already imported: it is what calls this
+
+    global _SWEEPER
+    had_sweeper, _SWEEPER = _SWEEPER is not None, None
+    caches = list(_CACHES)
+    for cache in caches:
+        cache._lock = renewed(cache._lock)
+        store = cache._unwrapped
+        cache._unwrapped = _WipingCache(maxsize=store.maxsize, ttu=_ttu, timer=cache.clock)
+        write_key, cache._write_key, cache._write_uses = cache._write_key, None, 0
+        cache._purges += 1
+        for data_key in _stored_values(store) + [write_key]:
+            if data_key is not None:
+                data_key.wipe()
+    sweep_key_holders()  # idle handles on those DEKs drop their file keys now
+    if had_sweeper or caches:
+        _start_sweeper()
+
+
+def _stored_values(store) -> list:
+    """Every value a cache stores, expired or not, read past the TLRU bookkeeping
+    (which a thread that did not survive the fork may have left half-updated)."""
+    try:
+        return [Cache.__getitem__(store, key) for key in list(Cache.__iter__(store))]
+    except Exception:  # noqa: BLE001 - best effort: the child's copies only
+        return []
 
 
 def check_ttl(ttl) -> float:
@@ -126,8 +168,9 @@ class KeyCache:
 
     ``key_uri`` is the key new files are written under (it may be ``None``
     for a read-only cache).  ``providers`` maps a key URI to its provider
-    (default: :func:`cmkfs.providers.base.provider_for`); ``clock`` is a
-    monotonic clock, injectable for tests.
+    (default: :func:`cmkfs.providers.base.provider_for`); ``clock`` (default
+    :func:`cmkfs.clock.key_clock`, which counts suspended time) is injectable
+    for tests.
     """
 
     def __init__(
@@ -135,7 +178,7 @@ class KeyCache:
         key_uri: str | None = None,
         *,
         ttl: float = DEFAULT_CACHE_TTL,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = key_clock,
         providers: Callable[[str], KeyProvider] | None = None,
         max_files_per_dek: int = DEFAULT_MAX_FILES_PER_DEK,
         max_entries: int = DEFAULT_MAX_ENTRIES,
@@ -191,11 +234,11 @@ class KeyCache:
         # a fresh DEK at once, which is harmless).
         confirmed_at = self.clock()
         purges = self._purges
-        dek = new_dek()
+        dek = new_dek()  # a Secret from birth: no frame below shows it in an error report
         try:
             key_block = self._vault_call("wrap", self.key_uri, None, lambda p: p.wrap(self.key_uri, dek))
         except BaseException:
-            wipe(dek)
+            dek.wipe()
             raise
         data_key = DataKey(dek, key_block, confirmed_at + self.ttl)
         with self._lock:
@@ -223,12 +266,12 @@ class KeyCache:
         for _ in range(2):
             confirmed_at = self.clock()
             purges = self._purges
-            dek = self._vault_call("unwrap", key_block.key_uri, key_block.key_version, lambda p: p.unwrap(key_block))
+            dek = _as_secret(
+                self._vault_call("unwrap", key_block.key_uri, key_block.key_version, lambda p: p.unwrap(key_block)))
             if len(dek) != DEK_SIZE:
                 # Anyone holding a vault's public key can wrap a value of any
                 # length: only a 32-byte DEK can be this file's.
-                if isinstance(dek, bytearray):
-                    wipe(dek)
+                dek.wipe()
                 raise IntegrityError()
             data_key = DataKey(dek, key_block, confirmed_at + self.ttl)
             with self._lock:
@@ -339,6 +382,18 @@ class KeyCache:
             version = result.key_version
         audit.record(operation, shown, version, "ok")
         return result
+
+
+def _as_secret(value) -> Secret:
+    """An unwrapped DEK as a Secret.  Providers return one; a provider written
+    to the older contract returns a bytearray, which is copied and wiped here."""
+    if isinstance(value, Secret):
+        return value
+    try:
+        return Secret(value)
+    finally:
+        if isinstance(value, bytearray):
+            wipe(value)
 
 
 def _capped_wait(deadline: float):

@@ -52,6 +52,30 @@ def sweep_key_holders() -> None:
             pass
 
 
+def _after_fork_in_child() -> None:
+    """In a child made by ``fork()`` (see :mod:`cmkfs.forksafe`): close every
+    handle another thread was inside at the fork.
+
+    That thread did not come along: the handle's lock would stay held for ever
+    and its buffers and key may be half-updated, so the child must not serve
+    from it.  It gets a fresh lock and is closed; a writer is aborted, so a
+    half-written stream is never sealed.  Handles that were idle keep working.
+    """
+    from .forksafe import renewed  # already imported: it is what calls this
+
+    for holder in list(_HOLDERS):
+        lock = getattr(holder, "_lock", None)
+        fresh = renewed(lock) if lock is not None else None
+        if fresh is lock:
+            continue
+        holder._lock = fresh
+        stop = getattr(holder, "abort", None) or holder.close  # abort: never seal a writer
+        try:
+            stop()
+        except Exception:  # noqa: BLE001 - best effort, like a sweep
+            pass
+
+
 def new_dek() -> Secret:
     """A fresh random 256-bit data key."""
     return Secret.random(DEK_SIZE)

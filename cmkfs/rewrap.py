@@ -60,8 +60,6 @@ is not done here; this module only relies on the sink and source protocols.
 from __future__ import annotations
 
 import errno
-import hmac
-import math
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -69,7 +67,8 @@ from .errors import CMKError, ConfigurationError, FormatError, IntegrityError, K
 from .format import Header, KeyBlock, looks_like_cmkfs, plaintext_size
 from .keycache import KeyCache
 from .providers.base import provider_for, split_key_uri
-from .segment import check_commitment, derive_file_key
+from .secret import Secret
+from .segment import check_commitment, derive_cipher
 from .stream import read_header
 from .targets import is_partial_name, open_atomic_sink, open_range_source
 
@@ -169,7 +168,7 @@ def rewrap_file(fs, path: str, *, key: str | None = None, dry_run: bool = False,
     inner = fs.fs
     before = _identity(inner, path)
     source = open_range_source(inner, path)
-    dek: bytearray | None = None
+    dek: Secret | None = None  # the DEK never leaves a Secret: no frame here shows it in an error report
     try:
         size = source.size
         if before.get("size") is not None and int(before["size"]) != size:
@@ -203,17 +202,17 @@ def rewrap_file(fs, path: str, *, key: str | None = None, dry_run: bool = False,
             raise IntegrityError()
         check = _unwrap(keys, new_block)
         try:
-            if not hmac.compare_digest(check, dek):
+            if not check.matches(dek):
                 raise IntegrityError()
         finally:
-            check[:] = bytes(len(check))
+            check.wipe()
 
         written = _publish(fs, inner, path, source, new_bytes, header_len, before)
         fs.invalidate_cache(path)
         return RewrapResult(new_version=new_block.key_version, changed=True, bytes_written=written, **result)
     finally:
         if dek is not None:
-            dek[:] = bytes(len(dek))  # our copy of the DEK does not outlive the call
+            dek.wipe()  # our copy of the DEK does not outlive the call
         source.close()
 
 
@@ -255,25 +254,23 @@ def _read_cmkfs_header(source, path: str) -> Header:
         raise FormatError(f"{path} is not a cmkfs encrypted file; nothing to re-wrap") from None
 
 
-def _unwrap(keys: KeyCache, key_block: KeyBlock) -> bytearray:
+def _unwrap(keys: KeyCache, key_block: KeyBlock) -> Secret:
     """A private copy of the DEK in ``key_block``, confirmed through the key cache."""
     for _ in range(3):
-        data_key = keys.data_key_for_read(key_block)
-        copy = bytearray(data_key.dek)
-        # Same rule as DataKey.snapshot: a copy taken before the wipe mark is intact.
-        if data_key.expires_at != -math.inf:
+        # A private copy: the cache may wipe its DataKey while we still need the DEK.
+        copy = keys.data_key_for_read(key_block).snapshot()  # None if it was wiped meanwhile
+        if copy is not None:
             return copy
-        copy[:] = bytes(len(copy))
     raise KeyRevokedError("the data key was withdrawn while in use")
 
 
-def _check_dek(dek: bytearray, header: Header) -> None:
-    file_key, commitment = derive_file_key(dek, header.params)
-    file_key[:] = bytes(len(file_key))  # only the commitment is needed
+def _check_dek(dek: Secret, header: Header) -> None:
+    cipher, commitment = derive_cipher(dek, header.params)
+    cipher.wipe()  # only the commitment is needed
     check_commitment(header.commitment, commitment)
 
 
-def _wrap(keys: KeyCache, key_uri: str, dek: bytearray) -> KeyBlock:
+def _wrap(keys: KeyCache, key_uri: str, dek: Secret) -> KeyBlock:
     # Through the cache's vault boundary: bounded retries, the audit record,
     # and a refusal purges the key from every cache in the process.
     return keys._vault_call("wrap", key_uri, None, lambda provider: provider.wrap(key_uri, dek))

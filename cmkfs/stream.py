@@ -28,6 +28,7 @@ import threading
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Protocol
 
+from . import forksafe  # noqa: F401 - registers the fork hooks (this pool among them)
 from .errors import IntegrityError, KeyRevokedError, UnsupportedOperationError
 from .format import (
     DEFAULT_SEGMENT_SIZE,
@@ -44,7 +45,7 @@ from .format import (
     plaintext_size,
 )
 from .keys import DataKey, KeySource, register_key_holder
-from .segment import SegmentCipher, check_commitment, derive_file_key
+from .segment import SegmentCipher, check_commitment
 from .wipe import wipe
 
 __all__ = ["EncryptingWriter", "DecryptingReader", "RangeSource", "BytesSource", "shared_executor"]
@@ -81,6 +82,13 @@ def shared_executor() -> ThreadPoolExecutor:
         return _executor
 
 
+def _forget_executor() -> None:
+    # In a forked child (cmkfs.forksafe): the pool's threads stayed in the
+    # parent and a submit would wait for ever; the next use makes a new pool.
+    global _executor
+    _executor = None
+
+
 _DEFAULT_THREADS = max(1, min(4, os.cpu_count() or 1))
 
 
@@ -91,7 +99,7 @@ def default_threads() -> int:
 class _Keyed:
     """The shared "hold a file key, re-confirm it at the deadline" logic."""
 
-    def __init__(self, keys: KeySource, header: Header, data_key: DataKey, file_key: bytearray | None = None) -> None:
+    def __init__(self, keys: KeySource, header: Header, data_key: DataKey, cipher: SegmentCipher | None = None) -> None:
         self._keys = keys
         self._clock = keys.clock
         self._header = header
@@ -101,36 +109,37 @@ class _Keyed:
         # thread), and the key sweeper only touches an idle handle.
         self._lock = threading.RLock()
         self._deadline = float("-inf")
-        if file_key is None:
+        if cipher is None:
             self._install(data_key)
         else:
             # A writer derived the key itself (it needed the commitment first).
-            self._cipher = SegmentCipher(file_key, header.params.nonce_prefix)
+            self._cipher = cipher
             self._data_key = data_key
             self._deadline = data_key.expires_at
 
     def _install(self, data_key: DataKey) -> None:
-        dek = self._snapshot(data_key)
-        file_key, commitment = derive_file_key(dek, self._header.params)
+        # Key material stays inside DataKey and SegmentCipher objects: no
+        # local here holds a DEK or a file key for an error report to show.
+        data_key, cipher, commitment = self._derive(data_key)
         try:
             # A DEK that does not match the header's commitment is the wrong
             # key, or a tampered key block: refuse before opening anything.
             check_commitment(self._header.commitment, commitment)
         except IntegrityError:
-            file_key[:] = bytes(len(file_key))
+            cipher.wipe()
             raise
         if self._cipher is not None:
             self._cipher.wipe()
-        self._cipher = SegmentCipher(file_key, self._header.params.nonce_prefix)
+        self._cipher = cipher
         self._data_key = data_key
         self._deadline = data_key.expires_at
 
-    def _snapshot(self, data_key: DataKey) -> bytes:
-        """The DEK's bytes; if the cache wiped it meanwhile, ask the source again."""
+    def _derive(self, data_key: DataKey) -> tuple[DataKey, SegmentCipher, bytes]:
+        """This file's cipher and commitment; if the cache wiped the DEK meanwhile, ask the source again."""
         for _ in range(3):
-            dek = data_key.snapshot()
-            if dek is not None:
-                return dek
+            derived = data_key.derive(self._header.params)
+            if derived is not None:
+                return data_key, *derived
             data_key = self._keys.data_key_for_read(data_key.key_block)
         raise KeyRevokedError("the data key was withdrawn while in use")
 
@@ -218,17 +227,19 @@ class EncryptingWriter(_Keyed):
         check_segment_size(segment_size)
         self._sink = sink
         self._size = segment_size
+        params = FileParams(segment_size, os.urandom(SALT_SIZE), os.urandom(NONCE_PREFIX_SIZE),
+                            ContentClass(content_class))
         for _ in range(3):
             data_key = keys.data_key_for_write(content_class)
-            dek = data_key.snapshot()  # None if the cache wiped it just now
-            if dek is not None:
+            # Derived inside the key objects: no DEK or file key in a local here.
+            derived = data_key.derive(params)  # None if the cache wiped the DEK just now
+            if derived is not None:
                 break
         else:
             raise KeyRevokedError("the data key was withdrawn while in use")
-        params = FileParams(segment_size, os.urandom(SALT_SIZE), os.urandom(NONCE_PREFIX_SIZE), ContentClass(content_class))
-        file_key, commitment = derive_file_key(dek, params)
+        cipher, commitment = derived
         header = Header(params, commitment, data_key.key_block)
-        super().__init__(keys, header, data_key, file_key)
+        super().__init__(keys, header, data_key, cipher)
         self._threads = default_threads() if threads is None else max(1, threads)
         self._executor = executor if executor is not None else (shared_executor() if self._threads > 1 else None)
         # Large writes are sealed on the pool in batches of this many
@@ -248,13 +259,21 @@ class EncryptingWriter(_Keyed):
         self._held: bytearray | None = None
         self._held_index = -1
         self._failed = False
+        self._aborted = False
         self._run_outs: list[bytearray] = []  # one output buffer per thread for _seal_run
         self.closed = False
         self.header = header
-        self._sink.write(header.encode())
+        try:
+            self._sink.write(header.encode())
+        except BaseException:
+            self._forget_key()  # a writer that never started holds no file key
+            raise
         register_key_holder(self)
 
     def __repr__(self) -> str:
+        # Also shown for a writer whose __init__ failed, by reports that capture locals.
+        if not hasattr(self, "header"):
+            return "EncryptingWriter(<not started>)"
         state = "closed" if self.closed else f"{self._plain} bytes written"
         return f"EncryptingWriter(key_uri={self.header.key_block.key_uri!r}, {state})"
 
@@ -420,6 +439,10 @@ class EncryptingWriter(_Keyed):
 
     def _close(self) -> None:
         if self.closed:
+            if self._aborted:
+                # Whoever aborted the stream (a failure, a fork) meant it: a
+                # later close must not let the sink publish an unsealed file.
+                raise ValueError("the stream was aborted: nothing was sealed")
             return
         if self._failed:
             self.abort()  # never seal a final segment after a failed write
@@ -445,6 +468,7 @@ class EncryptingWriter(_Keyed):
         """Drop buffered plaintext and keys without sealing a final segment."""
         with self._lock:
             self.closed = True
+            self._aborted = True
             self._release()
 
     def _release(self) -> None:
@@ -575,6 +599,9 @@ class DecryptingReader(_Keyed):
         return self._cipher_now().open(last, True, final)
 
     def __repr__(self) -> str:
+        # Also shown for a reader whose __init__ failed, by reports that capture locals.
+        if not hasattr(self, "size"):
+            return "DecryptingReader(<not opened>)"
         return f"DecryptingReader(key_uri={self.header.key_block.key_uri!r}, size={self.size})"
 
     def __reduce__(self):

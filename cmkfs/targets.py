@@ -285,6 +285,8 @@ class LocalSource:
     """``os.pread`` on one descriptor: the file we opened stays the file we read,
     even if a writer replaces the path meanwhile."""
 
+    _fd = -1  # until the open succeeds: __del__ runs even when __init__ raised
+
     def __init__(self, path: str) -> None:
         self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         self.size = os.fstat(self._fd).st_size

@@ -119,6 +119,13 @@ def _uploads() -> ThreadPoolExecutor:
         return _executor
 
 
+def _forget_uploads() -> None:
+    # In a forked child (cmkfs.forksafe): the pool's threads stayed in the
+    # parent and a submit would wait for ever; the next use makes a new pool.
+    global _executor
+    _executor = None
+
+
 # -- clients ---------------------------------------------------------------
 
 

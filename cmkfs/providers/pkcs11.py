@@ -301,6 +301,7 @@ def _session_lost(exc: BaseException) -> bool:
 _LIBS_LOCK = threading.Lock()
 _TOKENS: dict[tuple[str, str], "_Token"] = {}
 _REJECTED_PINS: set[tuple[str, str, bytes]] = set()
+_INITIALISED_IN: dict[str, int] = {}  # module path -> the process that initialised it
 
 
 def _load_module(path: str):
@@ -309,7 +310,16 @@ def _load_module(path: str):
         raise ConfigurationError(f"PKCS#11 module {path!r} not found{hint}; set {MODULE_ENV} or module-path=")
     p = _pkcs11()
     try:
-        return p.lib(path)
+        lib = p.lib(path)
+        if _INITIALISED_IN.setdefault(path, os.getpid()) != os.getpid():
+            # Initialised by a parent before fork(): PKCS#11 requires the child to
+            # call C_Initialize itself, which python-pkcs11 does only after
+            # C_Finalize (of the child's copy of the library state).
+            with contextlib.suppress(p.PKCS11Error):
+                lib.finalize()
+            lib.initialize()
+            _INITIALISED_IN[path] = os.getpid()
+        return lib
     except p.PKCS11Error as exc:
         raise ConfigurationError(f"cannot load the PKCS#11 module {path!r}") from exc
 
@@ -403,6 +413,17 @@ def close_sessions() -> None:
     for token in tokens:
         with token.lock:
             token.drop()
+
+
+def _after_fork_in_child() -> None:
+    """In a child made by ``fork()`` (see :mod:`cmkfs.forksafe`): forget the
+    parent's sessions, without closing them or logging out (they are the
+    parent's: on a network HSM that would log the parent out).  Each token
+    logs in again on next use, once :func:`_load_module` has initialised the
+    library for this process."""
+    for token in list(_TOKENS.values()):
+        token.lock = threading.RLock()  # a thread in the middle of an HSM call may have held it
+        token.session, token.pin_mac, token.aes_mechanism = None, None, None
 
 
 # -- the provider -------------------------------------------------------------
