@@ -417,7 +417,12 @@ def trusted_vault_hosts(trusted_vaults: Iterable[str] | None = None) -> list[str
 
 
 def _vault_host(uri: str) -> str:
-    host = urlsplit(uri).netloc.lower()
+    try:
+        parts = urlsplit(uri)
+        parts.port  # noqa: B018 - urlsplit checks the port only when asked
+        host = parts.netloc.lower()
+    except ValueError:
+        raise ConfigurationError(f"not a valid vault URL: {ascii(uri)[:80]}") from None
     return host.rsplit("@", 1)[-1]  # never compare (or show) user info
 
 

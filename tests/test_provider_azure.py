@@ -533,3 +533,35 @@ class TestLiveAzureKeyVault:
         provider, key_uri = live
         with pytest.raises(KeyNotFoundError):
             provider.wrap(key_uri + "-cmkfs-missing", os.urandom(32))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_forked_child_builds_its_own_clients(keyvault, provider):
+    """A child must not talk over its parent's keep-alive TLS connections."""
+    keyvault.create_key("sales")
+    dek = os.urandom(32)
+    block = provider.wrap(keyvault.key_uri("sales"), dek)
+    parents = list(provider._crypto_clients.values())  # kept alive, so a new client cannot reuse an id
+    assert parents
+    pid = os.fork()
+    if pid == 0:  # the child: report through the exit status only
+        code = 1
+        try:
+            again = provider.wrap(keyvault.key_uri("sales"), dek)
+            ok = bytes(provider.unwrap(again)) == dek and bytes(provider.unwrap(block)) == dek
+            fresh = all(c not in parents for c in provider._crypto_clients.values())
+            code = 0 if ok and fresh else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert bytes(provider.unwrap(block)) == dek  # the parent's clients still work
+    assert list(provider._crypto_clients.values())[0] is parents[0]
+
+
+@pytest.mark.parametrize("uri", ["https://[/keys/x", "https://v.vault.azure.net:99999/keys/x"])
+def test_unparsable_configured_vault_url_is_a_configuration_error(uri):
+    with pytest.raises(ConfigurationError):
+        parse_key_uri(uri)
+    with pytest.raises(ConfigurationError):
+        KeyCache(uri)

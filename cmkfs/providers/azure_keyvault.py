@@ -44,6 +44,7 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import logging
+import os
 import re
 import threading
 from typing import Any, Callable, Mapping
@@ -124,7 +125,11 @@ def parse_key_uri(key_uri: str) -> tuple[str, str, str | None]:
     """``(vault_url, key_name, version or None)`` of an Azure key URI."""
     base, version = split_key_uri(key_uri)
     head, _, rest = base.partition("/keys/")
-    parts = urlsplit(head)
+    try:
+        parts = urlsplit(head)
+        parts.port  # noqa: B018 - urlsplit checks the port only when asked
+    except ValueError:
+        raise ConfigurationError(f"not a valid Azure Key Vault URL: {ascii(head)[:80]}") from None
     name = rest.strip("/")
     if parts.scheme != "https" or not parts.hostname or parts.path not in ("", "/") or parts.query or "@" in parts.netloc:
         raise ConfigurationError("an Azure Key Vault key URI looks like https://VAULT.vault.azure.net/keys/NAME[/VERSION]")
@@ -174,6 +179,7 @@ class AzureKeyVaultProvider(KeyProvider):
         self._options = options
         self._min_key_size = int(min_key_size)
         self._lock = threading.Lock()
+        self._pid = os.getpid()
         self._key_clients: dict[str, Any] = {}
         self._crypto_clients: dict[tuple[str, str, str], Any] = {}
         self._warned: set[tuple[str, str, str]] = set()
@@ -357,14 +363,26 @@ class AzureKeyVaultProvider(KeyProvider):
 
     # -- SDK clients and the error boundary ------------------------------------
 
+    def _forget_parent_clients(self) -> None:
+        """With the lock held.  A forked child must not share its parent's
+        keep-alive TLS connections (or token cache transport): it drops the
+        parent's clients, without closing them, and builds its own."""
+        if self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._key_clients, self._crypto_clients = {}, {}
+            if self._own_credential:
+                self._credential = None
+
     def _credential_for_use(self):
         with self._lock:
+            self._forget_parent_clients()
             if self._credential is None:
                 self._credential = _default_credential()
             return self._credential
 
     def _key_client(self, vault: str):
         with self._lock:
+            self._forget_parent_clients()
             client = self._key_clients.get(vault)
         if client is not None:
             return client
@@ -376,6 +394,7 @@ class AzureKeyVaultProvider(KeyProvider):
     def _crypto_client(self, vault: str, name: str, version: str):
         marker = (vault, name, version)
         with self._lock:
+            self._forget_parent_clients()
             client = self._crypto_clients.get(marker)
         if client is not None:
             return client

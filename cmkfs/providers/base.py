@@ -182,7 +182,10 @@ def split_key_uri(key_uri: str) -> tuple[str, str | None]:
 def redact_key_uri(key_uri: str) -> str:
     """``key_uri`` fit for logs, reprs and messages: no PIN attributes, no user info."""
     if key_uri.startswith("https://"):
-        parts = urlsplit(key_uri)
+        try:
+            parts = urlsplit(key_uri)
+        except ValueError:
+            return "https://<unparsable URL>"  # shown in messages: never raise, never echo it
         if "@" in parts.netloc:
             key_uri = parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]).geturl()
         return key_uri

@@ -118,7 +118,7 @@ def parse_local_uri(key_uri: str) -> tuple[str, str | None]:
     version = None
     if sep:
         key, eq, value = query.partition("=")
-        if key != "version" or not eq or not value.isdigit():
+        if key != "version" or not eq or not (value.isascii() and value.isdigit()):
             raise ConfigurationError("a local key URI takes only ?version=N")
         version = str(int(value))
     check_name(name)
@@ -641,7 +641,8 @@ def _check_meta(raw: bytes, name: str) -> dict:
             and isinstance(versions, list)
             and 0 < len(versions) <= MAX_VERSIONS
             and all(
-                isinstance(v, dict) and isinstance(v.get("version"), str) and v["version"].isdigit()
+                isinstance(v, dict) and isinstance(v.get("version"), str)
+                and v["version"].isascii() and v["version"].isdigit()
                 and v.get("state") in (ENABLED, DESTROYED)
                 for v in versions
             )
