@@ -1,36 +1,15 @@
 """``cmk://``: an fsspec filesystem that encrypts everything written through it.
 
-Layer it over any fsspec filesystem::
+Options, URLs, listings, the write contract and caching are described in
+docs/FILESYSTEM.md.  What this module keeps in mind:
 
-    fs = fsspec.filesystem("cmk", target_protocol="file", key="local://sales")
-    with fsspec.open("cmk::memory://reports/q1.parquet", "wb", cmk={"key": "local://sales"}) as f: ...
-    pd.read_parquet("cmk::abfs://c/q1.parquet", storage_options={"cmk": {"key": ...}, "abfs": {...}})
-
-Files on the target are format-v1 ciphertext (``docs/FORMAT.md``) under
-envelope keys held in a key vault or HSM; the data keys live in a strict,
-per-instance :class:`~cmkfs.keycache.KeyCache` (TTL at most one hour), so a
-revoked key stops reads and writes within the TTL.
-
-The wrapper **delegates explicitly and fails closed**: every public method
-of :class:`fsspec.AbstractFileSystem` is either written out here, inherited
-from fsspec where its generic body only calls methods written out here
-(:data:`ROUTED_METHODS`), harmless metadata (:data:`META_METHODS`), or it
-raises :class:`~cmkfs.errors.UnsupportedOperationError`.  A method added by a
-future fsspec release is refused until someone reviews it.  The same holds
-for the hooks fsspec looks up on a filesystem by name (:data:`DUCK_TYPED_HOOKS`:
-``open_many``/``commit_many`` make ``fsspec.open_files`` hand every file to
-the first filesystem down the ``.fs`` chain that has them, which would
-otherwise be a cache *under* this layer, writing plaintext).
-
-Disk caches anywhere above this layer (``simplecache::cmk::...``,
-``filecache::dir::cmk::...``) would store plaintext: they are refused with
-:class:`~cmkfs.errors.ConfigurationError` (:mod:`cmkfs.cache_guard`).  Cache
-the ciphertext instead: ``cmk::simplecache::PROTOCOL://...``.
-
-Writes follow one contract (:mod:`cmkfs.files`): ``close()`` publishes, a
-failing ``with`` block or garbage collection discards, and
-``with fs.transaction:`` publishes every file written in the block when it
-ends cleanly and none when it fails (:class:`CMKTransaction`).
+* it **delegates explicitly and fails closed**: every fsspec method is
+  written out here, routed through methods written out here, or refused
+  (:mod:`cmkfs.delegation`);
+* plaintext leaves it only through file objects (:mod:`cmkfs.files`) and
+  ``cat_file``/``get_file``; disk caches above it are refused
+  (:mod:`cmkfs.cache_guard`);
+* only key URIs and plain options travel in pickles, tokens and JSON.
 """
 
 from __future__ import annotations
@@ -39,7 +18,8 @@ import io
 import os
 import secrets
 import threading
-from collections import OrderedDict
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 import fsspec
@@ -48,29 +28,23 @@ from fsspec.compression import compr
 from fsspec.core import get_compression
 from fsspec.implementations.chained import ChainedFileSystem
 from fsspec.spec import make_instance
-from fsspec.transaction import Transaction
 from fsspec.utils import isfilelike
 
 from .cache_guard import check_not_cached, install_cache_guard
 from .config import default_key_uri
-from .errors import CMKError, ConfigurationError, FormatError, IntegrityError, UnsupportedOperationError
-from .files import CMKReadFile, CMKTextWriter, CMKWriteFile, CompressedFile, PlaintextReader, WriteState, _drop
-from .format import (
-    DEFAULT_SEGMENT_SIZE,
-    HEADER_PREFIX_SIZE,
-    MAGIC,
-    PARAMS_SIZE,
-    ContentClass,
-    FileParams,
-    check_segment_size,
-    header_length_from_prefix,
-    looks_like_cmkfs,
-    plaintext_size,
-)
+from .delegation import DUCK_TYPED_HOOKS, META_METHODS, REFUSED_METHODS, ROUTED_METHODS, fail_closed
+from .errors import ConfigurationError, FormatError, UnsupportedOperationError
+from .files import CMKReadFile, CMKTextWriter, CMKWriteFile, CompressedFile, PlaintextReader, _drop
+from .format import DEFAULT_SEGMENT_SIZE, MAGIC, ContentClass, check_segment_size, looks_like_cmkfs
 from .keycache import DEFAULT_CACHE_TTL, KeyCache, check_ttl, trusted_vault_hosts
-from .stream import DecryptingReader, reject_append
+from .sizes import HeaderFacts, not_cmkfs_message
+from .stream import DecryptingReader, RangeSource, reject_append
 from .targets import PARTIAL_MARKER, is_partial_name, open_atomic_sink, open_range_source
+from .transactions import CMKTransaction, TransactionError
 from .wipe import wipe
+
+if TYPE_CHECKING:
+    from .rewrap import RewrapResult
 
 __all__ = [
     "CMKFileSystem",
@@ -86,11 +60,6 @@ __all__ = [
 ]
 
 PROTOCOL = "cmk"
-# Header facts (header length, segment size) remembered per file version, so
-# listings cost one small read per new or changed file.
-HEADER_FACTS_MAX = 4096
-# Keys of an info dict that change whenever a file's bytes change.
-_VERSION_KEYS = ("etag", "ETag", "mtime", "LastModified", "last_modified", "generation", "version_id", "created")
 _TRANSFER_CHUNK = 8 * 1024 * 1024
 
 _EXTENSIONS = {
@@ -105,60 +74,6 @@ _EXTENSIONS = {
     ".json": ContentClass.JSON,
 }
 
-# Inherited from AbstractFileSystem unchanged: their generic bodies reach
-# content only through methods this class writes out (shown after the name).
-ROUTED_METHODS = {
-    "cat": "cat_file",
-    "cat_ranges": "cat_file",
-    "read_block": "open",
-    "head": "open",
-    "tail": "open",
-    "read_bytes": "cat_file",
-    "read_text": "open",
-    "write_bytes": "pipe_file",
-    "write_text": "open",
-    "pipe": "pipe_file",
-    "get": "get_file",
-    "download": "get -> get_file",
-    "put": "put_file",
-    "upload": "put -> put_file",
-    "copy": "cp_file",
-    "cp": "copy -> cp_file",
-    "move": "mv",
-    "rename": "mv",
-    "delete": "rm",
-    "walk": "ls",
-    "glob": "find",
-    "expand_path": "find/glob/isdir",
-    "tree": "ls",
-    "size": "info",
-    "sizes": "info",
-    "stat": "info",
-    "listdir": "ls",
-    "disk_usage": "du -> find",
-    "lexists": "exists",
-    "makedir": "mkdir",
-    "mkdirs": "makedirs",
-    "get_mapper": "cat/pipe/rm/find",
-    "start_transaction": "transaction_type (CMKTransaction)",
-    "end_transaction": "transaction_type (CMKTransaction.complete)",
-}
-# No file content involved: construction, serialisation, names.
-META_METHODS = frozenset({
-    "clear_instance_cache", "current", "from_dict", "from_json", "to_dict", "to_json",
-    "unstrip_protocol", "mirror_sync_methods",
-})
-# Refused outright (see each stub's message).
-REFUSED_METHODS = {
-    "sign": "a signed URL would hand out ciphertext that only cmkfs can read; read through cmk:// instead",
-}
-# Attributes fsspec (core.OpenFiles, open_local, utils.can_be_local, fuse)
-# looks up on a filesystem by name with hasattr/getattr, outside the
-# AbstractFileSystem API.  Each must be written out in CMKFileSystem or be
-# absent from every base class; otherwise _fail_closed refuses it.
-DUCK_TYPED_HOOKS = frozenset({"open_many", "commit_many", "local_file", "chmod"})
-
-
 def guess_content_class(path: str) -> ContentClass:
     """The content class recorded for ``path`` by its extension."""
     name = path.rstrip("/").rsplit("/", 1)[-1].lower()
@@ -166,7 +81,7 @@ def guess_content_class(path: str) -> ContentClass:
     return _EXTENSIONS.get(name[dot:], ContentClass.OTHER) if dot > 0 else ContentClass.OTHER
 
 
-def _parse_content_class(value) -> ContentClass | None:
+def _parse_content_class(value: object) -> ContentClass | None:
     if value is None:
         return None
     if isinstance(value, ContentClass):
@@ -175,7 +90,8 @@ def _parse_content_class(value) -> ContentClass | None:
         try:
             return ContentClass[value.upper()]
         except KeyError:
-            raise ConfigurationError(f"unknown content_class {value!r}: one of {[c.name.lower() for c in ContentClass]}") from None
+            names = [c.name.lower() for c in ContentClass]
+            raise ConfigurationError(f"unknown content_class {value!r}: one of {names}") from None
     if isinstance(value, int) and not isinstance(value, bool):
         try:
             return ContentClass(value)
@@ -184,57 +100,10 @@ def _parse_content_class(value) -> ContentClass | None:
     raise ConfigurationError("content_class must be a ContentClass, its name or its number")
 
 
-# -- transactions -------------------------------------------------------------
-
-
-class TransactionError(CMKError, RuntimeError):
-    """A transaction ended cleanly but one of its files was not ready to
-    publish (discarded, failed or still open): nothing was published."""
-
-
-class CMKTransaction(Transaction):
-    """fsspec's transaction, made all-or-nothing before anything is published.
-
-    Files written inside ``with fs.transaction:`` are sealed when closed and
-    published together when the block ends without an exception.  If the
-    block fails, or any file in it was discarded, failed or is still open,
-    every file is discarded and the previous versions stay.  Publishing is
-    one atomic step per file (a rename or a block-list commit): a storage
-    failure during those final steps leaves the files before it published
-    and the rest discarded, each of them whole.
-    """
-
-    def complete(self, commit=True):
-        files = list(self.files)
-        self.files.clear()
-        published = 0
-        try:
-            if commit:
-                unready = [f for f in files if f.state not in (WriteState.SEALED, WriteState.COMMITTED)]
-                if unready:
-                    commit = False
-                    shown = ", ".join(f"{f.path} ({'still open' if f.state is WriteState.OPEN else f.state.value})"
-                                      for f in unready[:5])
-                    raise TransactionError(f"transaction not published, no file was written: {shown}")
-                for f in files:
-                    f.commit()
-                    published += 1
-        finally:
-            for f in files[published:]:
-                try:
-                    f.discard()
-                except Exception:  # noqa: BLE001 - the first error is the one to report
-                    pass
-            if self.fs is not None:
-                self.fs._intrans = False
-                self.fs._transaction = None
-                self.fs = None
-
-
 # -- the filesystem ---------------------------------------------------------------
 
 
-class CMKFileSystem(ChainedFileSystem):
+class CMKFileSystem(ChainedFileSystem):  # type: ignore[misc]  # fsspec is untyped
     """Transparent envelope encryption over any fsspec filesystem.
 
     Parameters
@@ -278,19 +147,19 @@ class CMKFileSystem(ChainedFileSystem):
 
     def __init__(
         self,
-        target_protocol=None,
-        target_options=None,
-        fs=None,
-        key=None,
-        cache_ttl=DEFAULT_CACHE_TTL,
-        segment_size=DEFAULT_SEGMENT_SIZE,
-        content_class=None,
-        allow_plaintext_read=False,
-        threads=None,
-        fsync=True,
-        trusted_vaults=None,
-        **kwargs,
-    ):
+        target_protocol: str | None = None,
+        target_options: dict[str, Any] | None = None,
+        fs: Any = None,
+        key: str | None = None,
+        cache_ttl: float = DEFAULT_CACHE_TTL,
+        segment_size: int = DEFAULT_SEGMENT_SIZE,
+        content_class: ContentClass | str | int | None = None,
+        allow_plaintext_read: bool = False,
+        threads: int | None = None,
+        fsync: bool = True,
+        trusted_vaults: Iterable[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
         install_cache_guard()  # refuses to run if this fsspec cannot be guarded
         super().__init__(**kwargs)
         if fs is None and target_protocol is None:
@@ -328,12 +197,13 @@ class CMKFileSystem(ChainedFileSystem):
         )
         self._key_lock = threading.Lock()
         self._key_cache: KeyCache | None = None
-        self._facts: OrderedDict = OrderedDict()
-        self._facts_lock = threading.Lock()
+        self._sizes = HeaderFacts(self.fs, allow_plaintext=self.allow_plaintext_read)
 
-        def _strip_protocol(path):
+        strip_cmk = super()._strip_protocol
+
+        def _strip_protocol(path: str) -> str:
             # Per instance, like fsspec's caching layers: strip "cmk://", then the target's own.
-            return self.fs._strip_protocol(type(self)._strip_protocol(path))
+            return str(self.fs._strip_protocol(strip_cmk(path)))
 
         self._strip_protocol = _strip_protocol
 
@@ -342,17 +212,17 @@ class CMKFileSystem(ChainedFileSystem):
     def __repr__(self) -> str:
         return f"CMKFileSystem(key={self.key_uri!r}, target={self.target_protocol!r})"
 
-    def _public_options(self) -> dict:
+    def _public_options(self) -> dict[str, Any]:
         opts = dict(self.storage_options)
         if opts.get("key") is None and self.key_uri:
             opts["key"] = self.key_uri  # the resolved default travels, so workers use the same key
         return opts
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, ...]:
         return make_instance, (type(self), self.storage_args, self._public_options())
 
-    def to_dict(self, *, include_password: bool = True) -> dict:
-        out = super().to_dict(include_password=include_password)
+    def to_dict(self, *, include_password: bool = True) -> dict[str, Any]:
+        out: dict[str, Any] = super().to_dict(include_password=include_password)
         if out.get("key") is None and self.key_uri:
             out["key"] = self.key_uri
         return out
@@ -369,7 +239,7 @@ class CMKFileSystem(ChainedFileSystem):
         return cache
 
     @property
-    def fsid(self):
+    def fsid(self) -> str:
         return f"cmk-{self.fs.fsid}"
 
     # -- open -------------------------------------------------------------------
@@ -378,7 +248,15 @@ class CMKFileSystem(ChainedFileSystem):
     # ciphertext): fsspec.open_local() and can_be_local() must say no.
     local_file = False
 
-    def open(self, path, mode="rb", block_size=None, cache_options=None, compression=None, **kwargs):
+    def open(
+        self,
+        path: str,
+        mode: str = "rb",
+        block_size: int | None = None,
+        cache_options: dict[str, Any] | None = None,
+        compression: str | None = None,
+        **kwargs: Any,
+    ) -> Any:
         """fsspec's ``open``, with wrappers that keep the write contract: text
         modes return a :class:`~cmkfs.files.CMKTextWriter` and
         ``compression=`` a :class:`~cmkfs.files.CompressedFile` that owns the
@@ -393,27 +271,26 @@ class CMKFileSystem(ChainedFileSystem):
             if "r" in mode:
                 return io.TextIOWrapper(binary, **text_kwargs)
             return CMKTextWriter(binary, **text_kwargs)
-        f = self._open(path, mode=mode, block_size=block_size, autocommit=kwargs.pop("autocommit", not self._intrans),
-                       cache_options=cache_options, **kwargs)
-        compression = get_compression(path, compression) if compression is not None else None
-        if compression is None:
+        autocommit = kwargs.pop("autocommit", not self._intrans)
+        f = self._open(path, mode=mode, block_size=block_size, autocommit=autocommit, cache_options=cache_options,
+                       **kwargs)
+        codec = get_compression(path, compression) if compression is not None else None
+        if codec is None:
             return f
         try:
-            return CompressedFile(compr[compression](f, mode=mode[0]), f)
+            return CompressedFile(compr[codec](f, mode=mode[0]), f)
         except BaseException:
             _drop(f)
             raise
 
-    def open_many(self, open_files, **kwargs):
+    def open_many(self, open_files: Any, **kwargs: Any) -> list[Any]:
         """Entered by ``with fsspec.open_files(...) as files``: fsspec hands
         the files to the first filesystem down the chain that has this hook,
         which without it would be a cache *under* this layer, bypassing the
         encryption.  Each file opens through its own ``OpenFile``, i.e. through
         this filesystem's :meth:`open`."""
-        files = []
         try:
-            for of in open_files:
-                files.append(of.__enter__())
+            files = [of.__enter__() for of in open_files]
         except BaseException:
             for of in open_files:
                 for f in of.fobjects[:1]:  # the cmkfs file under any wrappers
@@ -422,7 +299,7 @@ class CMKFileSystem(ChainedFileSystem):
             raise
         return files
 
-    def commit_many(self, open_files):
+    def commit_many(self, open_files: Iterable[Any]) -> None:
         """Called by ``OpenFiles.__exit__`` after each ``OpenFile.__exit__`` has
         closed (or, on an exception, discarded) its file: close what is left
         through the same rule."""
@@ -430,19 +307,36 @@ class CMKFileSystem(ChainedFileSystem):
             if not f.closed:
                 f.close()
 
-    def _open(self, path, mode="rb", block_size=None, autocommit=True, cache_options=None, **kwargs):
+    def _open(
+        self,
+        path: str,
+        mode: str = "rb",
+        block_size: int | None = None,
+        autocommit: bool = True,
+        cache_options: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> CMKReadFile | CMKWriteFile:
         path = self._strip_protocol(path)
         if "a" in mode:
             reject_append()
         if "+" in mode:
-            raise UnsupportedOperationError(f"mode {mode!r}: encrypted files are opened for reading or for writing, not both")
+            raise UnsupportedOperationError(
+                f"mode {mode!r}: encrypted files are opened for reading or for writing, not both"
+            )
         if mode == "rb":
             return self._open_read(path, block_size=block_size, cache_options=cache_options, **kwargs)
         if mode in ("wb", "xb"):
             return self._open_write(path, exclusive=mode == "xb", autocommit=autocommit, **kwargs)
         raise ValueError(f"unsupported mode {mode!r}: use 'rb' or 'wb' (or text modes through open())")
 
-    def _open_read(self, path, block_size=None, cache_options=None, cache_type="none", **kwargs):
+    def _open_read(
+        self,
+        path: str,
+        block_size: int | None = None,
+        cache_options: dict[str, Any] | None = None,
+        cache_type: str = "none",
+        **kwargs: Any,
+    ) -> CMKReadFile:
         # No fsspec read-ahead by default: the reader already fetches whole
         # segments and keeps the last run it opened (a segment-sized
         # read-ahead); an fsspec block on top would fetch a second segment
@@ -456,7 +350,15 @@ class CMKFileSystem(ChainedFileSystem):
             source.close()
             raise
 
-    def _open_write(self, path, exclusive=False, autocommit=None, content_class=None, metadata=None, **_ignored):
+    def _open_write(
+        self,
+        path: str,
+        exclusive: bool = False,
+        autocommit: bool | None = None,
+        content_class: ContentClass | str | int | None = None,
+        metadata: dict[str, str] | None = None,
+        **_ignored: Any,
+    ) -> CMKWriteFile:
         """The one way a writer is made: inside a transaction it is sealed on
         close and handed to the transaction to publish."""
         if self.key_uri is None:
@@ -465,14 +367,14 @@ class CMKFileSystem(ChainedFileSystem):
             autocommit = not self._intrans
         cls = _parse_content_class(content_class) or self.content_class or guess_content_class(path)
         sink = open_atomic_sink(self.fs, path, metadata=metadata, exclusive=exclusive, fsync=self.fsync)
-        self._forget(path)
+        self._sizes.forget(path)
         f = CMKWriteFile(self, path, sink, self.keys, segment_size=self.segment_size,
                          content_class=cls, threads=self.threads, autocommit=autocommit)
         if not autocommit and self._intrans:
             self.transaction.files.append(f)
         return f
 
-    def _reader(self, path):
+    def _reader(self, path: str) -> tuple[DecryptingReader | PlaintextReader, RangeSource]:
         """(reader, source) for ``path``; refuses foreign files unless allowed."""
         source = open_range_source(self.fs, path)
         try:
@@ -484,14 +386,14 @@ class CMKFileSystem(ChainedFileSystem):
                     return PlaintextReader(source), source
                 if looks_like_cmkfs(head):
                     raise
-                raise FormatError(_not_cmkfs(path)) from None
+                raise FormatError(not_cmkfs_message(path)) from None
         except BaseException:
             source.close()
             raise
 
     # -- content ----------------------------------------------------------------
 
-    def cat_file(self, path, start=None, end=None, **kwargs):
+    def cat_file(self, path: str, start: int | None = None, end: int | None = None, **kwargs: Any) -> bytes:
         path = self._strip_protocol(path)
         reader, source = self._reader(path)
         try:
@@ -503,13 +405,15 @@ class CMKFileSystem(ChainedFileSystem):
             reader.close()
             source.close()
 
-    def pipe_file(self, path, value, mode="overwrite", **kwargs):
+    def pipe_file(self, path: str, value: Any, mode: str = "overwrite", **kwargs: Any) -> None:
         if mode not in ("overwrite", "create"):
             raise ValueError(f"unsupported pipe mode {mode!r}")
         with self._open_write(self._strip_protocol(path), exclusive=mode == "create", **kwargs) as f:
             f.write(value)
 
-    def put_file(self, lpath, rpath, callback=DEFAULT_CALLBACK, mode="overwrite", **kwargs):
+    def put_file(
+        self, lpath: str, rpath: str, callback: Any = DEFAULT_CALLBACK, mode: str = "overwrite", **kwargs: Any
+    ) -> None:
         rpath = self._strip_protocol(rpath)
         if os.path.isdir(lpath):
             self.makedirs(rpath, exist_ok=True)
@@ -537,7 +441,9 @@ class CMKFileSystem(ChainedFileSystem):
                     view.release()
                     wipe(buf)  # the plaintext staging buffer does not linger
 
-    def get_file(self, rpath, lpath, callback=DEFAULT_CALLBACK, outfile=None, **kwargs):
+    def get_file(
+        self, rpath: str, lpath: Any, callback: Any = DEFAULT_CALLBACK, outfile: Any = None, **kwargs: Any
+    ) -> None:
         """Decrypt ``rpath`` to a local path via a temp file and a rename:
         a failed or tampered read leaves no output file."""
         rpath = self._strip_protocol(rpath)
@@ -572,7 +478,7 @@ class CMKFileSystem(ChainedFileSystem):
             source.close()
         return None
 
-    def _copy_out(self, reader, out, callback) -> None:
+    def _copy_out(self, reader: DecryptingReader | PlaintextReader, out: Any, callback: Any) -> None:
         step = max(reader.segment_size, (_TRANSFER_CHUNK // reader.segment_size) * reader.segment_size)
         offset = 0
         while offset < reader.size:
@@ -581,24 +487,27 @@ class CMKFileSystem(ChainedFileSystem):
             offset += len(data)
             callback.relative_update(len(data))
 
-    def touch(self, path, truncate=True, **kwargs):
+    def touch(self, path: str, truncate: bool = True, **kwargs: Any) -> None:
         path = self._strip_protocol(path)
         if truncate or not self.fs.exists(path):
             self.pipe_file(path, b"", **kwargs)  # an encrypted empty file, not a zero-byte one
         else:
             self.fs.touch(path, truncate=False, **kwargs)  # timestamp only
-            self._forget(path)
+            self._sizes.forget(path)
 
-    def cp_file(self, path1, path2, **kwargs):
+    def cp_file(self, path1: str, path2: str, **kwargs: Any) -> None:
         # Ciphertext is copied as is: the path is not bound into the format.
         self.fs.cp_file(self._strip_protocol(path1), self._strip_protocol(path2), **kwargs)
-        self._forget(path2)
+        self._sizes.forget(path2)
 
-    def mv(self, path1, path2, recursive=False, maxdepth=None, **kwargs):
-        self.fs.mv(self._strip_protocol(path1), self._strip_protocol(path2), recursive=recursive, maxdepth=maxdepth, **kwargs)
-        self._forget()
+    def mv(self, path1: str, path2: str, recursive: bool = False, maxdepth: int | None = None, **kwargs: Any) -> None:
+        self.fs.mv(self._strip_protocol(path1), self._strip_protocol(path2), recursive=recursive, maxdepth=maxdepth,
+                   **kwargs)
+        self._sizes.forget()
 
-    def rewrap(self, path, key=None, recursive=False, dry_run=False):
+    def rewrap(
+        self, path: str, key: str | None = None, recursive: bool = False, dry_run: bool = False
+    ) -> RewrapResult | list[RewrapResult]:
         """Re-wrap the data key of ``path`` under ``key`` (default: this
         filesystem's key) without re-encrypting it; see :mod:`cmkfs.rewrap`.
         Returns a :class:`~cmkfs.rewrap.RewrapResult`, or with ``recursive``
@@ -611,18 +520,20 @@ class CMKFileSystem(ChainedFileSystem):
 
     # -- metadata, with exact plaintext sizes ----------------------------------
 
-    def ls(self, path, detail=True, **kwargs):
+    def ls(self, path: str, detail: bool = True, **kwargs: Any) -> list[Any]:
         entries = self.fs.ls(self._strip_protocol(path), detail=True, **kwargs)
         entries = [e for e in entries if not is_partial_name(e["name"])]
         if not detail:
             return sorted(e["name"] for e in entries)
-        return self._with_plain_sizes(entries)
+        return self._sizes.apply(entries)
 
-    def info(self, path, **kwargs):
+    def info(self, path: str, **kwargs: Any) -> dict[str, Any]:
         entry = self.fs.info(self._strip_protocol(path), **kwargs)
-        return self._with_plain_sizes([entry], listing=False)[0]
+        return self._sizes.apply([entry], listing=False)[0]
 
-    def find(self, path, maxdepth=None, withdirs=False, detail=False, **kwargs):
+    def find(
+        self, path: str, maxdepth: int | None = None, withdirs: bool = False, detail: bool = False, **kwargs: Any
+    ) -> Any:
         found = self.fs.find(self._strip_protocol(path), maxdepth=maxdepth, withdirs=withdirs, detail=True, **kwargs)
         names = [n for n in found if not is_partial_name(n)]
         entries = []
@@ -633,158 +544,64 @@ class CMKFileSystem(ChainedFileSystem):
             entries.append(entry)
         if not detail:
             return sorted(names)
-        entries = self._with_plain_sizes(entries)
-        return {name: entry for name, entry in sorted(zip(names, entries), key=lambda ne: ne[0])}
+        sized = self._sizes.aligned(entries)  # aligned with names: a file deleted meanwhile is None
+        return {name: entry for name, entry in sorted(zip(names, sized, strict=True)) if entry is not None}
 
-    def du(self, path, total=True, maxdepth=None, withdirs=False, **kwargs):
-        sizes = {name: info.get("size") or 0
-                 for name, info in self.find(path, maxdepth=maxdepth, withdirs=withdirs, detail=True, **kwargs).items()}
+    def du(
+        self, path: str, total: bool = True, maxdepth: int | None = None, withdirs: bool = False, **kwargs: Any
+    ) -> int | dict[str, int]:
+        found = self.find(path, maxdepth=maxdepth, withdirs=withdirs, detail=True, **kwargs)
+        sizes: dict[str, int] = {name: info.get("size") or 0 for name, info in found.items()}
         return sum(sizes.values()) if total else sizes
 
-    def exists(self, path, **kwargs):
-        return self.fs.exists(self._strip_protocol(path), **kwargs)
+    def exists(self, path: str, **kwargs: Any) -> bool:
+        return bool(self.fs.exists(self._strip_protocol(path), **kwargs))
 
-    def isfile(self, path):
-        return self.fs.isfile(self._strip_protocol(path))
+    def isfile(self, path: str) -> bool:
+        return bool(self.fs.isfile(self._strip_protocol(path)))
 
-    def isdir(self, path):
-        return self.fs.isdir(self._strip_protocol(path))
+    def isdir(self, path: str) -> bool:
+        return bool(self.fs.isdir(self._strip_protocol(path)))
 
-    def created(self, path):
+    def created(self, path: str) -> Any:
         return self.fs.created(self._strip_protocol(path))
 
-    def modified(self, path):
+    def modified(self, path: str) -> Any:
         return self.fs.modified(self._strip_protocol(path))
 
-    def checksum(self, path):
+    def checksum(self, path: str) -> Any:
         return self.fs.checksum(self._strip_protocol(path))
 
-    def ukey(self, path):
+    def ukey(self, path: str) -> Any:
         return self.fs.ukey(self._strip_protocol(path))
 
-    def makedirs(self, path, exist_ok=False):
-        return self.fs.makedirs(self._strip_protocol(path), exist_ok=exist_ok)
+    def makedirs(self, path: str, exist_ok: bool = False) -> None:
+        self.fs.makedirs(self._strip_protocol(path), exist_ok=exist_ok)
 
-    def mkdir(self, path, create_parents=True, **kwargs):
-        return self.fs.mkdir(self._strip_protocol(path), create_parents=create_parents, **kwargs)
+    def mkdir(self, path: str, create_parents: bool = True, **kwargs: Any) -> None:
+        self.fs.mkdir(self._strip_protocol(path), create_parents=create_parents, **kwargs)
 
-    def rm(self, path, recursive=False, maxdepth=None):
+    def rm(self, path: str | list[str], recursive: bool = False, maxdepth: int | None = None) -> None:
         if isinstance(path, (list, tuple)):
             path = [self._strip_protocol(p) for p in path]
         else:
             path = self._strip_protocol(path)
         self.fs.rm(path, recursive=recursive, maxdepth=maxdepth)
-        self._forget()
+        self._sizes.forget()
 
-    def rm_file(self, path):
+    def rm_file(self, path: str) -> None:
         path = self._strip_protocol(path)
         self.fs.rm_file(path)
-        self._forget(path)
+        self._sizes.forget(path)
 
-    def rmdir(self, path):
-        return self.fs.rmdir(self._strip_protocol(path))
+    def rmdir(self, path: str) -> None:
+        self.fs.rmdir(self._strip_protocol(path))
 
-    def invalidate_cache(self, path=None):
+    def invalidate_cache(self, path: str | None = None) -> None:
         self.fs.invalidate_cache(None if path is None else self._strip_protocol(path))
-        self._forget()
+        self._sizes.forget()
 
-    # -- header facts -----------------------------------------------------------
-
-    def _forget(self, path=None) -> None:
-        with self._facts_lock:
-            if path is None:
-                self._facts.clear()
-            else:
-                for k in [k for k in self._facts if k[0] == path]:
-                    del self._facts[k]
-
-    @staticmethod
-    def _fact_key(entry) -> tuple | None:
-        for name in _VERSION_KEYS:
-            value = entry.get(name)
-            if value is not None:
-                return (entry["name"], int(entry["size"]), name, str(value))
-        return None  # no version marker: never trust a remembered header
-
-    def _with_plain_sizes(self, entries, listing=True):
-        """Copies of ``entries`` with files' ``size`` replaced by the exact
-        plaintext size (from each header) and ``encrypted`` set.
-
-        In a listing (``listing=True``) a file deleted since it was listed is
-        dropped, and a damaged one (cut short, unknown version, impossible
-        size) is listed with its raw size, ``"encrypted": None`` and
-        ``"damaged": True``: one bad file must not hide a whole directory.
-        ``info()`` of that file raises."""
-        out: list = [None] * len(entries)
-        fetch: list[int] = []
-        for i, entry in enumerate(entries):
-            if entry.get("type") != "file":
-                out[i] = entry
-                continue
-            key = self._fact_key(entry)
-            with self._facts_lock:
-                facts = self._facts.get(key) if key is not None else None
-            if facts is not None:
-                out[i] = self._apply(entry, facts)
-            else:
-                fetch.append(i)
-        if fetch:
-            paths = [entries[i]["name"] for i in fetch]
-            ends = [min(int(entries[i]["size"]), HEADER_PREFIX_SIZE) for i in fetch]
-            prefixes = self.fs.cat_ranges(paths, [0] * len(paths), ends, on_error="return")
-            for i, prefix in zip(fetch, prefixes):
-                entry = entries[i]
-                if isinstance(prefix, FileNotFoundError) and listing:
-                    continue  # deleted since it was listed
-                if isinstance(prefix, BaseException):
-                    raise prefix  # a storage error: the target's, as it is
-                try:
-                    facts = self._facts_from_prefix(bytes(prefix))
-                    if facts is None and not listing and not self.allow_plaintext_read:
-                        # As open() does: a foreign file has no plaintext size to report.
-                        raise FormatError(_not_cmkfs(entry["name"]))
-                    applied = self._apply(entry, facts)
-                except (FormatError, IntegrityError):
-                    if not listing:
-                        raise
-                    out[i] = {**entry, "encrypted": None, "damaged": True}
-                    continue
-                key = self._fact_key(entry)
-                if key is not None:
-                    with self._facts_lock:
-                        self._facts[key] = facts
-                        while len(self._facts) > HEADER_FACTS_MAX:
-                            self._facts.popitem(last=False)
-                out[i] = applied
-        return [e for e in out if e is not None]
-
-    @staticmethod
-    def _facts_from_prefix(prefix: bytes):
-        try:
-            header_len = header_length_from_prefix(prefix)
-        except FormatError:
-            if looks_like_cmkfs(prefix):
-                raise  # a cmkfs file of a version or suite we do not know
-            return None  # not encrypted: its size is its own
-        return header_len, FileParams.decode(prefix[:PARAMS_SIZE]).segment_size
-
-    @staticmethod
-    def _apply(entry, facts):
-        entry = dict(entry)
-        if facts is None:
-            entry["encrypted"] = False
-        else:
-            entry["size"] = plaintext_size(int(entry["size"]), *facts)
-            entry["encrypted"] = True
-        return entry
-
-
-def _not_cmkfs(path: str) -> str:
-    return (f"{path} is not a cmkfs encrypted file (pass allow_plaintext_read=True to read "
-            "unencrypted files during a migration)")
-
-
-def _refuse_pin_in_uri(key) -> None:
+def _refuse_pin_in_uri(key: str | None) -> None:
     """A PIN in a pkcs11: key URI would travel wherever the options do
     (repr, tokens, ``to_json``, pickles to Dask workers): refuse it."""
     if not isinstance(key, str) or not key.lower().startswith("pkcs11:"):
@@ -798,47 +615,5 @@ def _refuse_pin_in_uri(key) -> None:
             )
 
 
-def _refuser(name: str, reason: str):
-    def refused(self, *args, **kwargs):
-        raise UnsupportedOperationError(f"{name}: {reason}")
-
-    refused.__name__ = name
-    refused.__doc__ = f"Refused over encrypted files: {reason}."
-    return refused
-
-
-def _refused_hook(name: str, reason: str):
-    def refused(self):
-        raise UnsupportedOperationError(f"{name}: {reason}")
-
-    return property(refused, doc=f"Refused over encrypted files: {reason}.")
-
-
-def _fail_closed() -> None:
-    """Refuse every public method of the base classes, and every duck-typed
-    hook they define, that this module has not reviewed."""
-    unreviewed = "not reviewed for encrypted content in this cmkfs release"
-    for name, reason in REFUSED_METHODS.items():
-        setattr(CMKFileSystem, name, _refuser(name, reason))
-    bases = CMKFileSystem.__mro__[1:]
-    public = {name for base in bases for name in dir(base) if not name.startswith("_")}
-    for name in sorted(public):
-        if name in CMKFileSystem.__dict__ or name in ROUTED_METHODS or name in META_METHODS:
-            continue
-        attr = getattr(CMKFileSystem, name)  # the base's, through the MRO
-        if callable(attr) and not isinstance(attr, type):
-            setattr(CMKFileSystem, name, _refuser(name, unreviewed))
-    for name in sorted(DUCK_TYPED_HOOKS):
-        # fsspec tests these with hasattr/getattr: inherited from any base
-        # (methods or plain values alike), they would act unreviewed.
-        if name in CMKFileSystem.__dict__ or not any(name in vars(base) for base in bases):
-            continue
-        inherited = getattr(CMKFileSystem, name)
-        if callable(inherited) and not isinstance(inherited, type):
-            setattr(CMKFileSystem, name, _refuser(name, unreviewed))
-        else:
-            setattr(CMKFileSystem, name, _refused_hook(name, unreviewed))
-
-
-_fail_closed()
+fail_closed(CMKFileSystem)
 install_cache_guard()  # at import too, so the guard is in place before any cache is built

@@ -580,7 +580,7 @@ def test_refused_methods_raise(fs, root):
 def test_unreviewed_methods_are_refused(monkeypatch):
     """A method a future fsspec adds is refused until it is reviewed."""
     monkeypatch.setattr(AbstractFileSystem, "shiny_new_upload", lambda self, path, data: None, raising=False)
-    cmkfs_filesystem._fail_closed()
+    cmkfs_filesystem.fail_closed(CMKFileSystem)
     try:
         with pytest.raises(UnsupportedOperationError):
             CMKFileSystem(target_protocol="memory", key="local://x", skip_instance_cache=True).shiny_new_upload("/p", b"x")

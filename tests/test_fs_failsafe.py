@@ -27,6 +27,7 @@ import fsspec
 import pytest
 from fsspec.implementations.chained import ChainedFileSystem
 
+from cmkfs import delegation
 from cmkfs import filesystem as cmkfs_filesystem
 from cmkfs.errors import ConfigurationError, IntegrityError, UnsupportedOperationError
 from cmkfs.filesystem import CMKFileSystem
@@ -153,10 +154,10 @@ def test_duck_typed_hooks_are_reviewed():
 def test_unreviewed_hooks_and_base_methods_are_refused(monkeypatch):
     """A hook or method that a base class other than AbstractFileSystem gains
     is refused too, plain values included."""
-    monkeypatch.setattr(cmkfs_filesystem, "DUCK_TYPED_HOOKS", cmkfs_filesystem.DUCK_TYPED_HOOKS | {"shiny_hook"})
+    monkeypatch.setattr(delegation, "DUCK_TYPED_HOOKS", delegation.DUCK_TYPED_HOOKS | {"shiny_hook"})
     monkeypatch.setattr(ChainedFileSystem, "shiny_hook", True, raising=False)
     monkeypatch.setattr(ChainedFileSystem, "shiny_upload", lambda self, path: None, raising=False)
-    cmkfs_filesystem._fail_closed()
+    delegation.fail_closed(CMKFileSystem)
     try:
         fs = CMKFileSystem(target_protocol="memory", key="local://x", skip_instance_cache=True)
         with pytest.raises(UnsupportedOperationError):
