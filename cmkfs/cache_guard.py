@@ -21,6 +21,8 @@ refuses to construct a ``CMKFileSystem`` rather than run unguarded.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from typing import Any
 
 from fsspec.implementations.cached import CachingFileSystem
 from fsspec.spec import AbstractFileSystem
@@ -37,13 +39,13 @@ _lock = threading.Lock()
 _installed = False
 
 
-def _is_cmk(fs) -> bool:
+def _is_cmk(fs: object) -> bool:
     from .filesystem import CMKFileSystem  # the filesystem module imports this one
 
     return isinstance(fs, CMKFileSystem)
 
 
-def _children(fs):
+def _children(fs: object) -> Iterator[AbstractFileSystem]:
     """Filesystems held by ``fs`` (its instance attributes, and lists, tuples
     and dict values of them): every wrapper, whatever its attribute names."""
     try:
@@ -59,10 +61,10 @@ def _children(fs):
             yield from (v for v in value if isinstance(v, AbstractFileSystem))
 
 
-def contains_cmk(fs) -> bool:
+def contains_cmk(fs: object) -> bool:
     """True if ``fs`` is, or wraps at any depth, a ``CMKFileSystem``."""
     seen: set[int] = set()
-    todo = [(fs, 0)]
+    todo: list[tuple[object, int]] = [(fs, 0)]
     while todo:
         node, depth = todo.pop()
         if id(node) in seen:
@@ -77,18 +79,18 @@ def contains_cmk(fs) -> bool:
     return False
 
 
-def _refusal(cache) -> ConfigurationError:
+def _refusal(cache: object) -> ConfigurationError:
     return ConfigurationError(
         f"{type(cache).__name__} over cmk:// would keep decrypted files on local disk; "
         "cache the ciphertext instead: cmk::simplecache::PROTOCOL://..."
     )
 
 
-def check_not_cached(fs) -> None:
+def check_not_cached(fs: object) -> None:
     """Raise :class:`ConfigurationError` if ``fs`` is, or wraps, a disk cache
     that has a ``CMKFileSystem`` anywhere below it."""
     seen: set[int] = set()
-    todo = [fs]
+    todo: list[object] = [fs]
     while todo:
         node = todo.pop()
         if id(node) in seen or len(seen) > MAX_CHAIN_DEPTH * 4:
@@ -103,10 +105,10 @@ class _GuardedTarget:
     """The ``fs`` attribute of every caching filesystem: stored where fsspec
     reads it (the instance ``__dict__``), checked whenever it is set."""
 
-    def __set_name__(self, owner, name) -> None:
+    def __set_name__(self, owner: type, name: str) -> None:
         self.name = name
 
-    def __get__(self, instance, owner=None):
+    def __get__(self, instance: Any, owner: type | None = None) -> Any:
         if instance is None:
             return self
         try:
@@ -114,12 +116,12 @@ class _GuardedTarget:
         except KeyError:
             raise AttributeError("fs") from None
 
-    def __set__(self, instance, value) -> None:
+    def __set__(self, instance: Any, value: Any) -> None:
         if value is not None and contains_cmk(value):
             raise _refusal(instance)
         instance.__dict__["fs"] = value
 
-    def __delete__(self, instance) -> None:
+    def __delete__(self, instance: Any) -> None:
         instance.__dict__.pop("fs", None)
 
 

@@ -55,10 +55,18 @@ ROUTED_METHODS: dict[str, str] = {
     "end_transaction": "transaction_type (CMKTransaction.complete)",
 }
 # No file content involved: construction, serialisation, names.
-META_METHODS = frozenset({
-    "clear_instance_cache", "current", "from_dict", "from_json", "to_dict", "to_json",
-    "unstrip_protocol", "mirror_sync_methods",
-})
+META_METHODS = frozenset(
+    {
+        "clear_instance_cache",
+        "current",
+        "from_dict",
+        "from_json",
+        "to_dict",
+        "to_json",
+        "unstrip_protocol",
+        "mirror_sync_methods",
+    }
+)
 # Refused outright, with the reason the caller sees.
 REFUSED_METHODS: dict[str, str] = {
     "sign": "a signed URL would hand out ciphertext that only cmkfs can read; read through cmk:// instead",

@@ -28,18 +28,21 @@ from __future__ import annotations
 import atexit
 import enum
 import io
-import sys
 import threading
 import warnings
 import weakref
+from collections.abc import Callable, Iterable
+from types import TracebackType
+from typing import Any, NoReturn, Protocol
 
 from fsspec.caching import MMapCache, caches
 from fsspec.spec import AbstractBufferedFile
 
 from .errors import ConfigurationError, UnsupportedOperationError
-from .format import DEFAULT_SEGMENT_SIZE
-from .keys import register_key_holder
-from .stream import DecryptingReader, EncryptingWriter
+from .format import DEFAULT_SEGMENT_SIZE, ContentClass
+from .keys import KeySource, register_key_holder
+from .stream import DecryptingReader, EncryptingWriter, RangeSource
+from .targets import AtomicSink
 
 __all__ = [
     "CMKReadFile",
@@ -55,7 +58,25 @@ __all__ = [
 # fsspec read caches that keep their blocks in process memory.  "mmap" (and
 # anything built on MMapCache) writes the fetched bytes to a local file:
 # for us that would be decrypted plaintext on disk, so it is refused.
-IN_MEMORY_CACHE_TYPES = frozenset({"none", "bytes", "readahead", "adaptive", "blockcache", "first", "all", "parts", "background"})
+IN_MEMORY_CACHE_TYPES = frozenset(
+    {"none", "bytes", "readahead", "adaptive", "blockcache", "first", "all", "parts", "background"}
+)
+
+
+class KeyedReader(Protocol):
+    """What a read handle needs from its reader (:class:`~cmkfs.stream.DecryptingReader`
+    or :class:`PlaintextReader`)."""
+
+    size: int
+    segment_size: int
+
+    def read(self, offset: int = 0, length: int = -1) -> bytes: ...
+
+    def confirm_key(self) -> int: ...
+
+    def key_expired(self) -> bool: ...
+
+    def close(self) -> None: ...
 
 
 class NotSeekableError(UnsupportedOperationError, io.UnsupportedOperation):
@@ -69,7 +90,7 @@ class PlaintextReader:
 
     segment_size = DEFAULT_SEGMENT_SIZE
 
-    def __init__(self, source) -> None:
+    def __init__(self, source: RangeSource) -> None:
         self._source = source
         self.size = source.size
 
@@ -101,22 +122,23 @@ class KeyGatedCache:
     the next read, never from the sweeper).
     """
 
-    def __init__(self, factory, reader, first=None) -> None:
+    def __init__(self, factory: Callable[[], Any], reader: KeyedReader, first: Any = None) -> None:
         self._factory = factory
         self._reader = reader
         self._lock = threading.Lock()
-        self._token = reader.confirm_key()
-        self._inner = first if first is not None else factory()
-        self.name = self._inner.name
+        self._token: int | None = reader.confirm_key()
+        self._inner: Any = first if first is not None else factory()
+        self.name: str = self._inner.name
         register_key_holder(self)
 
-    def _fetch(self, start, end):
+    def _fetch(self, start: int | None, end: int | None) -> bytes:
         token = self._reader.confirm_key()  # raises if the key was revoked
         with self._lock:
             if self._inner is None or token != self._token:
                 self._inner, self._token = self._factory(), token  # blocks from before are not reused
             inner = self._inner
-        return inner._fetch(start, end)
+        data: bytes = inner._fetch(start, end)
+        return data
 
     def drop_key_if_expired(self) -> None:
         """Called by the key sweeper: an idle handle's plaintext goes with its key."""
@@ -133,9 +155,9 @@ class KeyGatedCache:
 
     def _log_stats(self) -> str:
         inner = self._inner
-        return inner._log_stats() if inner is not None else ""
+        return str(inner._log_stats()) if inner is not None else ""
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> Any:
         if name.startswith("__") or name in ("_inner", "_factory", "_reader", "_lock", "_token"):
             raise AttributeError(name)
         inner = self.__dict__.get("_inner")
@@ -146,15 +168,25 @@ class KeyGatedCache:
     def __repr__(self) -> str:
         return f"<KeyGatedCache {self.name}>"
 
-    def __reduce__(self):
+    def __reduce__(self) -> NoReturn:
         raise TypeError("a read cache holds plaintext and cannot be pickled")
 
 
-class CMKReadFile(AbstractBufferedFile):
+class CMKReadFile(AbstractBufferedFile):  # type: ignore[misc]  # fsspec is untyped
     """Read-only, seekable plaintext view of one encrypted file."""
 
-    def __init__(self, fs, path, reader, source, *, block_size=None, cache_type="none",
-                 cache_options=None, **kwargs) -> None:
+    def __init__(
+        self,
+        fs: Any,
+        path: str,
+        reader: KeyedReader,
+        source: RangeSource,
+        *,
+        block_size: int | None = None,
+        cache_type: str | None = "none",
+        cache_options: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
         cache_type = "none" if cache_type is None else cache_type
         if cache_type not in IN_MEMORY_CACHE_TYPES:
             raise ConfigurationError(
@@ -178,21 +210,21 @@ class CMKReadFile(AbstractBufferedFile):
             **kwargs,
         )
 
-    def _new_cache(self):
+    def _new_cache(self) -> Any:
         return caches[self._cache_type](self.blocksize, self._fetch_range, self.size, **self._cache_options)
 
-    def _no_cache(self):
+    def _no_cache(self) -> Any:
         return caches["none"](self.blocksize, self._fetch_range, self.size)
 
     # fsspec assigns the read cache through this property (at open, at
     # close, and an outer blockcache layer swapping in its MMapCache): every
     # cache goes behind the key, and one that spills to disk is refused.
     @property
-    def cache(self):
+    def cache(self) -> KeyGatedCache | None:
         return self.__dict__.get("_cmk_cache")
 
     @cache.setter
-    def cache(self, value) -> None:
+    def cache(self, value: Any) -> None:
         if isinstance(value, MMapCache):
             raise ConfigurationError(
                 "a disk cache over cmk:// would store decrypted data; put the cache under the "
@@ -216,10 +248,10 @@ class CMKReadFile(AbstractBufferedFile):
         return isinstance(self._reader, DecryptingReader)
 
     @property
-    def content_class(self):
+    def content_class(self) -> ContentClass | None:
         return getattr(self._reader, "content_class", None)
 
-    def _fetch_range(self, start, end):
+    def _fetch_range(self, start: int, end: int) -> bytes:
         return self._reader.read(start, end - start)
 
     def close(self) -> None:
@@ -248,7 +280,7 @@ class WriteState(enum.Enum):
 
 # Writers still open, discarded when the interpreter exits: an open writer
 # at exit is an unfinished write, whatever finalisers run afterwards.
-_OPEN_WRITERS: "weakref.WeakSet[CMKWriteFile]" = weakref.WeakSet()
+_OPEN_WRITERS: weakref.WeakSet[CMKWriteFile] = weakref.WeakSet()
 _OPEN_WRITERS_LOCK = threading.Lock()
 
 
@@ -267,8 +299,18 @@ class CMKWriteFile:
     """Write-only stream that encrypts into an atomic sink (see the module
     docstring for the contract)."""
 
-    def __init__(self, fs, path, sink, keys, *, segment_size, content_class, threads=None,
-                 autocommit: bool = True) -> None:
+    def __init__(
+        self,
+        fs: Any,
+        path: str,
+        sink: AtomicSink,
+        keys: KeySource,
+        *,
+        segment_size: int,
+        content_class: ContentClass,
+        threads: int | None = None,
+        autocommit: bool = True,
+    ) -> None:
         self.fs = fs
         self.path = path
         self.mode = "wb"
@@ -276,8 +318,9 @@ class CMKWriteFile:
         self._sink = sink
         self._state = WriteState.FAILED
         try:
-            self._writer = EncryptingWriter(sink, keys, segment_size=segment_size,
-                                            content_class=content_class, threads=threads)
+            self._writer = EncryptingWriter(
+                sink, keys, segment_size=segment_size, content_class=content_class, threads=threads
+            )
         except BaseException:
             sink.discard()
             raise
@@ -323,13 +366,13 @@ class CMKWriteFile:
         # "seekable" and later seeks back to patch headers.
         raise NotSeekableError("encrypted files are written sequentially: seeking while writing is not supported")
 
-    def read(self, *args):
+    def read(self, *args: object) -> NoReturn:
         raise io.UnsupportedOperation("file opened for writing")
 
-    def truncate(self, *args):
+    def truncate(self, *args: object) -> NoReturn:
         raise UnsupportedOperationError("encrypted files cannot be truncated in place; rewrite the file")
 
-    def write(self, data) -> int:
+    def write(self, data: Any) -> int:
         if self.closed:
             raise ValueError("I/O operation on closed file.")
         try:
@@ -340,7 +383,7 @@ class CMKWriteFile:
         self._pos += n
         return n
 
-    def writelines(self, lines) -> None:
+    def writelines(self, lines: Iterable[Any]) -> None:
         for line in lines:
             self.write(line)
 
@@ -408,26 +451,29 @@ class CMKWriteFile:
         with _OPEN_WRITERS_LOCK:
             _OPEN_WRITERS.discard(self)
 
-    def __enter__(self):
+    def __enter__(self) -> CMKWriteFile:
         return self
 
-    def __exit__(self, exc_type, exc, tb):
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if exc_type is None:
             self.close()
         else:
             self.discard()
 
-    def __del__(self):
+    def __del__(self) -> None:
         if getattr(self, "_state", None) in (WriteState.OPEN, WriteState.SEALED):
             # Never publish from a finaliser: an unfinished write is dropped.
-            warnings.warn(f"unfinished encrypted file {self.path!r} was discarded, not written",
-                          ResourceWarning, stacklevel=2)
+            warnings.warn(
+                f"unfinished encrypted file {self.path!r} was discarded, not written", ResourceWarning, stacklevel=2
+            )
             try:
                 self.discard()
             except Exception:  # noqa: BLE001 - finaliser
                 pass
 
-    def __reduce__(self):
+    def __reduce__(self) -> NoReturn:
         raise TypeError("an open encrypted file cannot be pickled")
 
     def __repr__(self) -> str:
@@ -446,36 +492,45 @@ class CMKTextWriter(io.TextIOWrapper):
     ``closed`` is the buffer's, so a discarded writer's later ``close()`` is
     a no-op."""
 
+    @property
+    def _writer(self) -> CMKWriteFile | CompressedFile:
+        return self.buffer  # type: ignore[return-value]  # always one of ours: see CMKFileSystem.open
+
     def commit(self) -> None:
         if not self.closed:
             self.flush()
-        self.buffer.commit()
+        self._writer.commit()
 
     def discard(self) -> None:
-        self.buffer.discard()  # pending text in this wrapper is dropped with it
+        self._writer.discard()  # pending text in this wrapper is dropped with it
 
-    def __exit__(self, exc_type, exc, tb):
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if exc_type is None:
             self.close()
         else:
             self.discard()
 
-    def __del__(self):
+    def __del__(self) -> None:
         # Replaces io's finaliser, which would flush and close (publish).
         try:
-            buffer = self.buffer
+            buffer = self._writer
         except ValueError:  # detached
             return
         if buffer.closed:
             return  # published, dropped, or sealed and held by a transaction
-        warnings.warn(f"unfinished encrypted file {getattr(buffer, 'name', '')!r} was discarded, not written",
-                      ResourceWarning, stacklevel=2)
+        warnings.warn(
+            f"unfinished encrypted file {getattr(buffer, 'name', '')!r} was discarded, not written",
+            ResourceWarning,
+            stacklevel=2,
+        )
         try:
             buffer.discard()
         except Exception:  # noqa: BLE001 - finaliser
             pass
 
-    def __reduce__(self):
+    def __reduce__(self) -> NoReturn:
         raise TypeError("an open encrypted file cannot be pickled")
 
 
@@ -487,12 +542,12 @@ class CompressedFile:
     garbage-collected, i.e. discarded.
     """
 
-    def __init__(self, compressor, inner) -> None:
+    def __init__(self, compressor: Any, inner: CMKWriteFile | CMKReadFile) -> None:
         self._compressor = compressor
         self._inner = inner
         self._writing = isinstance(inner, CMKWriteFile)
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> Any:
         if name.startswith("__") or name in ("_compressor", "_inner", "_writing"):
             raise AttributeError(name)
         return getattr(self._compressor, name)  # read, write, readline, flush, seek (reading), ...
@@ -531,19 +586,21 @@ class CompressedFile:
                 pass
         self._inner.discard()
 
-    def __enter__(self):
+    def __enter__(self) -> CompressedFile:
         return self
 
-    def __exit__(self, exc_type, exc, tb):
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if exc_type is None or not self._writing:
             self.close()
         else:
             self.discard()
 
-    def __iter__(self):
+    def __iter__(self) -> Any:
         return iter(self._compressor)
 
-    def __del__(self):
+    def __del__(self) -> None:
         inner = self.__dict__.get("_inner")
         if inner is not None and self._writing and not inner.closed:
             try:
@@ -551,7 +608,7 @@ class CompressedFile:
             except Exception:  # noqa: BLE001 - finaliser
                 pass
 
-    def __reduce__(self):
+    def __reduce__(self) -> NoReturn:
         raise TypeError("an open encrypted file cannot be pickled")
 
     def __repr__(self) -> str:
@@ -561,7 +618,7 @@ class CompressedFile:
 io.IOBase.register(CompressedFile)
 
 
-def _drop(f) -> None:
+def _drop(f: CMKWriteFile | CMKReadFile) -> None:
     """Discard a writer, close a reader (a failure while wrapping either)."""
     if isinstance(f, CMKWriteFile):
         f.discard()

@@ -74,6 +74,7 @@ _EXTENSIONS = {
     ".json": ContentClass.JSON,
 }
 
+
 def guess_content_class(path: str) -> ContentClass:
     """The content class recorded for ``path`` by its extension."""
     name = path.rstrip("/").rsplit("/", 1)[-1].lower()
@@ -192,8 +193,10 @@ class CMKFileSystem(ChainedFileSystem):  # type: ignore[misc]  # fsspec is untyp
             _refuse_pin_in_uri(key)  # the resolved default travels in pickles too
         self.key_uri = key
         self.fs = fs if fs is not None else fsspec.filesystem(target_protocol, **(target_options or {}))
-        self.target_protocol = target_protocol if isinstance(target_protocol, str) else (
-            self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
+        self.target_protocol = (
+            target_protocol
+            if isinstance(target_protocol, str)
+            else (self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0])
         )
         self._key_lock = threading.Lock()
         self._key_cache: KeyCache | None = None
@@ -266,14 +269,21 @@ class CMKFileSystem(ChainedFileSystem):  # type: ignore[misc]  # fsspec is untyp
         path = self._strip_protocol(path)
         if "b" not in mode:
             text_kwargs = {k: kwargs.pop(k) for k in ("encoding", "errors", "newline") if k in kwargs}
-            binary = self.open(path, mode.replace("t", "") + "b", block_size=block_size,
-                               cache_options=cache_options, compression=compression, **kwargs)
+            binary = self.open(
+                path,
+                mode.replace("t", "") + "b",
+                block_size=block_size,
+                cache_options=cache_options,
+                compression=compression,
+                **kwargs,
+            )
             if "r" in mode:
                 return io.TextIOWrapper(binary, **text_kwargs)
             return CMKTextWriter(binary, **text_kwargs)
         autocommit = kwargs.pop("autocommit", not self._intrans)
-        f = self._open(path, mode=mode, block_size=block_size, autocommit=autocommit, cache_options=cache_options,
-                       **kwargs)
+        f = self._open(
+            path, mode=mode, block_size=block_size, autocommit=autocommit, cache_options=cache_options, **kwargs
+        )
         codec = get_compression(path, compression) if compression is not None else None
         if codec is None:
             return f
@@ -343,8 +353,16 @@ class CMKFileSystem(ChainedFileSystem):  # type: ignore[misc]  # fsspec is untyp
         # beyond every large read.
         reader, source = self._reader(path)
         try:
-            return CMKReadFile(self, path, reader, source, block_size=block_size, cache_type=cache_type,
-                               cache_options=cache_options, **kwargs)
+            return CMKReadFile(
+                self,
+                path,
+                reader,
+                source,
+                block_size=block_size,
+                cache_type=cache_type,
+                cache_options=cache_options,
+                **kwargs,
+            )
         except BaseException:
             reader.close()
             source.close()
@@ -368,8 +386,16 @@ class CMKFileSystem(ChainedFileSystem):  # type: ignore[misc]  # fsspec is untyp
         cls = _parse_content_class(content_class) or self.content_class or guess_content_class(path)
         sink = open_atomic_sink(self.fs, path, metadata=metadata, exclusive=exclusive, fsync=self.fsync)
         self._sizes.forget(path)
-        f = CMKWriteFile(self, path, sink, self.keys, segment_size=self.segment_size,
-                         content_class=cls, threads=self.threads, autocommit=autocommit)
+        f = CMKWriteFile(
+            self,
+            path,
+            sink,
+            self.keys,
+            segment_size=self.segment_size,
+            content_class=cls,
+            threads=self.threads,
+            autocommit=autocommit,
+        )
         if not autocommit and self._intrans:
             self.transaction.files.append(f)
         return f
@@ -501,8 +527,9 @@ class CMKFileSystem(ChainedFileSystem):  # type: ignore[misc]  # fsspec is untyp
         self._sizes.forget(path2)
 
     def mv(self, path1: str, path2: str, recursive: bool = False, maxdepth: int | None = None, **kwargs: Any) -> None:
-        self.fs.mv(self._strip_protocol(path1), self._strip_protocol(path2), recursive=recursive, maxdepth=maxdepth,
-                   **kwargs)
+        self.fs.mv(
+            self._strip_protocol(path1), self._strip_protocol(path2), recursive=recursive, maxdepth=maxdepth, **kwargs
+        )
         self._sizes.forget()
 
     def rewrap(
@@ -600,6 +627,7 @@ class CMKFileSystem(ChainedFileSystem):  # type: ignore[misc]  # fsspec is untyp
     def invalidate_cache(self, path: str | None = None) -> None:
         self.fs.invalidate_cache(None if path is None else self._strip_protocol(path))
         self._sizes.forget()
+
 
 def _refuse_pin_in_uri(key: str | None) -> None:
     """A PIN in a pkcs11: key URI would travel wherever the options do

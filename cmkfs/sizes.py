@@ -36,8 +36,10 @@ VERSION_KEYS = ("etag", "ETag", "mtime", "LastModified", "last_modified", "gener
 
 
 def not_cmkfs_message(path: str) -> str:
-    return (f"{path} is not a cmkfs encrypted file (pass allow_plaintext_read=True to read "
-            "unencrypted files during a migration)")
+    return (
+        f"{path} is not a cmkfs encrypted file (pass allow_plaintext_read=True to read "
+        "unencrypted files during a migration)"
+    )
 
 
 class HeaderFacts:
