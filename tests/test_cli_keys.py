@@ -6,12 +6,14 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from cmkfs import __version__
-from cmkfs.cli import EXIT_CODES, cli, exit_code_for
+from cmkfs.cli import cli
+from cmkfs.cli.output import EXIT_CODES, exit_code_for
 from cmkfs.config import default_key_uri
 from cmkfs.errors import (
     CMKError,
@@ -41,7 +43,7 @@ def run():
 def all_material(home) -> list[str]:
     found = []
     for root, _, files in os.walk(home / "vault"):
-        found += [open(os.path.join(root, f), "rb").read().hex() for f in files if f.endswith(".key")]
+        found += [Path(root, f).read_bytes().hex() for f in files if f.endswith(".key")]
     return found
 
 

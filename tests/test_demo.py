@@ -13,7 +13,9 @@ def test_demo_runs_end_to_end_and_leaves_only_ciphertext(tmp_path):
     store = tmp_path / "store"
     proc = subprocess.run(
         [sys.executable, "-m", "cmkfs", "demo", "--dir", str(store), "--rows", "3000", "--json"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
@@ -32,12 +34,18 @@ def test_demo_runs_end_to_end_and_leaves_only_ciphertext(tmp_path):
 
 
 def test_demo_reuses_a_configured_default_key(tmp_path):
-    created = subprocess.run([sys.executable, "-m", "cmkfs", "keys", "create", "sales", "--default"],
-                             capture_output=True, text=True, check=True)
+    created = subprocess.run(
+        [sys.executable, "-m", "cmkfs", "keys", "create", "sales", "--default"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "local://sales" in created.stdout
     proc = subprocess.run(
         [sys.executable, "-m", "cmkfs", "demo", "--dir", str(tmp_path / "s"), "--rows", "500", "--json"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["key_uri"] == "local://sales"

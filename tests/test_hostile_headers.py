@@ -13,7 +13,8 @@ import struct
 import pytest
 from click.testing import CliRunner
 
-from cmkfs.cli import EXIT_ERROR, EXIT_FORMAT, cli, printable
+from cmkfs.cli import cli
+from cmkfs.cli.output import EXIT_ERROR, EXIT_FORMAT, printable
 from cmkfs.errors import CMKError, FormatError
 from cmkfs.filesystem import CMKFileSystem
 from cmkfs.format import Header, KeyBlock

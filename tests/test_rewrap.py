@@ -17,7 +17,8 @@ from click.testing import CliRunner
 from fsspec.implementations.local import LocalFileSystem
 
 from cmkfs import rewrap as rewrap_module
-from cmkfs.cli import EXIT_FORMAT, EXIT_REVOKED, cli
+from cmkfs.cli import cli
+from cmkfs.cli.output import EXIT_FORMAT, EXIT_REVOKED
 from cmkfs.errors import FormatError, IntegrityError, KeyNotFoundError, KeyRevokedError
 from cmkfs.filesystem import CMKFileSystem
 from cmkfs.format import Header

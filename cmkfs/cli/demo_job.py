@@ -1,18 +1,8 @@
-"""The main job on the embedded default: a dataset refresh into an encrypted store.
+"""The workload behind ``cmkfs demo``: a dataset refresh into an encrypted store, as an analytics service runs it
+for a customer who brought their own key, on local disk with the embedded vault.
 
-``cmkfs demo`` plays what an analytics service does for a customer who
-brought their own key, on local disk with the embedded vault:
-
-1. make sure a key exists (``local://demo`` unless a default is configured),
-2. refresh a partitioned Parquet dataset through ``cmk::file://``,
-   an engine column blob (content class VERTIPAQ) and a rendered report
-   image (a PNG drawn here, no plotting library needed),
-3. read it back the way a report does (one column, aggregated),
-4. show that every byte on disk is ciphertext,
-5. run a revocation drill: disable the key, watch reads fail once the cache
-   TTL has passed, enable it again.
-
-Everything it prints is about files and keys, never key material.
+The steps are numbered in :func:`run_demo`.  It reports through ``say`` what it did to files and keys, never key
+material.  It needs no click: the demo command is its only caller, but it runs from Python as well.
 """
 
 from __future__ import annotations
@@ -21,17 +11,17 @@ import os
 import struct
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from .errors import CMKError, KeyNotFoundError, KeyRevokedError
-from .format import MAGIC, ContentClass
+from ..errors import CMKError, KeyNotFoundError, KeyRevokedError
+from ..format import MAGIC, ContentClass
 
 __all__ = ["run_demo", "DemoResult"]
 
@@ -51,9 +41,9 @@ class DemoResult:
 
 
 def _ensure_key(home: str | None, say: Callable[[str], None]) -> str:
-    from .config import default_key_uri
-    from .errors import ConfigurationError
-    from .providers.local import LocalVaultProvider
+    from ..config import default_key_uri
+    from ..errors import ConfigurationError
+    from ..providers.local import LocalVaultProvider
 
     try:
         uri = default_key_uri(home)
@@ -95,7 +85,12 @@ def _png(width: int, height: int, pixel: Callable[[int, int], tuple[int, int, in
         for x in range(width):
             raw.extend(pixel(x, y))
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(raw), 6)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(bytes(raw), 6))
+        + chunk(b"IEND", b"")
+    )
 
 
 def _bar_chart(values: dict[str, float]) -> bytes:
@@ -114,10 +109,15 @@ def _bar_chart(values: dict[str, float]) -> bytes:
     return _png(width, height, pixel)
 
 
-def run_demo(directory: str | os.PathLike, *, rows: int = 200_000, home: str | None = None,
-             say: Callable[[str], None] = print) -> DemoResult:
+def run_demo(
+    directory: str | os.PathLike[str],
+    *,
+    rows: int = 200_000,
+    home: str | None = None,
+    say: Callable[[str], None] = print,
+) -> DemoResult:
     """Run the refresh, the report read and the revocation drill in ``directory``."""
-    from .providers.local import LocalVaultProvider
+    from ..providers.local import LocalVaultProvider
 
     root = Path(directory).resolve()
     root.mkdir(parents=True, exist_ok=True)
@@ -131,8 +131,15 @@ def run_demo(directory: str | os.PathLike, *, rows: int = 200_000, home: str | N
     dataset_dir = f"{root}/sales"
     if fs.exists(dataset_dir):
         fs.rm(dataset_dir, recursive=True)
-    ds.write_dataset(table, dataset_dir, filesystem=fs, format="parquet", partitioning=["region"],
-                     partitioning_flavor="hive", existing_data_behavior="overwrite_or_ignore")
+    ds.write_dataset(
+        table,
+        dataset_dir,
+        filesystem=fs,
+        format="parquet",
+        partitioning=["region"],
+        partitioning_flavor="hive",
+        existing_data_behavior="overwrite_or_ignore",
+    )
     fs.makedirs(f"{root}/model", exist_ok=True)
     fs.makedirs(f"{root}/reports", exist_ok=True)
     blob = fs.open(f"{root}/model/revenue.vpq", "wb", content_class=ContentClass.VERTIPAQ)
@@ -149,11 +156,14 @@ def run_demo(directory: str | os.PathLike, *, rows: int = 200_000, home: str | N
     sales = ds.dataset(dataset_dir, filesystem=fs, format="parquet", partitioning="hive")
     grouped = sales.to_table(columns=["region", "revenue"]).group_by("region").aggregate([("revenue", "sum")])
     result.revenue_by_region = {
-        str(r): round(float(v), 2) for r, v in zip(grouped.column("region").to_pylist(), grouped.column("revenue_sum").to_pylist())
+        str(r): round(float(v), 2)
+        for r, v in zip(grouped.column("region").to_pylist(), grouped.column("revenue_sum").to_pylist(), strict=True)
     }
     fs.pipe_file(f"{root}/reports/revenue.png", _bar_chart(dict(sorted(result.revenue_by_region.items()))))
-    say(f"report read back in {time.perf_counter() - t0:.2f} s: " +
-        ", ".join(f"{k} {v:,.2f}" for k, v in sorted(result.revenue_by_region.items())))
+    say(
+        f"report read back in {time.perf_counter() - t0:.2f} s: "
+        + ", ".join(f"{k} {v:,.2f}" for k, v in sorted(result.revenue_by_region.items()))
+    )
 
     # 3. Every file on disk is ciphertext: it starts with the cmkfs magic, not PAR1 or PNG.
     for path in root.rglob("*"):
@@ -167,7 +177,7 @@ def run_demo(directory: str | os.PathLike, *, rows: int = 200_000, home: str | N
 
     # 4. Revocation drill on a short TTL, with a fresh filesystem as a report server would hold.
     vault = LocalVaultProvider(home=home)
-    name = key_uri[len("local://"):].split("?", 1)[0]
+    name = key_uri[len("local://") :].split("?", 1)[0]
     drill = fsspec.filesystem("cmk", target_protocol="file", key=key_uri, cache_ttl=DRILL_TTL, skip_instance_cache=True)
     image = f"{root}/reports/revenue.png"
     drill.cat_file(image)

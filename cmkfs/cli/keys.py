@@ -1,25 +1,39 @@
 """``cmkfs keys``: manage the embedded vault's keys (``local://NAME``).
 
-Data (key URIs, versions, JSON) goes to stdout; confirmations and errors go
-to stderr.  Key material is never printed.
+Data (key URIs, versions, JSON) goes to stdout; confirmations and errors go to stderr.  Key material is never
+printed.
 """
 
 from __future__ import annotations
 
+import os
+from typing import Any
+
 import click
 
-from .cli import CliState, emit_json, fail, pass_state, passphrase_from_env, printable
-from .config import default_key_uri
-from .errors import ConfigurationError
+from ..config import default_key_uri
+from ..errors import ConfigurationError
+from .output import emit_json, fail, printable
+from .state import CliState, pass_state
 
 __all__ = ["command"]
 
 _PASSPHRASE_HELP = "Read the vault passphrase from this environment variable (default: $CMKFS_PASSPHRASE)."
 
 
+def passphrase_from_env(var: str | None) -> str | None:
+    """The passphrase in environment variable ``var`` (never taken on the command line)."""
+    if var is None:
+        return None
+    value = os.environ.get(var)
+    if not value:
+        raise ConfigurationError(f"environment variable {var} is not set or empty")
+    return value
+
+
 def _name(value: str) -> str:
     """Accept ``NAME`` or ``local://NAME``."""
-    from .providers.local import PREFIX, parse_local_uri
+    from ..providers.local import PREFIX, parse_local_uri
 
     if value.startswith(PREFIX):
         name, version = parse_local_uri(value)
@@ -82,7 +96,7 @@ def list_keys(state: CliState, as_json: bool) -> None:
     """List the keys in the vault (destroyed ones included)."""
     vault = state.vault()
     default = _default_uri(state)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name in vault.list_keys():
         details = vault.details(name)
         details["default"] = details["key_uri"] == default
@@ -98,8 +112,10 @@ def list_keys(state: CliState, as_json: bool) -> None:
         live = sum(1 for v in r["versions"] if v["state"] != "destroyed")
         current = r["current_version"] or "-"
         mark = "*" if r["default"] else " "
-        _out(f"{mark} {r['key_uri']:<{width}}  {r['state']:<9}  version {current:<4}  {live} live version(s)  "
-             f"protection: {r['protection']}")
+        _out(
+            f"{mark} {r['key_uri']:<{width}}  {r['state']:<9}  version {current:<4}  {live} live version(s)  "
+            f"protection: {r['protection']}"
+        )
 
 
 @command.command("show")

@@ -1,0 +1,5 @@
+"""The ``cmkfs`` command line: a thin front-end over the library (docs/KEYS.md)."""
+
+from .app import cli, main
+
+__all__ = ["cli", "main"]

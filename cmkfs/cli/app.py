@@ -1,0 +1,64 @@
+"""The root ``cmkfs`` group: ``--home``, ``--version``, and the one place where library errors become
+messages and exit codes (:mod:`.output`).  Each command group lives in its own module and is added below."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .. import __version__
+from ..errors import CMKError
+from . import demo, keys, rewrap
+from .output import EXIT_ERROR, CommandError, exit_code_for
+from .state import CliState
+
+__all__ = ["cli", "main"]
+
+
+class _Root(click.Group):
+    """Maps library errors to messages and exit codes, for every subcommand."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CMKError as exc:
+            raise CommandError(str(exc), exit_code_for(exc)) from exc
+        except OSError as exc:
+            # Storage errors (missing file, permission denied) are expected, not bugs.
+            raise CommandError(_os_message(exc), EXIT_ERROR) from exc
+
+
+def _os_message(exc: OSError) -> str:
+    if exc.filename is not None and exc.strerror:
+        return f"{exc.strerror}: {exc.filename}"
+    return str(exc) or type(exc).__name__
+
+
+@click.group(cls=_Root, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="State directory holding the embedded key vault and config.json (default: $CMKFS_HOME or ~/.cmkfs).",
+)
+@click.version_option(__version__, "--version", prog_name="cmkfs")
+@click.pass_context
+def cli(ctx: click.Context, home: Path | None) -> None:
+    """cmkfs: customer-managed-key encryption for fsspec filesystems."""
+    ctx.obj = CliState(home=home)
+
+
+cli.add_command(keys.command)
+cli.add_command(demo.command)
+cli.add_command(rewrap.command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point (``cmkfs`` and ``python -m cmkfs``): run the CLI, return its exit code."""
+    try:
+        cli.main(args=argv, prog_name="cmkfs", standalone_mode=True)
+    except SystemExit as exc:
+        code = exc.code
+        return code if isinstance(code, int) else (0 if code is None else EXIT_ERROR)
