@@ -169,6 +169,17 @@ def test_every_error_class_has_its_code():
     assert len({code for _, code in EXIT_CODES}) == len(EXIT_CODES)
 
 
+def test_the_exit_code_table_matches_the_documented_one():
+    text = (Path(__file__).parents[1] / "docs" / "KEYS.md").read_text(encoding="utf-8")
+    section = text.split("### Exit codes", 1)[1].split("\n## ", 1)[0]
+    documented = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[0].isdigit() and cells[2].startswith("`") and "," not in cells[2]:
+            documented[cells[2].strip("`")] = int(cells[0])
+    assert documented == {cls.__name__: code for cls, code in EXIT_CODES}
+
+
 def test_home_option_overrides_the_environment(run, isolated_cmkfs_home, tmp_path):
     other = tmp_path / "other-home"
     assert run("--home", str(other), "keys", "create", "x", "--default").exit_code == 0
@@ -206,6 +217,8 @@ def test_python_dash_m_in_a_real_process(isolated_cmkfs_home):
     assert missing.returncode == 3
     assert missing.stderr.count("\n") == 1 and "Traceback" not in missing.stderr
     assert cmkfs("--version").stdout.strip().endswith(__version__)
+    as_package = subprocess.run([sys.executable, "-m", "cmkfs.cli", "--version"], capture_output=True, text=True)
+    assert as_package.returncode == 0 and as_package.stdout.strip().endswith(__version__)
 
 
 def test_vault_text_is_escaped_on_the_terminal(run, isolated_cmkfs_home):

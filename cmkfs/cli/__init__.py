@@ -1,4 +1,4 @@
-"""The ``cmkfs`` command line: a thin front-end over the library (docs/KEYS.md)."""
+"""The ``cmkfs`` command line: a thin front-end over the library (README "Command line", docs/KEYS.md)."""
 
 from .app import cli, main
 
