@@ -52,7 +52,7 @@ MODULE_LOCKS = (
     ("cmkfs.targets", "_LOCK"),
     ("cmkfs.cache_guard", "_lock"),
     ("cmkfs.providers.base", "_LOCK"),
-    ("cmkfs.providers.pkcs11", "_LIBS_LOCK"),
+    ("cmkfs.providers.pkcs11.sessions", "_LIBS_LOCK"),
 )
 # What the child rebuilds, in this order: pools first (nothing below needs
 # them), open handles before key caches (a handle another thread was inside is
@@ -62,7 +62,7 @@ CHILD_RESETS = (
     ("cmkfs.targets_azure", "_forget_uploads"),
     ("cmkfs.keys", "_after_fork_in_child"),
     ("cmkfs.keycache", "_after_fork_in_child"),
-    ("cmkfs.providers.pkcs11", "_after_fork_in_child"),
+    ("cmkfs.providers.pkcs11.sessions", "_after_fork_in_child"),
 )
 
 _RLOCK = type(threading.RLock())
