@@ -1,13 +1,8 @@
-"""Opt-in audit trail of key operations, as JSON lines.
+"""Opt-in audit trail of key operations, as JSON lines (docs/KEYS.md, "Audit log").
 
-Each record has the time (UTC, ISO 8601), the operation (``wrap``,
-``unwrap``, ``create``, ``rotate``, ``disable``, ``enable``, ``destroy``,
-``purge``), the key URI and version, and the outcome (``ok`` or the error
-class name).  Key material is never passed in, so it cannot be written out.
-
-Enable with ``CMKFS_AUDIT_LOG=/path/to/audit.jsonl``, with an explicit
-:class:`AuditLog`, or by attaching a handler to the ``cmkfs.audit`` logger
-(records are always emitted there at INFO level).
+Callers pass names, versions and outcomes only: key material is never passed
+in, so it cannot be written out.  ``$CMKFS_AUDIT_LOG`` sets the process default
+(:func:`audit_log`); ``KeyCache(audit=AuditLog(path))`` gives a cache its own.
 """
 
 from __future__ import annotations
@@ -27,14 +22,15 @@ logger = logging.getLogger("cmkfs.audit")
 class AuditLog:
     """Appends JSON-line records to ``path`` (if given) and logs them."""
 
-    def __init__(self, path: str | os.PathLike | None = None) -> None:
+    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
         self.path = os.fspath(path) if path is not None else None
 
     def __repr__(self) -> str:
         return f"AuditLog(path={self.path!r})"
 
-    def record(self, operation: str, key_uri: str, version: str | None, outcome: str, **extra) -> None:
-        entry = {
+    def record(self, operation: str, key_uri: str, version: str | None, outcome: str, **extra: object) -> None:
+        """Write one record; ``extra`` values that are not JSON scalars are left out."""
+        entry: dict[str, object] = {
             "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds"),
             "op": operation,
             "key_uri": key_uri,

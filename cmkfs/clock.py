@@ -1,21 +1,10 @@
-"""The clock that key deadlines are measured on.
+"""The clock that key deadlines are measured on (docs/SECURITY.md, "The TTL promise").
 
-A cached data key is usable for at most the cache TTL from the moment the
-vault last confirmed it.  That promise is about elapsed *real* time, so the
-clock must never go back (changing the wall clock must not extend a key) and
-must keep counting while the host is suspended: ``time.monotonic()`` does not
-on Linux or macOS, so a laptop or VM suspended for two hours would wake up
-with keys it still counted as fresh.
-
-* Linux: ``CLOCK_BOOTTIME`` (``CLOCK_MONOTONIC`` plus time spent suspended).
-* macOS: ``clock_gettime(CLOCK_MONOTONIC)``, which Apple documents as counting
-  while the system is asleep (``time.monotonic()`` there is
-  ``mach_absolute_time()``, which stops).
-* Elsewhere (Windows, the BSDs): ``time.monotonic()``, which may or may not
-  count suspended time; :data:`COUNTS_SUSPEND` is then ``False``.
-
-Deadlines are values of this clock; it is system-wide, so they keep their
-meaning in a forked child.
+A cached data key is usable for at most the cache TTL of elapsed *real* time,
+so the clock must never go back (changing the wall clock must not extend a
+key) and must keep counting while the host is suspended, which
+``time.monotonic()`` does not do on Linux or macOS.  It is system-wide, so
+deadlines keep their meaning in a forked child.
 """
 
 from __future__ import annotations
@@ -28,11 +17,13 @@ __all__ = ["key_clock", "KEY_CLOCK_NAME", "COUNTS_SUSPEND"]
 
 def _choose() -> tuple[str, int | None]:
     if sys.platform.startswith("linux"):
-        name = "CLOCK_BOOTTIME"
+        name = "CLOCK_BOOTTIME"  # CLOCK_MONOTONIC plus the time spent suspended
     elif sys.platform == "darwin":
+        # Apple documents clock_gettime(CLOCK_MONOTONIC) as counting while asleep;
+        # time.monotonic() there is mach_absolute_time(), which stops.
         name = "CLOCK_MONOTONIC"
     else:
-        return "time.monotonic", None
+        return "time.monotonic", None  # Windows, the BSDs: suspended time not promised
     clock_id = getattr(time, name, None)
     if clock_id is None:
         return "time.monotonic", None
@@ -53,7 +44,8 @@ if _CLOCK_ID is None:
         return time.monotonic()
 
 else:
+    _SUSPEND_CLOCK_ID: int = _CLOCK_ID
 
     def key_clock() -> float:
         """Seconds on the key-deadline clock: never goes back, counts suspended time."""
-        return time.clock_gettime(_CLOCK_ID)
+        return time.clock_gettime(_SUSPEND_CLOCK_ID)

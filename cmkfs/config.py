@@ -22,7 +22,7 @@ CONFIG_FILE = "config.json"
 MAX_CONFIG_SIZE = 64 * 1024
 
 
-def cmkfs_home(home: str | os.PathLike | None = None) -> Path:
+def cmkfs_home(home: str | os.PathLike[str] | None = None) -> Path:
     """The embedded state directory: ``home``, ``$CMKFS_HOME`` or ``~/.cmkfs``."""
     if home is not None:
         return Path(home).expanduser()
@@ -30,7 +30,8 @@ def cmkfs_home(home: str | os.PathLike | None = None) -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cmkfs"
 
 
-def load_config(home: str | os.PathLike | None = None) -> dict:
+def load_config(home: str | os.PathLike[str] | None = None) -> dict[str, object]:
+    """The JSON object in ``config.json`` (``{}`` if there is none), size-bounded before it is parsed."""
     path = cmkfs_home(home) / CONFIG_FILE
     try:
         with open(path, "rb") as f:
@@ -52,7 +53,7 @@ def load_config(home: str | os.PathLike | None = None) -> dict:
     return data
 
 
-def default_key_uri(home: str | os.PathLike | None = None) -> str:
+def default_key_uri(home: str | os.PathLike[str] | None = None) -> str:
     """``$CMKFS_KEY``, else the embedded configuration's default key."""
     env = os.environ.get(ENV_KEY)
     if env:

@@ -1,13 +1,6 @@
-"""The cmkfs error hierarchy.
+"""The cmkfs error hierarchy: one base class, and subclasses that are also the builtin a caller would catch.
 
-Every error cmkfs raises derives from :class:`CMKError`.  Each subclass also
-derives from the builtin a caller would naturally catch, except
-:class:`IntegrityError`: it must not be an ``OSError`` so that no generic
-"retry on I/O error" path swallows evidence of tampering.
-
-Messages never contain key material or plaintext.  Integrity failures use one
-fixed message whatever the check that failed, so an attacker learns nothing
-from the text.
+Messages never contain key material or plaintext.
 """
 
 from __future__ import annotations
@@ -23,6 +16,7 @@ __all__ = [
     "UnsupportedOperationError",
 ]
 
+# One text whatever the check that failed: the message tells an attacker nothing.
 INTEGRITY_MESSAGE = "encrypted file failed authentication (tampered, truncated or wrong key)"
 
 
@@ -38,7 +32,11 @@ class FormatError(CMKError, ValueError):
 class IntegrityError(CMKError):
     """Authentication failed: tampering, truncation, appended data, a spliced
     header or the wrong key.  The message is fixed and says nothing about
-    which check failed."""
+    which check failed.
+
+    Deliberately not an ``OSError``: no generic "retry on I/O error" path may
+    swallow evidence of tampering.
+    """
 
     def __init__(self, message: str = INTEGRITY_MESSAGE) -> None:
         super().__init__(message)

@@ -2,16 +2,11 @@
 
 ``fork()`` copies the whole memory of a process but only the calling thread
 (multiprocessing's ``fork`` start method, prefork servers such as gunicorn).
-Left alone, a child would inherit:
-
-* thread pools whose threads stayed in the parent (the segment pool in
-  :mod:`cmkfs.stream`, the upload pool in :mod:`cmkfs.targets_azure`): its first
-  large read or write would wait for ever;
-* no key sweeper (:mod:`cmkfs.keycache`): idle handles would keep file keys and
-  plaintext past the TTL;
-* locks that another thread held at that moment, held for ever;
-* the parent's PKCS#11 sessions, which the child must not use (the PKCS#11
-  standard requires a child to call ``C_Initialize`` itself).
+Left alone, a child would inherit thread pools whose threads stayed in the
+parent (its first large read or write would wait for ever), no key sweeper
+(idle handles would keep file keys and plaintext past the TTL), locks that
+another thread held at that moment (held for ever), and the parent's PKCS#11
+sessions (the standard requires a child to call ``C_Initialize`` itself).
 
 One ``os.register_at_fork(after_in_child=...)`` hook handles all of them, in
 the child only.  Every module-level lock is replaced by a fresh one: the
@@ -23,9 +18,7 @@ does not take the locks before forking: that would make a fork wait behind
 other threads, and a thread blocked on one of them while holding a lock of
 its own (a reader's, a filesystem's) would then be sure to pass that lock to
 the child held.  Locks of objects are renewed only if they were held
-(:func:`renewed`); an open handle whose lock was held is closed, as possibly
-half-updated, and every key cache is emptied (see the ``_after_fork_in_child``
-functions of :mod:`cmkfs.keys` and :mod:`cmkfs.keycache`).
+(:func:`renewed`).
 
 This module imports no other cmkfs module: the hook finds modules in
 ``sys.modules``, so a module never imported has nothing to reset, and the hook
@@ -37,6 +30,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+from typing import overload
 
 __all__ = ["renewed", "MODULE_LOCKS", "CHILD_RESETS"]
 
@@ -52,7 +46,8 @@ MODULE_LOCKS = (
     ("cmkfs.targets", "_LOCK"),
     ("cmkfs.cache_guard", "_lock"),
     ("cmkfs.providers.base", "_LOCK"),
-    ("cmkfs.providers.pkcs11.sessions", "_LIBS_LOCK"),
+    ("cmkfs.providers.pkcs11", "_LIBS_LOCK"),
+    ("cmkfs.testing.fake_keyvault", "_POOL_LOCK"),
 )
 # What the child rebuilds, in this order: pools first (nothing below needs
 # them), open handles before key caches (a handle another thread was inside is
@@ -62,14 +57,18 @@ CHILD_RESETS = (
     ("cmkfs.targets_azure", "_forget_uploads"),
     ("cmkfs.keys", "_after_fork_in_child"),
     ("cmkfs.keycache", "_after_fork_in_child"),
-    ("cmkfs.providers.pkcs11.sessions", "_after_fork_in_child"),
+    ("cmkfs.providers.pkcs11", "_after_fork_in_child"),
 )
 
 _RLOCK = type(threading.RLock())
 _LOCK_TYPES = (type(threading.Lock()), _RLOCK)
 
 
-def renewed(lock):
+@overload
+def renewed(lock: threading.Lock) -> threading.Lock: ...
+@overload
+def renewed(lock: threading.RLock) -> threading.RLock: ...
+def renewed(lock: threading.Lock | threading.RLock) -> threading.Lock | threading.RLock:
     """``lock`` if it is free in this (forked) process, else a fresh lock of its kind.
 
     In a child only the forking thread exists.  A lock it cannot take was held
@@ -84,11 +83,11 @@ def renewed(lock):
     return _fresh_like(lock)
 
 
-def _fresh_like(lock):
+def _fresh_like(lock: threading.Lock | threading.RLock) -> threading.Lock | threading.RLock:
     return threading.RLock() if isinstance(lock, _RLOCK) else threading.Lock()
 
 
-def _renew_lock_attributes(obj) -> None:
+def _renew_lock_attributes(obj: object) -> None:
     """Renew the held locks among ``obj``'s attributes (providers: their locks
     guard only client and session caches, which they rebuild on demand)."""
     try:

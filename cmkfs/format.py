@@ -45,8 +45,12 @@ import ipaddress
 import re
 import struct
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .errors import FormatError, IntegrityError
+
+if TYPE_CHECKING:
+    from .secret import BytesLike
 
 __all__ = [
     "MAGIC",
@@ -167,7 +171,7 @@ class FileParams:
         )
 
     @classmethod
-    def decode(cls, data: bytes) -> "FileParams":
+    def decode(cls, data: BytesLike) -> FileParams:
         if len(data) < PARAMS_SIZE or bytes(data[:8]) != MAGIC:
             raise FormatError("not a cmkfs encrypted file")
         magic, version, suite, content, flags, seg, salt, prefix, reserved = _PARAMS.unpack_from(data)
@@ -241,7 +245,7 @@ class KeyBlock:
         )
 
     @classmethod
-    def decode(cls, data: bytes) -> "KeyBlock":
+    def decode(cls, data: BytesLike) -> KeyBlock:
         view = memoryview(data)
         try:
             alg = WrapAlgorithm(view[0])
@@ -288,12 +292,12 @@ class Header:
     def length(self) -> int:
         return len(self.encode())
 
-    def with_key_block(self, key_block: KeyBlock) -> "Header":
+    def with_key_block(self, key_block: KeyBlock) -> Header:
         """The same file under a re-wrapped DEK: what key rotation writes."""
         return Header(self.params, self.commitment, key_block)
 
     @classmethod
-    def decode(cls, data: bytes) -> "Header":
+    def decode(cls, data: BytesLike) -> Header:
         """Decode a complete header (exactly ``header_length_from_prefix`` bytes)."""
         view = memoryview(data)
         params, length = _params_and_length(view)
@@ -367,7 +371,7 @@ def _shown(text: str) -> str:
     return shown if len(shown) <= SHOWN_NAME_SIZE else shown[: SHOWN_NAME_SIZE - 3] + "..."
 
 
-def _check_local(key_uri: str, key_version: str) -> frozenset:
+def _check_local(key_uri: str, key_version: str) -> frozenset[WrapAlgorithm]:
     if not _LOCAL_NAME.fullmatch(key_uri[len("local://") :]):
         raise FormatError(f"key URI {_shown(key_uri)} is not local://NAME (1-64 of A-Z a-z 0-9 . _ -, no leading dot)")
     if not _LOCAL_VERSION.fullmatch(key_version):
@@ -375,7 +379,7 @@ def _check_local(key_uri: str, key_version: str) -> frozenset:
     return KEY_URI_WRAP_ALGORITHMS["local://"]
 
 
-def _check_https(key_uri: str, key_version: str) -> frozenset:
+def _check_https(key_uri: str, key_version: str) -> frozenset[WrapAlgorithm]:
     match = _AZURE_URI.fullmatch(key_uri)
     if match is None or not _valid_authority(match[1]):
         raise FormatError(f"key URI {_shown(key_uri)} is not https://HOST[:PORT]/keys/NAME")
@@ -408,13 +412,15 @@ def _valid_authority(authority: str) -> bool:
     return rest[0] == ":" and _PORT.fullmatch(rest[1:]) is not None and int(rest[1:]) <= 65535
 
 
-def _check_pkcs11(key_uri: str, key_version: str) -> frozenset:
+def _check_pkcs11(key_uri: str, key_version: str) -> frozenset[WrapAlgorithm]:
     match = _PKCS11_URI.fullmatch(key_uri)
     if match is None:
         raise FormatError(f"key URI {_shown(key_uri)} is not pkcs11:token=T;object=O[;type=secret-key|private|public]")
     if not (_canonical_label(match[1]) and _canonical_label(match[2])):
-        raise FormatError(f"key URI {_shown(key_uri)} has a label that is not canonical percent-encoded UTF-8 "
-                          "without control characters")
+        raise FormatError(
+            f"key URI {_shown(key_uri)} has a label that is not canonical percent-encoded UTF-8 "
+            "without control characters"
+        )
     if not _PKCS11_VERSION.fullmatch(key_version):
         raise FormatError(f"key version {_shown(key_version)} is not a pkcs11: version (decimal, or x and hex)")
     return _PKCS11_TYPE_ALGS[match[3]] if match[3] else KEY_URI_WRAP_ALGORITHMS["pkcs11:"]
@@ -452,12 +458,12 @@ def check_segment_size(segment_size: int) -> None:
         raise ValueError(f"segment size must be an integer between {MIN_SEGMENT_SIZE} and {MAX_SEGMENT_SIZE}")
 
 
-def looks_like_cmkfs(prefix: bytes) -> bool:
+def looks_like_cmkfs(prefix: BytesLike) -> bool:
     """True if ``prefix`` starts with the cmkfs magic (a hint, not a proof)."""
     return bytes(prefix[: len(MAGIC)]) == MAGIC
 
 
-def header_length_from_prefix(prefix: bytes) -> int:
+def header_length_from_prefix(prefix: BytesLike) -> int:
     """The total header length, from the first ``HEADER_PREFIX_SIZE`` bytes.
 
     Validates the magic, version and the key block bound before anything is
@@ -467,7 +473,7 @@ def header_length_from_prefix(prefix: bytes) -> int:
     return _params_and_length(prefix)[1]
 
 
-def _params_and_length(prefix) -> tuple[FileParams, int]:
+def _params_and_length(prefix: BytesLike) -> tuple[FileParams, int]:
     if len(prefix) < HEADER_PREFIX_SIZE:
         head = bytes(prefix[: len(MAGIC)])
         if head and MAGIC.startswith(head):

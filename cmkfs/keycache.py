@@ -1,22 +1,9 @@
 """The strict, short-lived cache of unwrapped data keys (the production KeySource).
 
-The promise: when a customer revokes a key, everything it protects becomes
-unreadable within the cache TTL (at most one hour).  So:
-
-* A DEK is usable until ``confirmed_at + ttl``, where ``confirmed_at`` is the
-  monotonic time *before* the vault call that last confirmed it.  Use never
-  extends it; expiry is checked on every get and by the engine before every
-  segment (the engine re-asks :meth:`KeyCache.data_key_for_read`).
-* Writes reuse one DEK for many files (each file derives its own key by
-  HKDF with a fresh salt), bounded by the TTL and by ``max_files_per_dek`` —
-  like the AWS Encryption SDK's caching materials manager — so 10,000 small
-  files cost O(1) vault calls.
-* When a vault says a key is revoked, disabled or gone, every cache in the
-  process drops every entry for that key at once, and the dropped DEKs are
-  overwritten in place, which also stops open handles that share them.
-* Transient vault errors are retried with exponential backoff, boundedly; an
-  expired entry is never served because the vault is unreachable (fail
-  closed).
+It keeps the promise of docs/SECURITY.md, "The TTL promise": when a customer
+revokes a key, everything it protects becomes unreadable within the cache TTL
+(at most one hour).  The rules are listed there and in docs/KEYS.md; each is
+commented below where it is kept.
 """
 
 from __future__ import annotations
@@ -26,29 +13,54 @@ import os
 import threading
 import time
 import weakref
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import NoReturn, TypeVar, cast
 from urllib.parse import urlsplit
 
 from cachetools import Cache, TLRUCache
-from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, stop_after_delay, wait_random_exponential
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_random_exponential,
+)
 
 from . import forksafe  # noqa: F401 - registers the fork hooks (the sweeper among them)
 from .audit import AuditLog, audit_log
 from .clock import key_clock
-from .errors import CMKError, ConfigurationError, IntegrityError, KeyNotFoundError, KeyRevokedError, VaultUnavailableError
+from .errors import (
+    CMKError,
+    ConfigurationError,
+    IntegrityError,
+    KeyNotFoundError,
+    KeyRevokedError,
+    VaultUnavailableError,
+)
 from .format import DEK_SIZE, ContentClass, KeyBlock
 from .keys import DataKey, new_dek, sweep_key_holders
 from .providers.base import KeyProvider, provider_for, redact_key_uri, split_key_uri
-from .secret import Secret
+from .secret import BytesLike, Secret
 from .wipe import wipe
 
-__all__ = ["KeyCache", "MAX_CACHE_TTL", "DEFAULT_CACHE_TTL", "ENV_TRUSTED_VAULTS", "check_ttl", "purge_key",
-           "trusted_vault_hosts"]
+__all__ = [
+    "KeyCache",
+    "MAX_CACHE_TTL",
+    "DEFAULT_CACHE_TTL",
+    "ENV_TRUSTED_VAULTS",
+    "check_ttl",
+    "purge_key",
+    "trusted_vault_hosts",
+]
 
 ENV_TRUSTED_VAULTS = "CMKFS_TRUSTED_VAULTS"
 
 MAX_CACHE_TTL = 3600.0  # the revocation promise: one hour, never more
 DEFAULT_CACHE_TTL = 900.0  # 15 minutes
+# Writes reuse one DEK for many files (each derives its own key from a fresh
+# salt), as the AWS Encryption SDK's caching materials manager does: 10,000
+# small files cost O(1) vault calls.
 DEFAULT_MAX_FILES_PER_DEK = 100_000
 DEFAULT_MAX_ENTRIES = 1024
 DEFAULT_RETRY_ATTEMPTS = 4
@@ -56,7 +68,11 @@ DEFAULT_RETRY_DEADLINE = 20.0  # seconds spent retrying one vault call, at most
 
 SWEEP_INTERVAL = 5.0  # idle processes drop expired DEKs within this long after their TTL
 
-_CACHES: "weakref.WeakSet[KeyCache]" = weakref.WeakSet()
+_T = TypeVar("_T")
+# (key URI as the block spells it, key version, wrap algorithm, wrapped DEK)
+_CacheKey = tuple[str, str, int, bytes]
+
+_CACHES: weakref.WeakSet[KeyCache] = weakref.WeakSet()
 _CACHES_LOCK = threading.Lock()
 _SWEEPER: threading.Thread | None = None
 
@@ -113,7 +129,7 @@ def _after_fork_in_child() -> None:
         _start_sweeper()
 
 
-def _stored_values(store) -> list:
+def _stored_values(store: _WipingCache) -> list[DataKey]:
     """Every value a cache stores, expired or not, read past the TLRU bookkeeping
     (which a thread that did not survive the fork may have left half-updated)."""
     try:
@@ -122,7 +138,7 @@ def _stored_values(store) -> list:
         return []
 
 
-def check_ttl(ttl) -> float:
+def check_ttl(ttl: object) -> float:
     """Validate a cache TTL in seconds: a number in ``[0, 3600]``."""
     if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or math.isnan(ttl):
         raise ConfigurationError("cache_ttl must be a number of seconds")
@@ -144,22 +160,22 @@ def purge_key(key_uri: str) -> None:
     sweep_key_holders()  # idle handles on the purged keys drop their file keys now
 
 
-class _WipingCache(TLRUCache):
+class _WipingCache(TLRUCache[_CacheKey, DataKey, float]):
     """A TLRU cache that overwrites DEKs when they leave it."""
 
-    def popitem(self):
+    def popitem(self) -> tuple[_CacheKey, DataKey]:
         key, data_key = super().popitem()
         data_key.wipe()
         return key, data_key
 
-    def expire(self, time=None):
+    def expire(self, time: float | None = None) -> list[tuple[_CacheKey, DataKey]]:
         expired = super().expire(time)
         for _, data_key in expired:
             data_key.wipe()
         return expired
 
 
-def _ttu(_key, data_key: DataKey, _now: float) -> float:
+def _ttu(_key: _CacheKey, data_key: DataKey, _now: float) -> float:
     return data_key.expires_at
 
 
@@ -215,13 +231,14 @@ class KeyCache:
         shown = redact_key_uri(self.key_uri) if self.key_uri else None
         return f"KeyCache(key_uri={shown!r}, ttl={self.ttl:g}, entries={len(self._unwrapped)})"
 
-    def __reduce__(self):
+    def __reduce__(self) -> NoReturn:
         raise TypeError("KeyCache holds key material and cannot be pickled; pickle its key URI instead")
 
     # -- KeySource -------------------------------------------------------
 
     def data_key_for_write(self, content_class: ContentClass = ContentClass.OTHER) -> DataKey:
-        if not self.key_uri:
+        key_uri = self.key_uri
+        if not key_uri:
             raise ConfigurationError("this filesystem has no key to write with")
         with self._lock:
             self._unwrapped.expire()
@@ -231,12 +248,13 @@ class KeyCache:
                 return current
         # The vault is called outside the lock: a slow or retrying vault must
         # not stall handles whose keys are cached (two threads may both wrap
-        # a fresh DEK at once, which is harmless).
+        # a fresh DEK at once, which is harmless).  The TTL counts from before
+        # the call: use never extends it.
         confirmed_at = self.clock()
         purges = self._purges
         dek = new_dek()  # a Secret from birth: no frame below shows it in an error report
         try:
-            key_block = self._vault_call("wrap", self.key_uri, None, lambda p: p.wrap(self.key_uri, dek))
+            key_block = self._vault_call("wrap", key_uri, None, lambda p: p.wrap(key_uri, dek))
         except BaseException:
             dek.wipe()
             raise
@@ -267,7 +285,8 @@ class KeyCache:
             confirmed_at = self.clock()
             purges = self._purges
             dek = _as_secret(
-                self._vault_call("unwrap", key_block.key_uri, key_block.key_version, lambda p: p.unwrap(key_block)))
+                self._vault_call("unwrap", key_block.key_uri, key_block.key_version, lambda p: p.unwrap(key_block))
+            )
             if len(dek) != DEK_SIZE:
                 # Anyone holding a vault's public key can wrap a value of any
                 # length: only a 32-byte DEK can be this file's.
@@ -329,14 +348,16 @@ class KeyCache:
                     data_key = self._unwrapped.pop(cache_key, None)
                     if data_key is not None:
                         data_key.wipe()
-            if self._write_key is not None and (base is None or split_key_uri(self._write_key.key_block.key_uri)[0] == base):
+            if self._write_key is not None and (
+                base is None or split_key_uri(self._write_key.key_block.key_uri)[0] == base
+            ):
                 self._write_key.wipe()
                 self._write_key = None
 
     def close(self) -> None:
         self._purge(None)
 
-    def __del__(self):
+    def __del__(self) -> None:
         try:
             self._purge(None)
         except Exception:  # noqa: BLE001 - interpreter shutdown
@@ -344,7 +365,7 @@ class KeyCache:
 
     # -- the vault boundary ------------------------------------------------
 
-    def _vault_call(self, operation: str, key_uri: str, version: str | None, call):
+    def _vault_call(self, operation: str, key_uri: str, version: str | None, call: Callable[[KeyProvider], _T]) -> _T:
         """One vault operation, with bounded retries, audit and purge-on-refusal.
 
         Never called with ``self._lock`` held: a refusal purges every cache in
@@ -379,12 +400,12 @@ class KeyCache:
             audit.record(operation, shown, version, type(exc).__name__)
             raise
         if operation == "wrap":
-            version = result.key_version
+            version = cast(KeyBlock, result).key_version  # what KeyProvider.wrap returns
         audit.record(operation, shown, version, "ok")
         return result
 
 
-def _as_secret(value) -> Secret:
+def _as_secret(value: Secret | BytesLike) -> Secret:
     """An unwrapped DEK as a Secret.  Providers return one; a provider written
     to the older contract returns a bytearray, which is copied and wiped here."""
     if isinstance(value, Secret):
@@ -396,10 +417,10 @@ def _as_secret(value) -> Secret:
             wipe(value)
 
 
-def _capped_wait(deadline: float):
+def _capped_wait(deadline: float) -> Callable[[RetryCallState], float]:
     backoff = wait_random_exponential(multiplier=0.1, max=2.0)  # full jitter
 
-    def wait(state) -> float:
+    def wait(state: RetryCallState) -> float:
         # Never sleep past the deadline: it bounds the whole retry, waits included.
         spent = state.seconds_since_start or 0.0
         return max(0.0, min(backoff(state), deadline - spent))
@@ -426,7 +447,7 @@ def _vault_host(uri: str) -> str:
     return host.rsplit("@", 1)[-1]  # never compare (or show) user info
 
 
-def _cache_key(key_block: KeyBlock) -> tuple:
+def _cache_key(key_block: KeyBlock) -> _CacheKey:
     # The URI as the block spells it (providers write canonical, unversioned
     # URIs); purges compare its unversioned form.
     return (key_block.key_uri, key_block.key_version, int(key_block.wrap_alg), bytes(key_block.wrapped_dek))

@@ -4,12 +4,8 @@ The engine never talks to a vault.  It asks a :class:`KeySource` for a data
 key to write with (a DEK plus the key block that wraps it) or for the DEK of
 an existing file (given its key block), and it re-asks before the key's
 deadline passes.  The key cache (:mod:`cmkfs.keycache`) is the production
-source; :class:`StaticKeySource` serves tests and vectors.
-
-DEKs are held in :class:`~cmkfs.secret.Secret` objects from the moment they
-are made or unwrapped, and per-file keys are derived inside them
-(:meth:`DataKey.derive`): no frame of the engine ever has a DEK or a file key
-in a ``bytes`` or ``bytearray`` local for an error report to show.
+source; :class:`StaticKeySource` serves tests and vectors.  DEKs live in
+:class:`~cmkfs.secret.Secret` objects, and file keys are derived inside them.
 """
 
 from __future__ import annotations
@@ -18,24 +14,43 @@ import math
 import threading
 import time
 import weakref
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import NoReturn, Protocol
 
 from .errors import IntegrityError
 from .format import DEK_SIZE, ContentClass, FileParams, KeyBlock
-from .secret import Secret
+from .secret import BytesLike, Secret
 from .segment import SegmentCipher, derive_cipher
 
-__all__ = ["DataKey", "KeySource", "Secret", "StaticKeySource", "new_dek", "register_key_holder",
-           "sweep_key_holders"]
+__all__ = [
+    "DataKey",
+    "KeyHolder",
+    "KeySource",
+    "Secret",
+    "StaticKeySource",
+    "new_dek",
+    "register_key_holder",
+    "sweep_key_holders",
+]
+
+
+class KeyHolder(Protocol):
+    """An open handle holding key material derived from a DEK (a reader, a writer, a read cache)."""
+
+    def drop_key_if_expired(self) -> None:
+        """Wipe the key material (and plaintext) now if the DEK has expired or was revoked."""
+
+    def close(self) -> None: ...
+
 
 # Open readers and writers hold per-file keys derived from a DEK.  They
 # register here so that an idle one drops its key when its DEK expires or is
 # revoked, instead of at its next segment or its close.
-_HOLDERS: "weakref.WeakSet" = weakref.WeakSet()
+_HOLDERS: weakref.WeakSet[KeyHolder] = weakref.WeakSet()
 _HOLDERS_LOCK = threading.Lock()
 
 
-def register_key_holder(holder) -> None:
+def register_key_holder(holder: KeyHolder) -> None:
     """Track ``holder`` (an object with ``drop_key_if_expired()``), weakly."""
     with _HOLDERS_LOCK:
         _HOLDERS.add(holder)
@@ -68,7 +83,7 @@ def _after_fork_in_child() -> None:
         fresh = renewed(lock) if lock is not None else None
         if fresh is lock:
             continue
-        holder._lock = fresh
+        setattr(holder, "_lock", fresh)  # noqa: B010 - every holder has one, outside the protocol
         stop = getattr(holder, "abort", None) or holder.close  # abort: never seal a writer
         try:
             stop()
@@ -95,7 +110,7 @@ class DataKey:
 
     __slots__ = ("_dek", "key_block", "expires_at")
 
-    def __init__(self, dek, key_block: KeyBlock, expires_at: float = math.inf) -> None:
+    def __init__(self, dek: Secret | BytesLike, key_block: KeyBlock, expires_at: float = math.inf) -> None:
         if len(dek) != DEK_SIZE:
             raise ValueError("a data key is 32 bytes")
         self._dek = Secret.of(dek)
@@ -104,12 +119,13 @@ class DataKey:
 
     @property
     def dek(self) -> Secret:
+        """The DEK: this object's own Secret, not a copy."""
         return self._dek
 
     def __repr__(self) -> str:
         return f"DataKey(key_uri={self.key_block.key_uri!r}, version={self.key_block.key_version!r}, dek=<hidden>)"
 
-    def __reduce__(self):
+    def __reduce__(self) -> NoReturn:
         raise TypeError("DataKey holds key material and cannot be pickled")
 
     def derive(self, params: FileParams) -> tuple[SegmentCipher, bytes] | None:
@@ -165,14 +181,16 @@ class StaticKeySource:
     refuses any key block other than its own.
     """
 
-    def __init__(self, dek, key_block: KeyBlock, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self, dek: Secret | BytesLike, key_block: KeyBlock, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._key = DataKey(Secret(dek), key_block)  # our own copy, whatever the caller does with theirs
         self.clock = clock
 
     def __repr__(self) -> str:
         return f"StaticKeySource({self._key.key_block.key_uri!r})"
 
-    def __reduce__(self):
+    def __reduce__(self) -> NoReturn:
         raise TypeError("StaticKeySource holds key material and cannot be pickled")
 
     def data_key_for_write(self, content_class: ContentClass = ContentClass.OTHER) -> DataKey:

@@ -1,17 +1,10 @@
 """Key material in one small object: DEKs, file keys and local KEKs never sit in a plain local.
 
-Error reporters that capture local variables (Sentry by default,
-``traceback.TracebackException(capture_locals=True)``) put ``repr()`` of every
-local of every frame into the report, and a ``bytes`` or ``bytearray`` repr
-shows its content.  One DEK protects a whole batch of files, so key material
-travels only inside a :class:`Secret`: its repr hides the content, it refuses
-to be pickled or copied, and it owns one ``bytearray`` that :meth:`Secret.wipe`
-overwrites in place (and that is overwritten when the object is dropped).
-
-The bytes come out only inside the expression that calls the crypto library
-(``AESGCM(kek.reveal())``), as a read-only ``memoryview`` whose repr shows
-nothing.  Python cannot promise that no other copy exists (see
-docs/SECURITY.md); what cmkfs holds, it holds here.
+Error reporters that capture locals show ``repr()`` of every local of every
+frame, and a ``bytes`` repr shows its content (docs/SECURITY.md, "no key
+material in error reports").  So key material travels only inside a
+:class:`Secret`, and comes out only inside the expression that calls the
+crypto library (``AESGCM(kek.reveal())``), as a read-only ``memoryview``.
 """
 
 from __future__ import annotations
@@ -19,23 +12,29 @@ from __future__ import annotations
 import hmac
 import os
 import traceback
-from typing import Callable
+from collections.abc import Callable
+from typing import NoReturn, TypeAlias
 
 from .wipe import wipe
 
-__all__ = ["Secret", "clear_frame_locals"]
+__all__ = ["BytesLike", "Secret", "clear_frame_locals"]
+
+#: What cmkfs accepts wherever it takes bytes: sized buffers (as pyca/cryptography's ``Buffer``).
+BytesLike: TypeAlias = bytes | bytearray | memoryview
 
 
 class Secret:
     """Key material (a DEK, a file key, a KEK) in a buffer only this object owns.
 
     ``Secret(material)`` copies any bytes-like ``material``; the caller's
-    buffer stays the caller's to wipe.
+    buffer stays the caller's to wipe.  The repr hides the content, pickling
+    and copying are refused, and :meth:`wipe` (or dropping the object)
+    overwrites the buffer in place.
     """
 
     __slots__ = ("_buf",)
 
-    def __init__(self, material) -> None:
+    def __init__(self, material: BytesLike | Secret) -> None:
         if isinstance(material, Secret):
             material = material.reveal()
         elif not isinstance(material, (bytes, bytearray, memoryview)):
@@ -43,7 +42,7 @@ class Secret:
         self._buf = bytearray(material)
 
     @classmethod
-    def of(cls, value, size: int | None = None, what: str = "key") -> "Secret":
+    def of(cls, value: BytesLike | Secret, size: int | None = None, what: str = "key") -> Secret:
         """``value`` itself if it is a Secret, else a Secret holding a copy; ``size`` is checked."""
         secret = value if isinstance(value, Secret) else cls(value)
         if size is not None and len(secret) != size:
@@ -53,12 +52,12 @@ class Secret:
         return secret
 
     @classmethod
-    def random(cls, size: int) -> "Secret":
+    def random(cls, size: int) -> Secret:
         """``size`` bytes from the operating system's CSPRNG."""
         return cls(os.urandom(size))
 
     @classmethod
-    def filled(cls, size: int, fill: Callable[[memoryview], object]) -> "Secret":
+    def filled(cls, size: int, fill: Callable[[memoryview], object]) -> Secret:
         """A Secret of ``size`` bytes written by ``fill(view)``, e.g. a KDF's ``derive_into``.
 
         The material is produced straight into this object's buffer, so no
@@ -77,7 +76,7 @@ class Secret:
         """A read-only view of the material, for the one expression that hands it to a crypto call."""
         return memoryview(self._buf).toreadonly()
 
-    def matches(self, other: "Secret") -> bool:
+    def matches(self, other: Secret) -> bool:
         """Whether ``other`` holds the same material (in constant time)."""
         if not isinstance(other, Secret):
             raise TypeError("a Secret compares only with a Secret")
@@ -97,7 +96,7 @@ class Secret:
     def __repr__(self) -> str:
         return f"Secret(<{len(self._buf)} bytes hidden>)"
 
-    def __reduce__(self):
+    def __reduce__(self) -> NoReturn:
         raise TypeError("a Secret holds key material and cannot be pickled or copied")
 
     def __del__(self) -> None:

@@ -1,35 +1,24 @@
 """Segment crypto: per-file key derivation, nonces, seal and open one segment.
 
-The per-file key and the key commitment come from one HKDF-SHA256 call::
-
-    okm = HKDF-SHA256(ikm=DEK, salt=salt, info=b"cmkfs/v1 file key" || params, L=64)
-    file_key, commitment = okm[:32], okm[32:]
-
-Binding ``params`` (magic, version, suite, content class, segment size,
-salt, nonce prefix) into ``info`` means a changed parameter changes the key,
-so every segment authenticates the stable header without per-segment AAD.
-The commitment makes the file decryptable under one DEK only: AES-GCM alone
-is not key-committing.
-
-HKDF reads the DEK straight from its :class:`~cmkfs.secret.Secret` and writes
-the output straight into another one (``derive_into``), and AES-GCM is keyed
-from that buffer: neither key is ever a ``bytes`` or ``bytearray`` bound to a
-name, so no error report that captures locals can show it.
+The derivation and the nonce layout are written out in :mod:`cmkfs.format`'s
+docstring and docs/FORMAT.md.  Neither the DEK nor the file key is ever a
+``bytes`` or ``bytearray`` bound to a name (see :mod:`cmkfs.secret`).
 """
 
 from __future__ import annotations
 
 import hmac
 import struct
+from typing import NoReturn
 
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from cryptography.exceptions import InvalidTag
 
 from .errors import IntegrityError
 from .format import COMMITMENT_SIZE, DEK_SIZE, MAX_SEGMENTS, TAG_SIZE, FileParams
-from .secret import Secret
+from .secret import BytesLike, Secret
 
 __all__ = ["HKDF_INFO_LABEL", "derive_cipher", "derive_file_key", "SegmentCipher"]
 
@@ -37,7 +26,7 @@ HKDF_INFO_LABEL = b"cmkfs/v1 file key"
 _INDEX = struct.Struct(">IB")
 
 
-def derive_file_key(dek, params: FileParams) -> tuple[Secret, bytes]:
+def derive_file_key(dek: Secret | BytesLike, params: FileParams) -> tuple[Secret, bytes]:
     """Return ``(file_key, commitment)`` for ``dek`` and the file's params.
 
     ``dek`` is a :class:`~cmkfs.secret.Secret` (tools and tests may pass any
@@ -50,7 +39,7 @@ def derive_file_key(dek, params: FileParams) -> tuple[Secret, bytes]:
         okm.wipe()  # the file key lives on only in the Secret returned
 
 
-def derive_cipher(dek, params: FileParams) -> tuple["SegmentCipher", bytes]:
+def derive_cipher(dek: Secret | BytesLike, params: FileParams) -> tuple[SegmentCipher, bytes]:
     """The file's :class:`SegmentCipher` and key commitment, from ``dek`` (a Secret)."""
     okm = _okm(dek, params)
     # The cipher keeps the whole output buffer (its key is the first 32 bytes):
@@ -58,14 +47,19 @@ def derive_cipher(dek, params: FileParams) -> tuple["SegmentCipher", bytes]:
     return SegmentCipher._keyed_by(okm, params.nonce_prefix), bytes(okm.reveal()[32:])
 
 
-def _okm(dek, params: FileParams) -> Secret:
+def _okm(dek: Secret | BytesLike, params: FileParams) -> Secret:
     """``file_key || commitment``, written by HKDF from the DEK's buffer straight into a Secret."""
     if len(dek) != DEK_SIZE:
         raise ValueError("a data key is 32 bytes")
-    dek = Secret.of(dek)
-    hkdf = HKDF(algorithm=hashes.SHA256(), length=32 + COMMITMENT_SIZE, salt=params.salt,
-                info=HKDF_INFO_LABEL + params.encode())
-    return Secret.filled(32 + COMMITMENT_SIZE, lambda out: hkdf.derive_into(dek.reveal(), out))
+    secret = Secret.of(dek)
+    # All the params in ``info``: a changed parameter changes the key, so every
+    # segment authenticates the stable header without per-segment AAD.  The
+    # commitment makes the file decrypt under one DEK only: AES-GCM alone is
+    # not key-committing.
+    hkdf = HKDF(
+        algorithm=hashes.SHA256(), length=32 + COMMITMENT_SIZE, salt=params.salt, info=HKDF_INFO_LABEL + params.encode()
+    )
+    return Secret.filled(32 + COMMITMENT_SIZE, lambda out: hkdf.derive_into(secret.reveal(), out))
 
 
 def check_commitment(expected: bytes, actual: bytes) -> None:
@@ -80,7 +74,7 @@ class SegmentCipher:
 
     __slots__ = ("_aead", "_prefix", "_key")
 
-    def __init__(self, file_key, nonce_prefix: bytes) -> None:
+    def __init__(self, file_key: Secret | BytesLike, nonce_prefix: bytes) -> None:
         # A Secret is taken over (wiped with this cipher); any other buffer is copied.
         self._key = Secret.of(file_key)
         # Keyed from our own buffer, not a bytes copy: AESGCM keeps a reference
@@ -89,7 +83,7 @@ class SegmentCipher:
         self._prefix = bytes(nonce_prefix)
 
     @classmethod
-    def _keyed_by(cls, okm: Secret, nonce_prefix: bytes) -> "SegmentCipher":
+    def _keyed_by(cls, okm: Secret, nonce_prefix: bytes) -> SegmentCipher:
         """A cipher that owns ``okm`` and is keyed by its first 32 bytes (see :func:`derive_cipher`)."""
         cipher = cls.__new__(cls)
         cipher._key = okm
@@ -100,7 +94,7 @@ class SegmentCipher:
     def __repr__(self) -> str:
         return "SegmentCipher(<key hidden>)"
 
-    def __reduce__(self):  # noqa: D105 - refuse to travel
+    def __reduce__(self) -> NoReturn:
         raise TypeError("SegmentCipher holds key material and cannot be pickled")
 
     def nonce(self, index: int, last: bool) -> bytes:
@@ -108,14 +102,14 @@ class SegmentCipher:
             raise OverflowError("segment index exceeds the nonce space; file too large for this segment size")
         return self._prefix + _INDEX.pack(index, 1 if last else 0)
 
-    def seal_into(self, index: int, last: bool, plaintext, out) -> None:
+    def seal_into(self, index: int, last: bool, plaintext: BytesLike, out: bytearray | memoryview) -> None:
         """Encrypt ``plaintext`` into ``out`` (exactly ``len(plaintext) + 16`` bytes)."""
         self._aead.encrypt_into(self.nonce(index, last), plaintext, None, out)
 
-    def seal(self, index: int, last: bool, plaintext) -> bytes:
+    def seal(self, index: int, last: bool, plaintext: BytesLike) -> bytes:
         return self._aead.encrypt(self.nonce(index, last), plaintext, None)
 
-    def open_into(self, index: int, last: bool, ciphertext, out) -> None:
+    def open_into(self, index: int, last: bool, ciphertext: BytesLike, out: bytearray | memoryview) -> None:
         """Decrypt one segment into ``out`` (exactly ``len(ciphertext) - 16`` bytes)."""
         if len(ciphertext) < TAG_SIZE:
             raise IntegrityError()
@@ -124,7 +118,7 @@ class SegmentCipher:
         except InvalidTag:
             raise IntegrityError() from None
 
-    def open(self, index: int, last: bool, ciphertext) -> bytes:
+    def open(self, index: int, last: bool, ciphertext: BytesLike) -> bytes:
         if len(ciphertext) < TAG_SIZE:
             raise IntegrityError()
         try:
@@ -136,5 +130,8 @@ class SegmentCipher:
         """Overwrite the key bytes this object owns.  The AESGCM object keeps
         its own copy inside OpenSSL, freed with it; Python cannot promise
         more (see docs/SECURITY.md)."""
-        self._aead = None  # type: ignore[assignment]  # first: no call can key itself from a half-wiped buffer
+        try:
+            del self._aead  # first: no call can key itself from a half-wiped buffer
+        except AttributeError:
+            pass  # wiped before
         self._key.wipe()

@@ -1,11 +1,7 @@
-"""Overwriting buffers that held key material or plaintext.
+"""Overwriting, in place, buffers that held key material or plaintext.
 
-Python cannot promise that no other copy exists (immutable ``bytes``
-objects, copies made by libraries, the allocator, swap): see
-docs/SECURITY.md.  What cmkfs owns in a mutable buffer, it overwrites when
-done with it, with one ``memset`` (a 256 KiB segment buffer in ~20 us,
-where ``buf[:] = bytes(len(buf))`` first allocates and faults in a second
-buffer of the same size).
+Python cannot promise that no other copy exists (docs/SECURITY.md, "Memory
+hygiene"); what cmkfs owns in a mutable buffer, it overwrites when done with it.
 """
 
 from __future__ import annotations
@@ -17,7 +13,7 @@ __all__ = ["wipe"]
 _SMALL = 256
 
 
-def wipe(buffer) -> None:
+def wipe(buffer: bytearray | memoryview) -> None:
     """Zero a writable buffer (``bytearray`` or a writable ``memoryview``) in place."""
     if not len(buffer):
         return
@@ -28,5 +24,7 @@ def wipe(buffer) -> None:
     if size <= _SMALL:
         view.cast("B")[:] = bytes(size)  # keys: a slice assignment beats setting up a ctypes view
     else:
+        # One memset: a 256 KiB segment buffer in ~20 us, where ``buf[:] = bytes(len(buf))``
+        # first allocates and faults in a second buffer of the same size.
         ctypes.memset((ctypes.c_char * size).from_buffer(view), 0, size)
     view.release()

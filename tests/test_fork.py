@@ -313,7 +313,7 @@ def test_audit_lines_stay_whole_across_threads_and_a_forked_child(tmp_path):
 
 def test_forked_child_initialises_the_hsm_library_and_logs_in_again(softhsm, isolated_cmkfs_home):
     from cmkfs.keycache import KeyCache
-    from cmkfs.providers.pkcs11 import sessions as hsm
+    from cmkfs.providers import pkcs11 as hsm
     from cmkfs.stream import decrypt_bytes, encrypt_bytes
 
     provider = softhsm.provider()
