@@ -38,8 +38,8 @@ __all__ = ["renewed", "MODULE_LOCKS", "CHILD_RESETS"]
 # module gains one that is not listed here.
 MODULE_LOCKS = (
     ("cmkfs.stream", "_executor_lock"),
-    ("cmkfs.targets_azure", "_executor_lock"),
-    ("cmkfs.targets_azure", "_CLIENTS_LOCK"),
+    ("cmkfs.targets.azure", "_executor_lock"),
+    ("cmkfs.targets.azure", "_CLIENTS_LOCK"),
     ("cmkfs.keycache", "_CACHES_LOCK"),
     ("cmkfs.keys", "_HOLDERS_LOCK"),
     ("cmkfs.files", "_OPEN_WRITERS_LOCK"),
@@ -54,7 +54,7 @@ MODULE_LOCKS = (
 # closed before the caches are emptied and the sweeper restarted), then HSMs.
 CHILD_RESETS = (
     ("cmkfs.stream", "_forget_executor"),
-    ("cmkfs.targets_azure", "_forget_uploads"),
+    ("cmkfs.targets.azure", "_forget_uploads"),
     ("cmkfs.keys", "_after_fork_in_child"),
     ("cmkfs.keycache", "_after_fork_in_child"),
     ("cmkfs.providers.pkcs11", "_after_fork_in_child"),

@@ -1,67 +1,38 @@
-"""Key rotation for existing files: re-wrap the data key, keep every segment.
+"""Key rotation for existing files: re-wrap the data key, copy the segments unchanged.
 
-A file's payload is encrypted under a per-file key derived from its DEK
-(docs/FORMAT.md §5); the key-encryption key (KEK) only wraps the DEK in the
-header's key block, and the key block is deliberately outside the key
-derivation (§10).  So moving a file to a new KEK version, or to another key
-altogether (a key migration), needs no plaintext at all:
+The key block is outside the key derivation (docs/FORMAT.md §10), so moving a
+file to a new KEK version, or to another key altogether, changes only the
+header's key block and checksum and needs no plaintext:
 
 1. read and check the header only (bounds, checksum, sizes: no payload);
-2. unwrap the DEK with the version the key block names, through the
-   filesystem's :class:`~cmkfs.keycache.KeyCache` (a vault call that obeys
-   the cache's revocation rules: a disabled or destroyed key is refused);
-3. check the key commitment against that DEK (a tampered or swapped key
-   block is refused here, before anything is written);
-4. wrap the same DEK under the target key's current version and build the
-   new header with :meth:`~cmkfs.format.Header.with_key_block`; only
-   ``key_block_len``, ``key_block`` and ``checksum`` change;
+2. unwrap the DEK through the filesystem's :class:`~cmkfs.keycache.KeyCache`
+   (a disabled or destroyed key is refused there);
+3. check the key commitment against that DEK: a tampered or swapped key
+   block stops here, before anything is written;
+4. wrap the same DEK under the target key and build the new header with
+   :meth:`~cmkfs.format.Header.with_key_block`;
 5. unwrap the new key block once more and compare: a wrap the vault cannot
    undo is caught now, not after the old version has been destroyed;
-6. stream the new header and the **unchanged segment bytes** into the same
-   atomic sink ordinary writes use, in chunks of :data:`COPY_CHUNK` bytes,
-   check that exactly ``C - H`` payload bytes were copied and that the file
-   was not replaced meanwhile, and only then publish.
+6. stream the new header and the unchanged segment bytes into the atomic sink
+   ordinary writes use, check that exactly ``C - H`` payload bytes were copied
+   and that the file was not replaced meanwhile, and only then publish.
 
 Why the payload is not re-encrypted: rotating a KEK is about who can unwrap
-the DEK, and the DEK is what the vault protects.  Re-encrypting would read,
-decrypt and rewrite every byte (plaintext passing through this process) for
-no gain against the threat rotation addresses; re-wrapping costs two or
-three vault calls and one sequential copy of ciphertext.  The re-wrapped
-file decrypts to the same plaintext under the same file key and nonces, so
-nothing about the segments' security changes.  (If a DEK itself may have
-leaked, re-wrapping does not help: rewrite the file through ``cmk://``.)
-
-Atomicity, per target (the sink machinery of :mod:`cmkfs.targets`):
-
-* local files: the new bytes go to a ``.NAME.cmkfs-partial-RANDOM`` file in
-  the same directory, are fsynced and renamed over the original, so a
-  reader or a crash sees the old file or the new one, never a mixture;
-* Azure Blob: the new bytes are staged as uncommitted blocks and published
-  by one *Put Block List*; until then the old blob is served, and a crash
-  leaves it intact.  Blob metadata (``cmkfs_key_version`` and the rest) is
-  committed with the content; other metadata entries are carried over;
-* memory: one ``pipe_file`` on commit;
-* other fsspec targets: as atomic as their own uploads (see
-  :mod:`cmkfs.targets`).
-
-A writer that replaces the file while it is being re-wrapped is detected
-(the size and version marker are compared before publishing) and the
-re-wrap is abandoned, but a replacement in the short window between that
-check and the commit can still be overwritten by the re-wrapped old
-content: do not re-wrap a path that is being written.
-
-Later, on Azure, a server-side variant can avoid moving the payload at all:
-stage one new block holding the new header (plus the first bytes of the
-payload, to line up with the old block boundaries) and commit it with the
-old committed payload blocks reused by block id, or use copy-from-URL.  It
-is not done here; this module only relies on the sink and source protocols.
+the DEK, and the DEK is what the vault protects.  Re-encrypting would pass
+every byte through this process as plaintext for no gain against that
+threat.  (If a DEK itself may have leaked, re-wrapping does not help: rewrite
+the file through ``cmk://``.)  What each target makes atomic is in
+docs/FILESYSTEM.md; the user's view is in docs/KEYS.md.
 """
 
 from __future__ import annotations
 
 import errno
-from dataclasses import dataclass, field
-from typing import Iterator
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from fsspec.spec import AbstractFileSystem
 
 from .errors import CMKError, ConfigurationError, FormatError, IntegrityError, KeyRevokedError
 from .format import Header, KeyBlock, looks_like_cmkfs, plaintext_size
@@ -69,8 +40,11 @@ from .keycache import KeyCache
 from .providers.base import provider_for, split_key_uri
 from .secret import Secret
 from .segment import check_commitment, derive_cipher
-from .stream import read_header
-from .targets import is_partial_name, open_atomic_sink, open_range_source
+from .stream import RangeSource, read_header
+from .targets import is_partial_name, kept_metadata, open_atomic_sink, open_range_source
+
+if TYPE_CHECKING:
+    from .filesystem import CMKFileSystem
 
 __all__ = ["RewrapResult", "rewrap_file", "rewrap_tree", "COPY_CHUNK"]
 
@@ -78,9 +52,18 @@ __all__ = ["RewrapResult", "rewrap_file", "rewrap_tree", "COPY_CHUNK"]
 # bounded whatever the file size (the Azure sink adds ~12 MiB of blocks).
 COPY_CHUNK = 8 * 1024 * 1024
 # Keys of a target's info dict that change when a file is replaced.
-_IDENTITY_KEYS = ("size", "ino", "mtime", "etag", "ETag", "LastModified", "last_modified", "generation",
-                  "version_id", "created")
-_METADATA_PREFIX = "cmkfs_"
+_IDENTITY_KEYS = (
+    "size",
+    "ino",
+    "mtime",
+    "etag",
+    "ETag",
+    "LastModified",
+    "last_modified",
+    "generation",
+    "version_id",
+    "created",
+)
 
 
 @dataclass(frozen=True)
@@ -106,7 +89,7 @@ class RewrapResult:
     def ok(self) -> bool:
         return self.error is None
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly view (the error as its class name and message)."""
         return {
             "path": self.path,
@@ -128,7 +111,7 @@ class _Target:
     version: str  # the version a file must carry to count as current
 
 
-def _resolve_target(fs, key: str | None) -> _Target:
+def _resolve_target(fs: CMKFileSystem, key: str | None) -> _Target:
     """The key to re-wrap under, and its version (the current one unless the URI names one)."""
     uri = key if key is not None else fs.key_uri
     if uri is None:
@@ -149,8 +132,9 @@ def _resolve_target(fs, key: str | None) -> _Target:
     return _Target(uri, canonical, str(version))
 
 
-def rewrap_file(fs, path: str, *, key: str | None = None, dry_run: bool = False,
-                _target: _Target | None = None) -> RewrapResult:
+def rewrap_file(
+    fs: CMKFileSystem, path: str, *, key: str | None = None, dry_run: bool = False, _target: _Target | None = None
+) -> RewrapResult:
     """Re-wrap the DEK of the cmkfs file ``path`` on the ``cmk`` filesystem ``fs``.
 
     ``key`` is the key URI to move the file to (default: the filesystem's
@@ -165,7 +149,7 @@ def rewrap_file(fs, path: str, *, key: str | None = None, dry_run: bool = False,
     """
     target = _target if _target is not None else _resolve_target(fs, key)
     path = fs._strip_protocol(path)
-    inner = fs.fs
+    inner: AbstractFileSystem = fs.fs
     before = _identity(inner, path)
     source = open_range_source(inner, path)
     dek: Secret | None = None  # the DEK never leaves a Secret: no frame here shows it in an error report
@@ -173,20 +157,32 @@ def rewrap_file(fs, path: str, *, key: str | None = None, dry_run: bool = False,
         size = source.size
         if before.get("size") is not None and int(before["size"]) != size:
             raise _changed(path)
-        header = _read_cmkfs_header(source, path)
+        try:
+            header = read_header(source)
+        except FormatError:
+            if looks_like_cmkfs(bytes(source.read_range(0, min(size, 8)))):
+                raise  # a cmkfs file of a version this release does not know
+            raise FormatError(f"{path} is not a cmkfs encrypted file; nothing to re-wrap") from None
         header_len = header.length
         plaintext_size(size, header_len, header.params.segment_size)  # an impossible size is an integrity error
         old = header.key_block
-        result = dict(path=path, old_key_uri=old.key_uri, old_version=old.key_version,
-                      new_key_uri=target.key_uri, dry_run=dry_run)
+        unchanged = RewrapResult(
+            path=path,
+            old_key_uri=old.key_uri,
+            old_version=old.key_version,
+            new_key_uri=target.key_uri,
+            new_version=target.version,
+            changed=False,
+            dry_run=dry_run,
+        )
         if old.key_uri == target.key_uri and old.key_version == target.version:
-            return RewrapResult(new_version=target.version, changed=False, **result)
+            return unchanged
 
         keys: KeyCache = fs.keys
         dek = _unwrap(keys, old)
         _check_dek(dek, header)  # a tampered key block or commitment stops here
         if dry_run:
-            return RewrapResult(new_version=target.version, changed=True, **result)
+            return replace(unchanged, changed=True)
 
         new_block = _wrap(keys, target.wrap_uri, dek)
         if new_block.key_uri != target.key_uri:
@@ -207,16 +203,18 @@ def rewrap_file(fs, path: str, *, key: str | None = None, dry_run: bool = False,
         finally:
             check.wipe()
 
-        written = _publish(fs, inner, path, source, new_bytes, header_len, before)
+        written = _publish(inner, path, source, new_bytes, header_len, before)
         fs.invalidate_cache(path)
-        return RewrapResult(new_version=new_block.key_version, changed=True, bytes_written=written, **result)
+        return replace(unchanged, new_version=new_block.key_version, changed=True, bytes_written=written)
     finally:
         if dek is not None:
             dek.wipe()  # our copy of the DEK does not outlive the call
         source.close()
 
 
-def rewrap_tree(fs, path: str, *, key: str | None = None, dry_run: bool = False) -> Iterator[RewrapResult]:
+def rewrap_tree(
+    fs: CMKFileSystem, path: str, *, key: str | None = None, dry_run: bool = False
+) -> Iterator[RewrapResult]:
     """Re-wrap every file under ``path`` (or ``path`` itself if it is a file).
 
     Yields one :class:`RewrapResult` per file, in path order.  A file that
@@ -237,21 +235,19 @@ def rewrap_tree(fs, path: str, *, key: str | None = None, dry_run: bool = False)
             yield rewrap_file(fs, name, dry_run=dry_run, _target=target)
         except (CMKError, OSError, ValueError) as exc:
             # One bad file must not stop the walk: the files after it still need their new key.
-            yield RewrapResult(path=name, old_key_uri=None, old_version=None, new_key_uri=target.key_uri,
-                               new_version=None, changed=False, dry_run=dry_run, error=exc)
+            yield RewrapResult(
+                path=name,
+                old_key_uri=None,
+                old_version=None,
+                new_key_uri=target.key_uri,
+                new_version=None,
+                changed=False,
+                dry_run=dry_run,
+                error=exc,
+            )
 
 
 # -- pieces ----------------------------------------------------------------------
-
-
-def _read_cmkfs_header(source, path: str) -> Header:
-    try:
-        return read_header(source)
-    except FormatError:
-        head = bytes(source.read_range(0, min(source.size, 8)))
-        if looks_like_cmkfs(head):
-            raise  # a cmkfs file of a version this release does not know
-        raise FormatError(f"{path} is not a cmkfs encrypted file; nothing to re-wrap") from None
 
 
 def _unwrap(keys: KeyCache, key_block: KeyBlock) -> Secret:
@@ -273,19 +269,20 @@ def _check_dek(dek: Secret, header: Header) -> None:
 def _wrap(keys: KeyCache, key_uri: str, dek: Secret) -> KeyBlock:
     # Through the cache's vault boundary: bounded retries, the audit record,
     # and a refusal purges the key from every cache in the process.
-    return keys._vault_call("wrap", key_uri, None, lambda provider: provider.wrap(key_uri, dek))
+    block: KeyBlock = keys._vault_call("wrap", key_uri, None, lambda provider: provider.wrap(key_uri, dek))
+    return block
 
 
-def _identity(inner, path: str) -> dict:
+def _identity(inner: AbstractFileSystem, path: str) -> dict[str, Any]:
     """What identifies the current version of ``path`` on the target."""
     inner.invalidate_cache(path)
-    info = inner.info(path)
+    info: dict[str, Any] = inner.info(path)
     if info.get("type") not in (None, "file"):
         raise IsADirectoryError(errno.EISDIR, "not a file", path)
     return info
 
 
-def _same_version(a: dict, b: dict) -> bool:
+def _same_version(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return all(a.get(k) == b.get(k) for k in _IDENTITY_KEYS)
 
 
@@ -293,20 +290,17 @@ def _changed(path: str) -> OSError:
     return OSError(errno.ESTALE, "the file changed while it was being re-wrapped; nothing was written", path)
 
 
-def _kept_metadata(info: dict) -> dict:
-    """The target's non-cmkfs metadata entries (Azure Blob), to carry over."""
-    raw = info.get("metadata") or {}
-    return {k: v for k, v in raw.items() if not k.lower().startswith(_METADATA_PREFIX)}
-
-
-def _publish(fs, inner, path: str, source, new_header: bytes, header_len: int, before: dict) -> int:
+def _publish(
+    inner: AbstractFileSystem,
+    path: str,
+    source: RangeSource,
+    new_header: bytes,
+    header_len: int,
+    before: dict[str, Any],
+) -> int:
     """Write ``new_header`` and the source's payload atomically; return the bytes written."""
-    from urllib.parse import unquote
-
-    kept = _kept_metadata(before)
-    # The Azure sink percent-encodes what it is given; cmkfs wrote these
-    # values encoded, so decoding them first round-trips them exactly.
-    sink = open_atomic_sink(inner, path, metadata={k: unquote(v) for k, v in kept.items()} or None)
+    # The target's own metadata of the file (Azure Blob) goes into the same commit, as it was.
+    sink = open_atomic_sink(inner, path, metadata=kept_metadata(before) or None)
     try:
         sink.write(new_header)
         written = len(new_header)
@@ -333,22 +327,4 @@ def _publish(fs, inner, path: str, source, new_header: bytes, header_len: int, b
     except BaseException:
         sink.discard()
         raise
-    _restore_metadata(inner, path, kept)
     return written + copied
-
-
-def _restore_metadata(inner, path: str, kept: dict) -> None:
-    """Fix metadata entries another tool wrote unencoded (a second, separate request)."""
-    if not kept:
-        return
-    if not (callable(getattr(inner, "split_path", None)) and hasattr(inner, "service_client")):
-        return  # only adlfs filesystems carry metadata this way
-    from .targets_azure import blob_client_for
-
-    ops, _ = blob_client_for(inner, path)
-    props = ops.properties()
-    current = dict(props.metadata or {})
-    if all(current.get(k) == v for k, v in kept.items()):
-        return
-    current.update(kept)
-    ops.set_metadata(current, props.etag)

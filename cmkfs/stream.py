@@ -26,13 +26,12 @@ import io
 import os
 import threading
 from concurrent.futures import Executor, ThreadPoolExecutor
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 from . import forksafe  # noqa: F401 - registers the fork hooks (this pool among them)
 from .errors import IntegrityError, KeyRevokedError, UnsupportedOperationError
 from .format import (
     DEFAULT_SEGMENT_SIZE,
-    HEADER_PREFIX_SIZE,
     MAX_SEGMENTS,
     NONCE_PREFIX_SIZE,
     SALT_SIZE,
@@ -48,7 +47,18 @@ from .keys import DataKey, KeySource, register_key_holder
 from .segment import SegmentCipher, check_commitment
 from .wipe import wipe
 
-__all__ = ["EncryptingWriter", "DecryptingReader", "RangeSource", "BytesSource", "shared_executor"]
+__all__ = [
+    "EncryptingWriter",
+    "DecryptingReader",
+    "RangeSource",
+    "BytesSource",
+    "FileSource",
+    "read_header",
+    "shared_executor",
+]
+
+# What the engine accepts as bytes, and what a source may hand back.
+BytesLike = bytes | bytearray | memoryview
 
 # A first read this large fetches a whole header in one request in practice
 # (headers are 150-800 bytes), without pulling much payload.
@@ -506,42 +516,59 @@ def _open_batch(cipher: SegmentCipher, jobs: list) -> None:
 
 
 class RangeSource(Protocol):
-    """A ranged, read-only view of ciphertext."""
+    """Ranged, read-only access to one file's ciphertext: what the reader consumes
+    and what :func:`cmkfs.targets.open_range_source` returns.
 
-    size: int
+    A source may also offer ``read_range_into(start, out)``, filling a writable
+    buffer; the reader uses it when present (reused buffers spare page faults).
+    """
 
-    def read_range(self, start: int, end: int):
+    @property
+    def size(self) -> int:
+        """The ciphertext size, fixed when the source was opened."""
+        ...
+
+    def read_range(self, start: int, end: int) -> BytesLike:
         """Exactly the bytes ``[start, end)`` (``end <= size``)."""
+        ...
+
+    def close(self) -> None: ...
 
 
 class BytesSource:
     """A :class:`RangeSource` over an in-memory ciphertext."""
 
-    def __init__(self, data) -> None:
+    def __init__(self, data: BytesLike) -> None:
         self._view = memoryview(data)
         self.size = len(self._view)
 
-    def read_range(self, start: int, end: int):
+    def read_range(self, start: int, end: int) -> memoryview:
         return self._view[start:end]
+
+    def close(self) -> None:
+        pass  # the caller's buffer: nothing of ours to release
 
 
 class FileSource:
-    """A :class:`RangeSource` over a seekable binary file object."""
+    """A :class:`RangeSource` over a seekable binary file object (which stays the caller's to close)."""
 
-    def __init__(self, fileobj, size: int | None = None) -> None:
+    def __init__(self, fileobj: BinaryIO, size: int | None = None) -> None:
         self._f = fileobj
         if size is None:
             size = fileobj.seek(0, os.SEEK_END)
         self.size = size
         self._lock = threading.Lock()
 
-    def read_range(self, start: int, end: int):
+    def read_range(self, start: int, end: int) -> bytes:
         with self._lock:
             self._f.seek(start)
             data = self._f.read(end - start)
         if len(data) != end - start:
             raise IntegrityError()  # the file shrank under us
         return data
+
+    def close(self) -> None:
+        pass
 
 
 class DecryptingReader(_Keyed):
@@ -557,15 +584,7 @@ class DecryptingReader(_Keyed):
         size = source.size
         # A small file is fetched whole: one request instead of two (header,
         # then final segment), which on a remote store is most of the cost.
-        probe = bytes(source.read_range(0, size if size <= SMALL_FILE_FETCH else HEADER_PROBE_SIZE))
-        if len(probe) < HEADER_PREFIX_SIZE:
-            header_length_from_prefix(probe)  # raises the right FormatError
-        header_len = header_length_from_prefix(probe)
-        if header_len > size:
-            raise IntegrityError()
-        if header_len > len(probe):
-            probe += bytes(source.read_range(len(probe), header_len))
-        header = Header.decode(probe[:header_len])
+        header, header_len, probe = _fetch_header(source, size if size <= SMALL_FILE_FETCH else HEADER_PROBE_SIZE)
         self.header = header
         self.header_length = header_len
         self.segment_size = header.params.segment_size
@@ -791,14 +810,25 @@ def decrypt_bytes(blob, keys: KeySource) -> bytes:
 
 
 def read_header(source: RangeSource) -> Header:
-    """Decode only the header of a file (no key needed): for status and rewrap."""
-    probe = bytes(source.read_range(0, min(source.size, HEADER_PROBE_SIZE)))
-    header_len = header_length_from_prefix(probe)
-    if header_len > source.size:
-        raise IntegrityError()  # cut short inside its header: truncation, as DecryptingReader reports it
+    """The decoded header of ``source``: bounds and checksum checked, no key needed
+    (status, rewrap, blob metadata)."""
+    return _fetch_header(source, HEADER_PROBE_SIZE)[0]
+
+
+def _fetch_header(source: RangeSource, first_read: int) -> tuple[Header, int, bytes]:
+    """``(header, header length, bytes fetched)``: the one place a header is read.
+
+    The first request asks for ``first_read`` bytes (fewer for a shorter file);
+    a header longer than that costs one more request for the rest.
+    """
+    size = source.size
+    probe = bytes(source.read_range(0, min(size, first_read)))
+    header_len = header_length_from_prefix(probe)  # bounded before the rest is fetched or parsed
+    if header_len > size:
+        raise IntegrityError()  # cut short inside its header: truncation, whichever reader finds it
     if header_len > len(probe):
         probe += bytes(source.read_range(len(probe), header_len))
-    return Header.decode(probe[:header_len])
+    return Header.decode(probe[:header_len]), header_len, probe
 
 
 def reject_append() -> None:

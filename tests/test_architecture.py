@@ -16,7 +16,7 @@ LAYERS = {
     "format": 1, "segment": 1,
     "keys": 2, "providers": 2, "keycache": 2, "audit": 2,
     "stream": 3,
-    "targets": 4,
+    "targets": 4, "targets_azure": 4,  # targets_azure: the deprecated path of targets.azure
     "filesystem": 5, "files": 5, "transactions": 5, "delegation": 5, "cache_guard": 5, "sizes": 5, "rewrap": 5,
     "cli": 6,
 }

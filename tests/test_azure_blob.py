@@ -7,6 +7,7 @@ then through the ``cmk`` filesystem (``cmk::abfs://...``).
 from __future__ import annotations
 
 import errno
+import importlib
 import os
 import signal
 import subprocess
@@ -15,19 +16,14 @@ import textwrap
 
 import pytest
 
+from cmkfs import targets
+from cmkfs.errors import IntegrityError
 from cmkfs.format import DEFAULT_SEGMENT_SIZE, TAG_SIZE, ContentClass
 from cmkfs.keycache import KeyCache
 from cmkfs.providers.local import LocalVaultProvider
-from cmkfs.stream import DecryptingReader, EncryptingWriter
-from cmkfs import targets, targets_azure
-from cmkfs.targets_azure import (
-    AzureBlobSink,
-    AzureBlobSource,
-    blob_metadata,
-    read_blob_header,
-    read_header_range,
-    set_blob_metadata,
-)
+from cmkfs.stream import DecryptingReader, EncryptingWriter, read_header
+from cmkfs.targets import azure as targets_azure
+from cmkfs.targets.azure import AzureBlobSink, AzureBlobSource, blob_metadata, set_blob_metadata
 
 pytestmark = [pytest.mark.azurite, pytest.mark.timeout(120)]
 
@@ -57,6 +53,14 @@ def encrypt_to(sink, keys, data: bytes, *, step: int = 100_003, **kwargs):
 def decrypt_from(fs, path, keys, **kwargs):
     with AzureBlobSource(fs, path, **kwargs) as source, DecryptingReader(source, keys, threads=1) as reader:
         return reader.read(0, -1)
+
+
+def read_blob_header(fs, path):
+    source = targets.open_range_source(fs, path)
+    try:
+        return read_header(source)
+    finally:
+        source.close()
 
 
 def blob_bytes(azurite, container, name) -> bytes:
@@ -187,6 +191,60 @@ def test_missing_container_is_file_not_found(abfs, keys):
         AzureBlobSink(abfs, "just-a-container")
 
 
+def _sdk_error(kind: str, code: str | None = None, status: int | None = None):
+    from azure.core import exceptions
+
+    exc = getattr(exceptions, kind)("https://acct.blob.core.windows.net/c/b?sig=SECRET")
+    exc.error_code, exc.status_code = code, status
+    return exc
+
+
+@pytest.mark.parametrize(
+    ("kind", "code", "status", "writing", "expected", "err", "message"),
+    [
+        ("ResourceNotFoundError", "BlobNotFound", 404, False, FileNotFoundError, errno.ENOENT,
+         "no such blob or container (BlobNotFound)"),
+        ("HttpResponseError", None, 404, False, FileNotFoundError, errno.ENOENT, "no such blob or container (404)"),
+        ("ResourceExistsError", "BlobAlreadyExists", 409, False, FileExistsError, errno.EEXIST,
+         "blob exists (BlobAlreadyExists)"),
+        ("ResourceExistsError", "LeaseIdMissing", 409, True, FileExistsError, errno.EEXIST,
+         "blob exists (LeaseIdMissing)"),
+        ("ResourceExistsError", "LeaseIdMissing", 409, False, OSError, errno.EIO,
+         "Azure Storage request failed (LeaseIdMissing)"),
+        ("ResourceModifiedError", "ConditionNotMet", 412, True, FileExistsError, errno.EEXIST,
+         "blob exists (create-only write)"),
+        ("ResourceModifiedError", "ConditionNotMet", 412, False, OSError, errno.ESTALE,
+         "the blob was replaced while it was being read; open it again"),
+        ("ClientAuthenticationError", "AuthenticationFailed", 403, False, PermissionError, errno.EACCES,
+         "access denied by Azure Storage (AuthenticationFailed)"),
+        ("HttpResponseError", "InvalidBlockList", 400, True, OSError, errno.EBUSY,
+         "another writer committed this blob first; nothing was written"),
+        ("HttpResponseError", "InvalidHeaderValue", 400, True, OSError, errno.EIO,
+         "Azure Storage request failed (InvalidHeaderValue)"),
+        ("ServiceRequestError", None, None, False, ConnectionError, errno.ECONNREFUSED, "cannot reach Azure Storage"),
+        ("ServiceResponseError", None, None, True, ConnectionError, errno.ECONNREFUSED, "cannot reach Azure Storage"),
+        ("AzureError", None, None, False, OSError, errno.EIO, "Azure Storage request failed (AzureError)"),
+    ],
+)
+def test_sdk_errors_become_builtins(kind, code, status, writing, expected, err, message):
+    original = _sdk_error(kind, code, status)
+    with pytest.raises(OSError) as info, targets_azure._storage_errors("c/b", writing=writing):
+        raise original
+    assert type(info.value) is expected
+    assert (info.value.errno, info.value.strerror, info.value.filename) == (err, message, "c/b")
+    assert info.value.__cause__ is original
+    assert "SECRET" not in str(info.value)  # SDK messages can quote a SAS token: never copied
+
+
+def test_sdk_range_error_is_an_integrity_error_and_others_pass_through():
+    with pytest.raises(IntegrityError), targets_azure._storage_errors("c/b"):
+        raise _sdk_error("HttpResponseError", "InvalidRange", 416)
+    plain = KeyError("not from the SDK")
+    with pytest.raises(KeyError) as info, targets_azure._storage_errors("c/b"):
+        raise plain
+    assert info.value is plain
+
+
 def test_killed_writer_leaves_previous_blob(abfs, abfs_container, keys, azurite, isolated_cmkfs_home):
     path = f"{abfs_container}/crash.bin"
     old = os.urandom(200_000)
@@ -202,7 +260,7 @@ def test_killed_writer_leaves_previous_blob(abfs, abfs_container, keys, azurite,
         from cmkfs.keycache import KeyCache
         from cmkfs.providers.local import LocalVaultProvider
         from cmkfs.stream import EncryptingWriter
-        from cmkfs.targets_azure import AzureBlobSink
+        from cmkfs.targets.azure import AzureBlobSink
 
         vault = LocalVaultProvider(os.environ["CMKFS_HOME"])
         keys = KeyCache(sys.argv[3], providers=lambda uri: vault)
@@ -306,9 +364,9 @@ def test_header_helpers_and_metadata_rewrite(abfs, abfs_container, keys, vault):
     sink = AzureBlobSink(abfs, path, {"owner": "finance"})
     header = encrypt_to(sink, keys, os.urandom(100_000)).header
     sink.commit()
-    raw = read_header_range(abfs, path)
-    assert raw == header.encode()
-    assert read_blob_header(abfs, path) == header
+    source = AzureBlobSource(abfs, path)
+    assert read_header(source) == header
+    assert source.requests == 2 and source.bytes_fetched <= 4096  # properties, one ranged GET of the header
 
     new_version = vault.rotate(KEY_NAME)
     rewrapped = header.with_key_block(vault.wrap(f"local://{KEY_NAME}", bytes(32)))
@@ -316,6 +374,20 @@ def test_header_helpers_and_metadata_rewrite(abfs, abfs_container, keys, vault):
     meta = blob_metadata(abfs, path)
     assert meta["cmkfs_key_version"] == new_version
     assert abfs.info(path)["metadata"]["owner"] == "finance"  # other entries kept
+
+
+def test_deprecated_module_still_works(abfs, abfs_container, keys):
+    with pytest.warns(DeprecationWarning, match="cmkfs.targets.azure"):
+        import cmkfs.targets_azure
+
+        old = importlib.reload(cmkfs.targets_azure)  # warns again when an earlier test imported it
+    assert old.AzureBlobSink is AzureBlobSink and old.blob_metadata is blob_metadata
+    path = f"{abfs_container}/old-api.bin"
+    sink = AzureBlobSink(abfs, path)
+    header = encrypt_to(sink, keys, b"data").header
+    sink.commit()
+    assert old.read_blob_header(abfs, path) == header
+    assert old.read_header_range(abfs, path) == header.encode()
 
 
 def test_registered_for_adlfs_protocols(abfs, abfs_container, keys):

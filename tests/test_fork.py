@@ -132,7 +132,7 @@ def test_multiprocessing_child_reads_and_writes_after_the_parent_used_the_pool(m
 
 
 def test_forked_child_uses_the_azure_upload_pool():
-    from cmkfs import targets_azure
+    from cmkfs.targets import azure as targets_azure
 
     assert targets_azure._uploads().submit(int, "1").result(timeout=10) == 1
 
@@ -313,7 +313,7 @@ def test_audit_lines_stay_whole_across_threads_and_a_forked_child(tmp_path):
 
 def test_forked_child_initialises_the_hsm_library_and_logs_in_again(softhsm, isolated_cmkfs_home):
     from cmkfs.keycache import KeyCache
-    from cmkfs.providers import pkcs11 as hsm
+    from cmkfs.providers.pkcs11 import sessions as hsm
     from cmkfs.stream import decrypt_bytes, encrypt_bytes
 
     provider = softhsm.provider()

@@ -356,7 +356,7 @@ def test_memory_target(vault):
 @pytest.mark.azurite
 @pytest.mark.timeout(120)
 def test_azure_blob_rewrap_updates_metadata(vault, abfs, abfs_container, azurite):
-    from cmkfs.targets_azure import blob_metadata
+    from cmkfs.targets.azure import blob_metadata
 
     fs = new_fs(fs=abfs)
     files: dict[str, bytes] = {}
