@@ -46,7 +46,7 @@ MODULE_LOCKS = (
     ("cmkfs.targets", "_LOCK"),
     ("cmkfs.cache_guard", "_lock"),
     ("cmkfs.providers.base", "_LOCK"),
-    ("cmkfs.providers.pkcs11", "_LIBS_LOCK"),
+    ("cmkfs.providers.pkcs11.sessions", "_LIBS_LOCK"),
     ("cmkfs.testing.fake_keyvault", "_POOL_LOCK"),
 )
 # What the child rebuilds, in this order: pools first (nothing below needs
@@ -57,7 +57,7 @@ CHILD_RESETS = (
     ("cmkfs.targets.azure", "_forget_uploads"),
     ("cmkfs.keys", "_after_fork_in_child"),
     ("cmkfs.keycache", "_after_fork_in_child"),
-    ("cmkfs.providers.pkcs11", "_after_fork_in_child"),
+    ("cmkfs.providers.pkcs11.sessions", "_after_fork_in_child"),
 )
 
 _RLOCK = type(threading.RLock())

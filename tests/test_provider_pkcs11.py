@@ -201,15 +201,27 @@ def test_disable_is_enforced_by_the_hsm_for_every_client(softhsm, hsm_provider, 
 
 
 def test_permission_codes_translate_to_key_revoked():
-    from cmkfs.providers.pkcs11 import _translate
+    from cmkfs.providers.pkcs11.errors import translate
 
     for code in (0x68, 0x1B):
-        err = _translate(pkcs11.PKCS11Error(f"Unmapped error code {hex(code)}"), "key k")
+        err = translate(pkcs11.PKCS11Error(f"Unmapped error code {hex(code)}"), "key k")
         assert isinstance(err, KeyRevokedError)
-    assert isinstance(_translate(pkcs11.PinLocked(), "key k"), KeyRevokedError)
-    assert isinstance(_translate(pkcs11.PinIncorrect(), "key k"), ConfigurationError)
-    assert isinstance(_translate(pkcs11.DeviceError(), "key k"), VaultUnavailableError)
-    assert isinstance(_translate(pkcs11.WrappedKeyInvalid(), "key k", unwrapping=True), IntegrityError)
+    assert isinstance(translate(pkcs11.PinLocked(), "key k"), KeyRevokedError)
+    assert isinstance(translate(pkcs11.PinIncorrect(), "key k"), ConfigurationError)
+    assert isinstance(translate(pkcs11.DeviceError(), "key k"), VaultUnavailableError)
+    assert isinstance(translate(pkcs11.WrappedKeyInvalid(), "key k", unwrapping=True), IntegrityError)
+    assert isinstance(translate(pkcs11.WrappedKeyInvalid(), "key k"), VaultUnavailableError)
+    assert str(translate(pkcs11.MechanismInvalid(), "key k")) == "the token cannot do this with key k (MechanismInvalid)"
+
+
+def test_error_table_names_python_pkcs11_classes():
+    # The table is keyed by class name: a class renamed in python-pkcs11 must fail here, not go unmatched.
+    from cmkfs.providers.pkcs11 import errors
+
+    names = {key for key in errors.ERRORS if isinstance(key, str)}
+    names |= errors.PIN_REJECTED | errors.SESSION_LOST | errors.BAD_WRAPPED_KEY
+    for name in names:
+        assert issubclass(getattr(pkcs11, name), pkcs11.PKCS11Error), name
 
 
 def test_destroyed_key_is_not_found(hsm_provider, aes_key):
@@ -443,19 +455,19 @@ def test_bad_uris_are_configuration_errors(bad):
 
 
 def test_pin_source_file_and_errors(tmp_path):
-    from cmkfs.providers.pkcs11 import _read_pin_source
+    from cmkfs.providers.pkcs11.sessions import read_pin_source
 
     path = tmp_path / "pin"
     path.write_text("s3cret\r\n")
-    assert _read_pin_source(str(path)) == "s3cret"
-    assert _read_pin_source(f"file://{path}") == "s3cret"
+    assert read_pin_source(str(path)) == "s3cret"
+    assert read_pin_source(f"file://{path}") == "s3cret"
     with pytest.raises(ConfigurationError) as err:
-        _read_pin_source(str(tmp_path / "absent"))
+        read_pin_source(str(tmp_path / "absent"))
     assert "s3cret" not in str(err.value)
     with pytest.raises(ConfigurationError):
-        _read_pin_source("|/usr/bin/pin-helper")
+        read_pin_source("|/usr/bin/pin-helper")
     with pytest.raises(ConfigurationError):
-        _read_pin_source("https://example.com/pin")
+        read_pin_source("https://example.com/pin")
 
 
 def test_unavailable_error_type_is_retryable():

@@ -1,19 +1,12 @@
 """The key provider interface and the registry that picks a provider by key URI.
 
-A provider fronts one kind of vault or HSM.  It only ever wraps and unwraps
-data keys (envelope encryption): the key-encryption key never leaves the
-vault, except for the embedded ``local://`` vault whose whole point is to be
-the vault.
+A provider fronts one vault or HSM and only wraps and unwraps data keys; the
+key-encryption key stays in the vault.  DEKs cross this interface as
+:class:`~cmkfs.secret.Secret` objects, and a provider takes the bytes out only
+in the expression that hands them to its crypto library or SDK, so no frame of
+a failed call holds a DEK (docs/SECURITY.md).
 
-DEKs cross this interface as :class:`~cmkfs.secret.Secret` objects in both
-directions: :meth:`KeyProvider.wrap` takes one (any bytes-like object is
-accepted too, and copied) and :meth:`KeyProvider.unwrap` returns one.  A
-provider takes the bytes out only inside the expression that hands them to
-its crypto library or SDK, so no frame of a failed wrap or unwrap holds a
-DEK that an error report capturing locals would show.
-
-Providers translate their backend's errors where they enter, with
-``raise ... from exc``:
+Providers translate their backend's errors where they enter, ``raise ... from exc``:
 
 ============================  ===========================================
 backend says                  provider raises
@@ -33,15 +26,19 @@ from __future__ import annotations
 import abc
 import importlib
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import NoReturn, TypeAlias, cast
 from urllib.parse import unquote, urlsplit
 
 from ..errors import ConfigurationError
 from ..format import KeyBlock
 from ..secret import Secret
 
-__all__ = ["KeyInfo", "KeyProvider", "register_provider", "provider_for", "split_key_uri", "redact_key_uri"]
+__all__ = ["KeyInfo", "KeyProvider", "DEKLike", "register_provider", "provider_for", "split_key_uri", "redact_key_uri"]
+
+#: What :meth:`KeyProvider.wrap` takes: a Secret, or a bytes-like object that it copies.
+DEKLike: TypeAlias = Secret | bytes | bytearray | memoryview
 
 # Key URI attributes that are secrets (RFC 7512 PIN attributes) or point at them.
 _SECRET_ATTRIBUTES = ("pin-value", "pin-source")
@@ -73,12 +70,12 @@ class KeyProvider(abc.ABC):
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
-    def __reduce__(self):
+    def __reduce__(self) -> NoReturn:
         # Providers may hold credentials or sessions; pickles carry key URIs only.
         raise TypeError(f"{type(self).__name__} cannot be pickled; pickle the key URI instead")
 
     @abc.abstractmethod
-    def wrap(self, key_uri: str, dek: Secret) -> KeyBlock:
+    def wrap(self, key_uri: str, dek: DEKLike) -> KeyBlock:
         """Wrap ``dek`` (32 bytes) under the current (or the URI's named) version of the key."""
 
     @abc.abstractmethod
@@ -93,7 +90,7 @@ class KeyProvider(abc.ABC):
         """The key URI without a version: what the key cache groups entries by."""
         return split_key_uri(key_uri)[0]
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional: a provider without sessions has nothing to release
         """Release sessions and connections."""
 
 
@@ -102,7 +99,7 @@ _FACTORIES: dict[str, str | Callable[..., KeyProvider]] = {
     "https://": "cmkfs.providers.azure_keyvault:AzureKeyVaultProvider",
     "pkcs11:": "cmkfs.providers.pkcs11:PKCS11Provider",
 }
-_INSTANCES: dict[tuple, KeyProvider] = {}
+_INSTANCES: dict[tuple[str, tuple[tuple[str, object], ...]], KeyProvider] = {}
 _LOCK = threading.Lock()
 
 
@@ -116,7 +113,9 @@ def register_provider(prefix: str, factory: str | Callable[..., KeyProvider]) ->
 
 def _prefix_of(key_uri: str) -> str:
     if not isinstance(key_uri, str) or not key_uri:
-        raise ConfigurationError("a key URI is required (local://NAME, https://VAULT.vault.azure.net/keys/NAME, pkcs11:...)")
+        raise ConfigurationError(
+            "a key URI is required (local://NAME, https://VAULT.vault.azure.net/keys/NAME, pkcs11:...)"
+        )
     for prefix in sorted(_FACTORIES, key=len, reverse=True):
         if key_uri.startswith(prefix):
             return prefix
@@ -130,10 +129,10 @@ def _load(factory: str | Callable[..., KeyProvider]) -> Callable[..., KeyProvide
     if callable(factory):
         return factory
     module, _, name = factory.partition(":")
-    return getattr(importlib.import_module(module), name)
+    return cast(Callable[..., KeyProvider], getattr(importlib.import_module(module), name))
 
 
-def provider_for(key_uri: str, **options) -> KeyProvider:
+def provider_for(key_uri: str, **options: object) -> KeyProvider:
     """The provider for ``key_uri``, shared per process and per option set.
 
     ``options`` are provider specific (``home=`` for ``local://``,
@@ -141,7 +140,12 @@ def provider_for(key_uri: str, **options) -> KeyProvider:
     part of the sharing key so two configurations never mix.
     """
     prefix = _prefix_of(key_uri)
-    marker = (prefix, tuple(sorted((k, id(v) if not isinstance(v, (str, int, float, type(None))) else v) for k, v in options.items())))
+    marker = (
+        prefix,
+        tuple(
+            sorted((k, id(v) if not isinstance(v, (str, int, float, type(None))) else v) for k, v in options.items())
+        ),
+    )
     with _LOCK:
         provider = _INSTANCES.get(marker)
         if provider is None:
@@ -161,21 +165,23 @@ def split_key_uri(key_uri: str) -> tuple[str, str | None]:
         head, sep, rest = key_uri.partition("/keys/")
         parts = rest.strip("/").split("/")
         if not sep or not parts[0] or len(parts) > 2:
-            raise ConfigurationError("an Azure Key Vault key URI looks like https://VAULT.vault.azure.net/keys/NAME[/VERSION]")
+            raise ConfigurationError(
+                "an Azure Key Vault key URI looks like https://VAULT.vault.azure.net/keys/NAME[/VERSION]"
+            )
         base = f"{head}/keys/{parts[0]}"
         return base, (parts[1] if len(parts) == 2 else None)
     base, sep, query = key_uri.partition("?")
     version = None
     if sep:
-        rest = []
+        kept = []
         for item in query.replace(";", "&").split("&"):
             name, _, value = item.partition("=")
             if name == "version":
                 version = value
             elif item:
-                rest.append(item)
-        if rest:
-            base = base + "?" + "&".join(rest)
+                kept.append(item)
+        if kept:
+            base = base + "?" + "&".join(kept)
     return base, version
 
 
@@ -192,6 +198,9 @@ def redact_key_uri(key_uri: str) -> str:
     base, sep, query = key_uri.partition("?")
     if not sep:
         return key_uri
-    kept = [item for item in query.replace(";", "&").split("&")
-            if item and unquote(item.partition("=")[0]).lower() not in _SECRET_ATTRIBUTES]
+    kept = [
+        item
+        for item in query.replace(";", "&").split("&")
+        if item and unquote(item.partition("=")[0]).lower() not in _SECRET_ATTRIBUTES
+    ]
     return base + ("?" + "&".join(kept) if kept else "")
