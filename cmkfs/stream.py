@@ -44,6 +44,7 @@ from .format import (
     plaintext_size,
 )
 from .keys import DataKey, KeySource, register_key_holder
+from .secret import BytesLike
 from .segment import SegmentCipher, check_commitment
 from .wipe import wipe
 
@@ -56,9 +57,6 @@ __all__ = [
     "read_header",
     "shared_executor",
 ]
-
-# What the engine accepts as bytes, and what a source may hand back.
-BytesLike = bytes | bytearray | memoryview
 
 # A first read this large fetches a whole header in one request in practice
 # (headers are 150-800 bytes), without pulling much payload.

@@ -28,7 +28,8 @@ from fsspec.implementations.local import LocalFileSystem
 from fsspec.implementations.memory import MemoryFileSystem
 from fsspec.spec import AbstractFileSystem
 
-from ..stream import BytesLike, RangeSource
+from ..secret import BytesLike
+from ..stream import RangeSource
 from .generic import CatFileSource, FsspecSink
 from .local import PARTIAL_MARKER, LocalSink, LocalSource, is_partial_name
 from .memory import MemorySink, MemorySource

@@ -37,7 +37,8 @@ from fsspec.spec import AbstractFileSystem
 
 from ..errors import ConfigurationError, FormatError, IntegrityError
 from ..format import MAX_HEADER_SIZE, Header, plaintext_size
-from ..stream import BytesLike, BytesSource, RangeSource, read_header
+from ..secret import BytesLike
+from ..stream import BytesSource, RangeSource, read_header
 from . import METADATA_PREFIX, AtomicSink, StoredMetadata, register_target
 from .generic import CatFileSource, FsspecSink
 

@@ -12,7 +12,7 @@ from typing import Any
 from fsspec.spec import AbstractFileSystem
 
 from ..errors import IntegrityError
-from ..stream import BytesLike
+from ..secret import BytesLike
 
 __all__ = ["FsspecSink", "CatFileSource"]
 

@@ -11,7 +11,7 @@ import stat
 from fsspec.implementations.local import LocalFileSystem
 
 from ..errors import IntegrityError
-from ..stream import BytesLike
+from ..secret import BytesLike
 
 __all__ = ["PARTIAL_MARKER", "LocalSink", "LocalSource", "is_partial_name"]
 

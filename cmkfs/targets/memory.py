@@ -7,7 +7,7 @@ import io
 from fsspec.implementations.memory import MemoryFileSystem
 
 from ..errors import IntegrityError
-from ..stream import BytesLike
+from ..secret import BytesLike
 
 __all__ = ["MemorySink", "MemorySource"]
 
