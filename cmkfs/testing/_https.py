@@ -144,17 +144,19 @@ class JSONServer(http.server.ThreadingHTTPServer):
         # The handshake runs in the connection's thread, not in the accept loop, and is bounded in time.
         request.settimeout(CONNECTION_TIMEOUT)
         try:
-            request = self.context.wrap_socket(request, server_side=True)
+            tls = self.context.wrap_socket(request, server_side=True)
         except (ssl.SSLError, OSError):
             request.close()
             return
         with self._connections_lock:
-            self._connections.add(request)
+            self._connections.add(tls)
         try:
-            super().finish_request(request, client_address)
+            super().finish_request(tls, client_address)
         finally:
             with self._connections_lock:
-                self._connections.discard(request)
+                self._connections.discard(tls)
+            # The TLS socket took over the descriptor: shutdown_request only sees the emptied original.
+            self.shutdown_request(tls)
 
     def shutdown_request(self, request: Any) -> None:
         try:
