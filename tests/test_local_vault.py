@@ -17,6 +17,7 @@ import time
 from dataclasses import replace
 
 import pytest
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from cmkfs.audit import audit_log
@@ -91,7 +92,7 @@ def test_wrapped_dek_follows_the_documented_rule(vault, isolated_cmkfs_home):
     aad = b"cmkfs/v1 wrap" + b"local://sales" + b"\x00" + b"1"
     assert AESGCM(kek).decrypt(block.wrapped_dek[:12], block.wrapped_dek[12:], aad) == dek
     # The same block under another version's label does not open: the version is bound.
-    with pytest.raises(Exception):
+    with pytest.raises(InvalidTag):
         AESGCM(kek).decrypt(block.wrapped_dek[:12], block.wrapped_dek[12:], b"cmkfs/v1 wrap" + b"local://sales\x002")
     # A key block survives the header encoding round trip and still unwraps.
     assert bytes(vault.unwrap(KeyBlock.decode(block.encode()))) == dek
@@ -114,7 +115,9 @@ def test_wrap_accepts_bytes_like_and_checks_types_and_sizes(vault):
     assert bytes(unwrapped) == bytes(32)
 
 
-@pytest.mark.parametrize("name", ["", ".", "..", ".lock", ".hidden", "a/b", "a\\b", "x" * 65, "\u00e9quipe", "a b", "a?b"])
+@pytest.mark.parametrize(
+    "name", ["", ".", "..", ".lock", ".hidden", "a/b", "a\\b", "x" * 65, "\u00e9quipe", "a b", "a?b"]
+)
 def test_bad_key_names_are_refused(vault, name):
     with pytest.raises(ConfigurationError):
         vault.create(name)
@@ -160,7 +163,13 @@ def test_describe_and_details_never_show_material(vault, isolated_cmkfs_home):
     vault.create("k")
     vault.rotate("k")
     info = vault.describe("local://k?version=1")
-    assert (info.key_uri, info.current_version, info.enabled, info.versions, info.size_bits) == ("local://k", "2", True, ("1", "2"), 256)
+    assert (info.key_uri, info.current_version, info.enabled, info.versions, info.size_bits) == (
+        "local://k",
+        "2",
+        True,
+        ("1", "2"),
+        256,
+    )
     text = repr(info) + json.dumps(vault.details("k")) + repr(vault)
     for f in material_files(isolated_cmkfs_home, "k"):
         kek = (isolated_cmkfs_home / "vault" / "k" / f).read_bytes()
@@ -231,7 +240,7 @@ def test_files_are_private_whatever_the_umask(isolated_cmkfs_home):
         os.umask(old)
     home = isolated_cmkfs_home / "fresh"
     seen = 0
-    for root, dirs, files in os.walk(home):
+    for root, _dirs, files in os.walk(home):
         assert stat.S_IMODE(os.stat(root).st_mode) == 0o700, root
         for f in files:
             assert stat.S_IMODE(os.stat(os.path.join(root, f)).st_mode) == 0o600, f
@@ -392,7 +401,9 @@ def test_killed_writer_never_leaves_a_broken_vault(vault, isolated_cmkfs_home):
     first = vault.wrap("local://k", dek)
     rng = random.Random(1234)
     for _ in range(6):
-        child = subprocess.Popen([sys.executable, "-c", _ROTATE_FOREVER, str(isolated_cmkfs_home)], stdout=subprocess.PIPE)
+        child = subprocess.Popen(
+            [sys.executable, "-c", _ROTATE_FOREVER, str(isolated_cmkfs_home)], stdout=subprocess.PIPE
+        )
         assert child.stdout.readline().strip() == b"ready"
         time.sleep(rng.uniform(0.02, 0.25))
         child.send_signal(signal.SIGKILL)
@@ -415,7 +426,7 @@ def test_killed_writer_never_leaves_a_broken_vault(vault, isolated_cmkfs_home):
 def _hammer(home: str, worker: int, rounds: int) -> list:
     vault = LocalVaultProvider(home)
     out = []
-    for i in range(rounds):
+    for _ in range(rounds):
         version = vault.rotate("shared")
         dek = os.urandom(32)
         block = vault.wrap("local://shared", dek)
@@ -519,7 +530,8 @@ def test_destroy_overwrites_before_unlinking(vault, isolated_cmkfs_home, monkeyp
 
     def spy(p, *a, **kw):
         if str(p).endswith(".key"):
-            seen.append(open(p, "rb").read())
+            with open(p, "rb") as fh:
+                seen.append(fh.read())
         return real_unlink(p, *a, **kw)
 
     monkeypatch.setattr(local.os, "unlink", spy)

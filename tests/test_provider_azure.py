@@ -61,7 +61,9 @@ def provider(keyvault):
 def backend(keyvault, provider):
     keyvault.create_key("sales")
     keyvault.create_key("other")
-    return AzureBackend(provider, keyvault.key_uri("sales"), keyvault.key_uri("other"), keyvault.key_uri("missing"), keyvault)
+    return AzureBackend(
+        provider, keyvault.key_uri("sales"), keyvault.key_uri("other"), keyvault.key_uri("missing"), keyvault
+    )
 
 
 class TestAzureKeyVaultContract(ProviderContract):
@@ -301,15 +303,52 @@ def test_persistent_503_fails_after_bounded_retries(keyvault, provider):
     assert len([r for r in keyvault.requests if r[2] == 503]) == 3
 
 
-@pytest.mark.parametrize("status, error", [(500, VaultUnavailableError), (502, VaultUnavailableError),
-                                           (504, VaultUnavailableError), (401, KeyRevokedError),
-                                           (403, KeyRevokedError), (404, KeyNotFoundError), (418, ConfigurationError)])
+@pytest.mark.parametrize(
+    "status, error",
+    [
+        (500, VaultUnavailableError),
+        (502, VaultUnavailableError),
+        (504, VaultUnavailableError),
+        (401, KeyRevokedError),
+        (403, KeyRevokedError),
+        (404, KeyNotFoundError),
+        (418, ConfigurationError),
+    ],
+)
 def test_status_table(keyvault, provider, status, error):
     keyvault.create_key("sales")
     block = provider.wrap(keyvault.key_uri("sales"), os.urandom(32))
     keyvault.set_failure(status)
     with pytest.raises(error):
         provider.unwrap(block)
+
+
+def test_sdk_errors_are_translated_at_one_boundary():
+    from azure.core import exceptions as core
+
+    from cmkfs.providers.azure_keyvault import _sdk_call
+
+    def raising(exc):
+        def call():
+            raise exc
+
+        return call
+
+    cases = [
+        (core.ServiceRequestError("connection refused"), "wrapKey", False, VaultUnavailableError, "unreachable"),
+        (core.ClientAuthenticationError("no identity"), "get", False, ConfigurationError, "access token"),
+        (ValueError("challenge names another resource"), "get", False, ConfigurationError, "another resource"),
+        (core.AzureError("key_ops"), "wrapKey", True, ConfigurationError, "does not permit wrapKey"),
+        (ValueError("decryption failed"), "unwrapKey", True, IntegrityError, "failed authentication"),
+    ]
+    for exc, operation, local, error, words in cases:
+        with pytest.raises(error, match=words) as info:
+            _sdk_call(raising(exc), operation, "https://v.vault.azure.net", "k", "1", local=local)
+        assert info.value.__cause__ is exc
+    for exc in (KeyRevokedError("ours already"), TypeError("not the SDK's"), ValueError("local wrap")):
+        with pytest.raises(type(exc)) as info:
+            _sdk_call(raising(exc), "wrapKey", "https://v.vault.azure.net", "k", "1", local=True)
+        assert info.value is exc  # raised as it is
 
 
 def test_stopped_vault_fails_closed(keyvault, provider):
@@ -446,7 +485,9 @@ def test_local_mode_accepts_base64url_fields_and_refuses_what_it_cannot_do(keyva
 
     keyvault.create_key("sales")
     jwk = keyvault.private_jwk("sales")
-    text = {k: (base64.urlsafe_b64encode(v).rstrip(b"=").decode() if isinstance(v, bytes) else v) for k, v in jwk.items()}
+    text = {
+        k: (base64.urlsafe_b64encode(v).rstrip(b"=").decode() if isinstance(v, bytes) else v) for k, v in jwk.items()
+    }
     local = AzureKeyVaultProvider.from_jwk(text)
     block = local.wrap(jwk["kid"], b"d" * 32)
     assert bytes(local.unwrap(block)) == b"d" * 32

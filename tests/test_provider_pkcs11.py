@@ -132,11 +132,20 @@ def test_wrap_equals_rfc5649(softhsm, hsm_provider):
     label = _label("known")
     a = pkcs11.Attribute
     with hsm_provider.open_session(softhsm.key_uri(label)) as session:
-        session.create_object({
-            a.CLASS: pkcs11.ObjectClass.SECRET_KEY, a.KEY_TYPE: pkcs11.KeyType.AES, a.VALUE: kek,
-            a.TOKEN: True, a.LABEL: label, a.ID: b"1", a.WRAP: True, a.UNWRAP: True,
-            a.EXTRACTABLE: True, a.SENSITIVE: False,
-        })
+        session.create_object(
+            {
+                a.CLASS: pkcs11.ObjectClass.SECRET_KEY,
+                a.KEY_TYPE: pkcs11.KeyType.AES,
+                a.VALUE: kek,
+                a.TOKEN: True,
+                a.LABEL: label,
+                a.ID: b"1",
+                a.WRAP: True,
+                a.UNWRAP: True,
+                a.EXTRACTABLE: True,
+                a.SENSITIVE: False,
+            }
+        )
     uri = softhsm.key_uri(label)
     for dek in (os.urandom(32), bytes(32), bytearray(os.urandom(32)), memoryview(os.urandom(32))):
         block = hsm_provider.wrap(uri, dek)
@@ -193,8 +202,12 @@ def test_disable_is_enforced_by_the_hsm_for_every_client(softhsm, hsm_provider, 
         assert key[a.WRAP] is False and key[a.UNWRAP] is False
         # A handle looked up before the disable: the token itself refuses it.
         with pytest.raises(pkcs11.PKCS11Error, match="0x68"):  # CKR_KEY_FUNCTION_NOT_PERMITTED
-            key.unwrap_key(pkcs11.ObjectClass.SECRET_KEY, pkcs11.KeyType.AES, block.wrapped_dek,
-                           mechanism=pkcs11.Mechanism.AES_KEY_WRAP_PAD)
+            key.unwrap_key(
+                pkcs11.ObjectClass.SECRET_KEY,
+                pkcs11.KeyType.AES,
+                block.wrapped_dek,
+                mechanism=pkcs11.Mechanism.AES_KEY_WRAP_PAD,
+            )
     with pytest.raises(KeyRevokedError):
         hsm_provider.unwrap(block)
     assert hsm_provider.describe(aes_key).enabled is False
@@ -211,7 +224,9 @@ def test_permission_codes_translate_to_key_revoked():
     assert isinstance(translate(pkcs11.DeviceError(), "key k"), VaultUnavailableError)
     assert isinstance(translate(pkcs11.WrappedKeyInvalid(), "key k", unwrapping=True), IntegrityError)
     assert isinstance(translate(pkcs11.WrappedKeyInvalid(), "key k"), VaultUnavailableError)
-    assert str(translate(pkcs11.MechanismInvalid(), "key k")) == "the token cannot do this with key k (MechanismInvalid)"
+    assert (
+        str(translate(pkcs11.MechanismInvalid(), "key k")) == "the token cannot do this with key k (MechanismInvalid)"
+    )
 
 
 def test_error_table_names_python_pkcs11_classes():
@@ -347,7 +362,7 @@ def _encrypt(keys, data: bytes) -> bytes:
     sink = io.BytesIO()
     with EncryptingWriter(sink, keys, segment_size=4096, threads=1) as writer:
         for i in range(0, len(data), 1000):
-            writer.write(data[i:i + 1000])
+            writer.write(data[i : i + 1000])
     return sink.getvalue()
 
 
@@ -422,7 +437,9 @@ def test_uri_percent_encoding_round_trip():
 
 
 def test_uri_query_attributes():
-    uri = parse_pkcs11_uri("pkcs11:token=t;object=o;type=secret-key?module-path=/opt/hsm/lib%20x.so&pin-value=12%2634&version=4")
+    uri = parse_pkcs11_uri(
+        "pkcs11:token=t;object=o;type=secret-key?module-path=/opt/hsm/lib%20x.so&pin-value=12%2634&version=4"
+    )
     assert uri.module_path == "/opt/hsm/lib x.so"
     assert uri.pin_value == "12&34"
     assert uri.version == "4" and uri.type == "secret-key"

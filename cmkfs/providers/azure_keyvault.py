@@ -1,42 +1,10 @@
-"""Azure Key Vault (and Managed HSM) as the key-encryption-key store.
+"""Azure Key Vault (and Managed HSM) keys: ``https://VAULT.vault.azure.net/keys/NAME[/VERSION]``.
 
-Key URIs are the key identifiers Azure itself prints::
-
-    https://VAULT.vault.azure.net/keys/NAME             the current version
-    https://VAULT.vault.azure.net/keys/NAME/VERSION     one version
-
-Any ``https://HOST[:PORT]`` is accepted, so sovereign clouds
-(``vault.azure.cn``, ``vault.usgovcloudapi.net``), Managed HSM
-(``managedhsm.azure.net``) and a local test server all work.
-
-Data keys are wrapped with RSA-OAEP-256 *inside the vault* (``wrapKey`` /
-``unwrapKey``): the SDK's habit of fetching the public key once and wrapping
-locally is switched off, because a locally wrapped key keeps "working" after
-the customer disables the key or withdraws the ``wrapKey`` permission.  Each
-key block records the unversioned key URI and the version that wrapped it;
-unwrap always asks that version.
-
-Before wrapping, the key is checked the way Power BI checks a BYOK key: it
-must be RSA or RSA-HSM, enabled, inside its validity window, and permit both
-``wrapKey`` and ``unwrapKey``.  Keys shorter than 4096 bits, and vaults
-without soft delete *and* purge protection, are accepted with a warning
-(:attr:`KeyInfo.warnings` and ``logging.warning``).
-
-Errors are translated where they enter (see :data:`STATUS_ERRORS`).  The SDK's
-own retry policy is off by default: the key cache retries
-:class:`~cmkfs.errors.VaultUnavailableError` with a bounded deadline, and
-stacking the SDK's default (10 tries, up to 2 minutes apart) under it would
-delay failing closed by many minutes.
-
-Local mode (:meth:`AzureKeyVaultProvider.from_jwk`) wraps and unwraps with
-``CryptographyClient.from_jwk`` and never touches the network: for tests, and
-for tools that hold an exported copy of a key.
-
-The SDK takes and returns key material as ``bytes`` in its own frames (and
-holds the bearer token in its request): an error that comes out of it has its
-frames' locals cleared before it leaves this module, so an error report that
-captures locals shows where it failed, but not the DEK, the token or a local
-JWK's private key.
+Every wrap and unwrap runs in the vault (RSA-OAEP-256): the SDK's habit of
+wrapping locally with a fetched public key is switched off, because a local
+wrap keeps working after the key is disabled.  SDK errors become cmkfs errors
+in one place, :func:`_sdk_call`.  docs/AZURE_KEY_VAULT.md has the key checks,
+the permissions, the error table and local mode.
 """
 
 from __future__ import annotations
@@ -47,7 +15,10 @@ import logging
 import os
 import re
 import threading
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 from urllib.parse import urlsplit
 
 from ..errors import (
@@ -61,7 +32,12 @@ from ..errors import (
 )
 from ..format import DEK_SIZE, KeyBlock, WrapAlgorithm
 from ..secret import Secret, clear_frame_locals
-from .base import KeyInfo, KeyProvider, split_key_uri
+from .base import DEKLike, KeyInfo, KeyProvider, split_key_uri
+
+if TYPE_CHECKING:
+    from azure.core.credentials import TokenCredential
+    from azure.keyvault.keys import JsonWebKey, KeyClient, KeyProperties, KeyVaultKey
+    from azure.keyvault.keys.crypto import CryptographyClient, KeyWrapAlgorithm
 
 __all__ = ["AzureKeyVaultProvider", "STATUS_ERRORS", "MIN_RECOMMENDED_KEY_SIZE"]
 
@@ -72,10 +48,16 @@ MIN_RECOMMENDED_KEY_SIZE = 4096  # what Power BI BYOK requires of an RSA key
 WRAP_ALGORITHM = "RSA-OAEP-256"
 ALLOWED_KEY_TYPES = ("RSA", "RSA-HSM")
 # Recovery levels with soft delete *and* purge protection (a key cannot be destroyed at once).
-PROTECTED_RECOVERY_LEVELS = ("Recoverable", "Recoverable+ProtectedSubscription", "CustomizedRecoverable",
-                             "CustomizedRecoverable+ProtectedSubscription")
+PROTECTED_RECOVERY_LEVELS = (
+    "Recoverable",
+    "Recoverable+ProtectedSubscription",
+    "CustomizedRecoverable",
+    "CustomizedRecoverable+ProtectedSubscription",
+)
 DEFAULT_CLIENT_OPTIONS: dict[str, Any] = {
-    "retry_total": 0,  # the key cache owns retries (bounded); see module docstring
+    # The key cache owns retries, with a bounded deadline: the SDK's default (10 tries,
+    # up to 2 minutes apart) under it would delay failing closed by many minutes.
+    "retry_total": 0,
     "connection_timeout": 10,
     "read_timeout": 30,
 }
@@ -85,8 +67,9 @@ _VERSION_RE = re.compile(r"^[0-9A-Za-z]{1,64}$")
 _LOCAL_VAULT = "https://local.invalid"
 _EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
 
-#: HTTP status from Key Vault -> what the provider raises.  400 on unwrap is
-#: special-cased to IntegrityError (the wrapped key did not decrypt).
+#: HTTP status from Key Vault -> what the provider raises.  Unlisted 4xx: ConfigurationError
+#: (our request is wrong); anything else: VaultUnavailableError.  400 on unwrapKey is an
+#: IntegrityError (the wrapped key did not decrypt).
 STATUS_ERRORS: dict[int, type[CMKError]] = {
     400: ConfigurationError,  # bad request: algorithm not valid for this key, malformed input
     401: KeyRevokedError,  # the vault rejected our token: no access
@@ -101,19 +84,28 @@ STATUS_ERRORS: dict[int, type[CMKError]] = {
     504: VaultUnavailableError,
 }
 
+_T = TypeVar("_T")
 
-def _sdk():
-    """The Azure SDK modules, imported on first use."""
+
+class _SDK(NamedTuple):
+    core: ModuleType  # azure.core.exceptions
+    KeyClient: type[KeyClient]
+    CryptographyClient: type[CryptographyClient]
+    KeyWrapAlgorithm: type[KeyWrapAlgorithm]
+
+
+def _sdk() -> _SDK:
+    """The Azure SDK, imported on first use."""
     try:
         from azure.core import exceptions as core_exceptions
         from azure.keyvault.keys import KeyClient
         from azure.keyvault.keys.crypto import CryptographyClient, KeyWrapAlgorithm
     except ImportError as exc:
         raise ConfigurationError(INSTALL_HINT) from exc
-    return core_exceptions, KeyClient, CryptographyClient, KeyWrapAlgorithm
+    return _SDK(core_exceptions, KeyClient, CryptographyClient, KeyWrapAlgorithm)
 
 
-def _default_credential():
+def _default_credential() -> TokenCredential:
     try:
         from azure.identity import DefaultAzureCredential
     except ImportError as exc:
@@ -131,8 +123,16 @@ def parse_key_uri(key_uri: str) -> tuple[str, str, str | None]:
     except ValueError:
         raise ConfigurationError(f"not a valid Azure Key Vault URL: {ascii(head)[:80]}") from None
     name = rest.strip("/")
-    if parts.scheme != "https" or not parts.hostname or parts.path not in ("", "/") or parts.query or "@" in parts.netloc:
-        raise ConfigurationError("an Azure Key Vault key URI looks like https://VAULT.vault.azure.net/keys/NAME[/VERSION]")
+    if (
+        parts.scheme != "https"
+        or not parts.hostname
+        or parts.path not in ("", "/")
+        or parts.query
+        or "@" in parts.netloc
+    ):
+        raise ConfigurationError(
+            "an Azure Key Vault key URI looks like https://VAULT.vault.azure.net/keys/NAME[/VERSION]"
+        )
     if not _NAME_RE.match(name):
         raise ConfigurationError("an Azure Key Vault key name is 1-127 letters, digits and dashes")
     if version is not None and not _VERSION_RE.match(version):
@@ -144,6 +144,73 @@ def parse_key_uri(key_uri: str) -> tuple[str, str, str | None]:
 
 def _b64url_decode(value: str) -> bytes:
     return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+
+
+# -- the error boundary --------------------------------------------------------
+
+
+def _sdk_call(
+    fn: Callable[[], _T], operation: str, vault: str, name: str, version: str | None, *, local: bool = False
+) -> _T:
+    """``fn()``, one SDK call: the one place where the SDK's errors become cmkfs errors."""
+    try:
+        return fn()
+    except BaseException as exc:
+        # The SDK's frames hold the DEK (wrapKey), the bearer token or a local JWK's private key.
+        clear_frame_locals(exc)
+        error = _translate(exc, operation, vault, name, version, local=local)
+        if error is None:
+            raise
+        raise error from exc
+
+
+def _translate(
+    exc: BaseException, operation: str, vault: str, name: str, version: str | None, *, local: bool
+) -> CMKError | None:
+    """The cmkfs error for ``exc`` out of an SDK call (None: raise ``exc`` as it is)."""
+    if isinstance(exc, CMKError):
+        return None  # ours already (a missing extra, a credential we could not create)
+    core = _sdk().core
+    if local:
+        # The SDK says AzureError (or NotImplementedError) when the JWK's key_ops leave the
+        # operation out, and ValueError when the private key cannot decrypt the wrapped key.
+        if isinstance(exc, (NotImplementedError, core.AzureError)):
+            return ConfigurationError(f"local JWK {name} does not permit {operation}")
+        if isinstance(exc, ValueError) and operation == "unwrapKey":
+            return IntegrityError()
+        return None
+    uri = f"{vault}/keys/{name}" + (f"/{version}" if version else "")
+    if isinstance(exc, core.HttpResponseError):
+        status: int | None = exc.status_code
+        if status is None and isinstance(exc, core.ClientAuthenticationError):
+            return ConfigurationError(
+                f"could not get an Azure access token for {vault}; check the credential (see the chained error)"
+            )
+        if status == 400 and operation == "unwrapKey":
+            return IntegrityError()  # the vault could not decrypt the wrapped key: tampered, or another key's
+        error = getattr(exc, "error", None)
+        code = getattr(error, "code", None) or exc.reason or "error"
+        message = getattr(error, "message", None) or ""
+        kind = STATUS_ERRORS.get(status or 0) or (
+            ConfigurationError if status and 400 <= status < 500 else VaultUnavailableError
+        )
+        return kind(f"Azure Key Vault refused {operation} on {uri}: HTTP {status} {code}: {message[:200]}")
+    if isinstance(exc, (core.ServiceRequestError, core.ServiceResponseError)):
+        return VaultUnavailableError(f"Azure Key Vault {vault} unreachable during {operation} on {uri}")
+    if isinstance(exc, ValueError):
+        # e.g. the authentication challenge names a resource that is not this vault
+        return ConfigurationError(f"Azure Key Vault {vault}: {exc}")
+    return None
+
+
+@dataclass(frozen=True)
+class _LocalKey:
+    """One key version in local mode: the SDK client holds the private key; only public facts here."""
+
+    client: CryptographyClient
+    kty: object
+    n: bytes | None
+    private: bool
 
 
 class AzureKeyVaultProvider(KeyProvider):
@@ -162,7 +229,7 @@ class AzureKeyVaultProvider(KeyProvider):
 
     def __init__(
         self,
-        credential=None,
+        credential: TokenCredential | None = None,
         *,
         connection_verify: str | bool | None = None,
         verify_challenge_resource: bool = True,
@@ -180,15 +247,17 @@ class AzureKeyVaultProvider(KeyProvider):
         self._min_key_size = int(min_key_size)
         self._lock = threading.Lock()
         self._pid = os.getpid()
-        self._key_clients: dict[str, Any] = {}
-        self._crypto_clients: dict[tuple[str, str, str], Any] = {}
+        self._key_clients: dict[str, KeyClient] = {}
+        self._crypto_clients: dict[tuple[str, str, str], CryptographyClient] = {}
         self._warned: set[tuple[str, str, str]] = set()
-        self._local: dict[tuple[str, str], dict[str, tuple[Any, dict[str, Any]]]] | None = None
+        self._local: dict[tuple[str, str], dict[str, _LocalKey]] | None = None
 
     # -- local mode ----------------------------------------------------------
 
     @classmethod
-    def from_jwk(cls, *jwks: Any, min_key_size: int = MIN_RECOMMENDED_KEY_SIZE) -> "AzureKeyVaultProvider":
+    def from_jwk(
+        cls, *jwks: Mapping[str, Any] | JsonWebKey, min_key_size: int = MIN_RECOMMENDED_KEY_SIZE
+    ) -> AzureKeyVaultProvider:
         """A provider that works offline with the given JSON Web Keys.
 
         Each JWK (a ``JsonWebKey`` or a dict; ``n``, ``e``, ``d``... as raw
@@ -200,13 +269,12 @@ class AzureKeyVaultProvider(KeyProvider):
         the same key URI and version as the vault would, so files written
         offline open online and the other way round.
         """
-        _, _, CryptographyClient, _ = _sdk()
+        sdk = _sdk()
         from azure.keyvault.keys import JsonWebKey
 
-        provider = cls(min_key_size=min_key_size)
-        provider._local = {}
+        local: dict[tuple[str, str], dict[str, _LocalKey]] = {}
         for jwk in jwks:
-            fields = dict(jwk) if isinstance(jwk, Mapping) else {k: getattr(jwk, k) for k in jwk._FIELDS}  # noqa: SLF001
+            fields = dict(jwk) if isinstance(jwk, Mapping) else {k: getattr(jwk, k) for k in jwk._FIELDS}
             kid = fields.get("kid")
             if not isinstance(kid, str) or not kid:
                 raise ConfigurationError("a JWK for local mode needs a kid naming the key and its version")
@@ -221,14 +289,16 @@ class AzureKeyVaultProvider(KeyProvider):
             fields["kid"] = f"{vault}/keys/{name}/{version}"
             fields.setdefault("key_ops", ["wrapKey", "unwrapKey"])
             try:
-                client = CryptographyClient.from_jwk(JsonWebKey(**fields))
+                client = sdk.CryptographyClient.from_jwk(JsonWebKey(**fields))
             except (TypeError, ValueError) as exc:
                 raise ConfigurationError("the JWK is not a usable key for local wrapping") from exc
             # Keep only the public facts: the private key lives in the SDK client,
             # never in a dict that a frame of a failed wrap or unwrap would show.
-            public = {"kty": fields.get("kty"), "n": fields.get("n"), "private": bool(fields.get("d"))}
-            provider._local.setdefault((vault, name), {}).pop(version, None)
-            provider._local[(vault, name)][version] = (client, public)
+            entry = _LocalKey(client, fields.get("kty"), fields.get("n"), bool(fields.get("d")))
+            local.setdefault((vault, name), {}).pop(version, None)
+            local[(vault, name)][version] = entry
+        provider = cls(min_key_size=min_key_size)
+        provider._local = local
         return provider
 
     # -- KeyProvider -----------------------------------------------------------
@@ -237,17 +307,18 @@ class AzureKeyVaultProvider(KeyProvider):
         mode = "local" if self._local is not None else "vault"
         return f"AzureKeyVaultProvider(mode={mode!r})"
 
-    def wrap(self, key_uri: str, dek) -> KeyBlock:
+    def wrap(self, key_uri: str, dek: DEKLike) -> KeyBlock:
         dek = Secret.of(dek, DEK_SIZE, "dek")  # a Secret, or any bytes-like object (copied)
         vault, name, version = parse_key_uri(key_uri)
         if self._local is not None:
             return self._local_wrap(vault, name, version, dek)
-        key = self._call("get", vault, name, version, lambda: self._key_client(vault).get_key(name, version))
+        key = _sdk_call(lambda: self._key_client(vault).get_key(name, version), "get", vault, name, version)
         version = key.properties.version
+        assert version is not None  # a fetched key always names its version
         self._check_key(vault, name, key)
-        _, _, _, KeyWrapAlgorithm = _sdk()
+        algorithm = _sdk().KeyWrapAlgorithm.rsa_oaep_256
         client = self._crypto_client(vault, name, version)
-        result = self._call("wrapKey", vault, name, version, lambda: client.wrap_key(KeyWrapAlgorithm.rsa_oaep_256, bytes(dek)))
+        result = _sdk_call(lambda: client.wrap_key(algorithm, bytes(dek)), "wrapKey", vault, name, version)
         return KeyBlock(WrapAlgorithm.RSA_OAEP_256, f"{vault}/keys/{name}", version, bytes(result.encrypted_key))
 
     def unwrap(self, key_block: KeyBlock) -> Secret:
@@ -259,53 +330,52 @@ class AzureKeyVaultProvider(KeyProvider):
             raise FormatError("key block names a malformed Azure key version")
         if self._local is not None:
             return self._local_unwrap(vault, name, version, key_block.wrapped_dek)
-        _, _, _, KeyWrapAlgorithm = _sdk()
+        algorithm = _sdk().KeyWrapAlgorithm.rsa_oaep_256
         client = self._crypto_client(vault, name, version)
-        return Secret(self._call(
-            "unwrapKey", vault, name, version,
-            lambda: client.unwrap_key(KeyWrapAlgorithm.rsa_oaep_256, bytes(key_block.wrapped_dek)),
-        ).key)
+        result = _sdk_call(
+            lambda: client.unwrap_key(algorithm, bytes(key_block.wrapped_dek)), "unwrapKey", vault, name, version
+        )
+        return Secret(result.key)
 
     def describe(self, key_uri: str) -> KeyInfo:
         vault, name, version = parse_key_uri(key_uri)
         if self._local is not None:
             return self._local_describe(vault, name, version)
         client = self._key_client(vault)
-        props = None
+        props: list[KeyProperties] = []
         try:
-            props = self._call("list", vault, name, None, lambda: list(client.list_properties_of_key_versions(name)))
+            props = _sdk_call(lambda: list(client.list_properties_of_key_versions(name)), "list", vault, name, None)
             props.sort(key=lambda p: p.created_on or _EPOCH)
         except KeyRevokedError:
             pass  # the "list" permission is optional
         try:
-            key = self._call("get", vault, name, version, lambda: client.get_key(name, version))
+            key = _sdk_call(lambda: client.get_key(name, version), "get", vault, name, version)
         except KeyRevokedError:
             # Some vaults refuse "get" on a disabled key; its listed properties still say so.
-            chosen = [p for p in props or () if version is None or p.version == version][-1:]
-            if not chosen or chosen[0].enabled:
+            chosen = [p for p in props if version is None or p.version == version][-1:]
+            if not chosen or chosen[0].enabled or chosen[0].version is None:
                 raise
             return KeyInfo(
                 key_uri=f"{vault}/keys/{name}",
                 current_version=chosen[0].version,
                 enabled=False,
                 algorithm=WRAP_ALGORITHM,
-                versions=tuple(p.version for p in props or ()),
+                versions=tuple(p.version or "" for p in props),
             )
-        versions = tuple(p.version for p in props or ())
-        warnings = self._warnings(key)
         return KeyInfo(
             key_uri=f"{vault}/keys/{name}",
-            current_version=key.properties.version,
+            current_version=key.properties.version or "",
             enabled=bool(key.properties.enabled),
             algorithm=WRAP_ALGORITHM,
-            versions=versions,
+            versions=tuple(p.version or "" for p in props),
             size_bits=_key_size(key.key),
-            warnings=warnings,
+            warnings=self._warnings(key),
         )
 
     def close(self) -> None:
         with self._lock:
-            clients = list(self._key_clients.values()) + list(self._crypto_clients.values())
+            clients: list[KeyClient | CryptographyClient] = [*self._key_clients.values()]
+            clients += self._crypto_clients.values()
             self._key_clients.clear()
             self._crypto_clients.clear()
             credential = self._credential if self._own_credential else None
@@ -316,12 +386,13 @@ class AzureKeyVaultProvider(KeyProvider):
                 client.close()
             except Exception:  # noqa: BLE001 - closing is best effort
                 pass
-        if credential is not None and hasattr(credential, "close"):
-            credential.close()
+        close = getattr(credential, "close", None)
+        if close is not None:
+            close()
 
     # -- the Power BI style key check ----------------------------------------
 
-    def _check_key(self, vault: str, name: str, key) -> None:
+    def _check_key(self, vault: str, name: str, key: KeyVaultKey) -> None:
         """Refuse keys Power BI would refuse; warn about the ones it frowns on."""
         uri = f"{vault}/keys/{name}"
         key_type = str(getattr(key.key_type, "value", key.key_type) or "")
@@ -330,7 +401,9 @@ class AzureKeyVaultProvider(KeyProvider):
         ops = {str(getattr(op, "value", op)) for op in (key.key_operations or ())}
         missing = [op for op in ("wrapKey", "unwrapKey") if op not in ops]
         if missing:
-            raise ConfigurationError(f"key {uri} does not permit {' and '.join(missing)}; enable both operations on the key")
+            raise ConfigurationError(
+                f"key {uri} does not permit {' and '.join(missing)}; enable both operations on the key"
+            )
         if not key.properties.enabled:
             raise KeyRevokedError(f"key {uri} (version {key.properties.version}) is disabled")
         now = _dt.datetime.now(_dt.timezone.utc)
@@ -346,7 +419,7 @@ class AzureKeyVaultProvider(KeyProvider):
             if fresh:
                 logger.warning("%s", warning)
 
-    def _warnings(self, key) -> tuple[str, ...]:
+    def _warnings(self, key: KeyVaultKey) -> tuple[str, ...]:
         uri = f"{key.properties.vault_url}/keys/{key.properties.name}"
         found = []
         size = _key_size(key.key)
@@ -361,7 +434,7 @@ class AzureKeyVaultProvider(KeyProvider):
             )
         return tuple(found)
 
-    # -- SDK clients and the error boundary ------------------------------------
+    # -- SDK clients ---------------------------------------------------------------
 
     def _forget_parent_clients(self) -> None:
         """With the lock held.  A forked child must not share its parent's
@@ -373,74 +446,44 @@ class AzureKeyVaultProvider(KeyProvider):
             if self._own_credential:
                 self._credential = None
 
-    def _credential_for_use(self):
+    def _credential_for_use(self) -> TokenCredential:
         with self._lock:
             self._forget_parent_clients()
             if self._credential is None:
                 self._credential = _default_credential()
             return self._credential
 
-    def _key_client(self, vault: str):
+    def _key_client(self, vault: str) -> KeyClient:
         with self._lock:
             self._forget_parent_clients()
             client = self._key_clients.get(vault)
         if client is not None:
             return client
-        _, KeyClient, _, _ = _sdk()
-        client = KeyClient(vault, self._credential_for_use(), **self._options)
+        client = _sdk().KeyClient(vault, self._credential_for_use(), **self._options)
         with self._lock:
             return self._key_clients.setdefault(vault, client)
 
-    def _crypto_client(self, vault: str, name: str, version: str):
+    def _crypto_client(self, vault: str, name: str, version: str) -> CryptographyClient:
         marker = (vault, name, version)
         with self._lock:
             self._forget_parent_clients()
             client = self._crypto_clients.get(marker)
         if client is not None:
             return client
-        _, _, CryptographyClient, _ = _sdk()
-        client = CryptographyClient(f"{vault}/keys/{name}/{version}", self._credential_for_use(), **self._options)
+        client = _sdk().CryptographyClient(
+            f"{vault}/keys/{name}/{version}", self._credential_for_use(), **self._options
+        )
         # Never fetch the public key to wrap locally: the vault must see (and be
         # able to refuse) every wrap, or disabling the key would not stop writes.
         # The SDK skips the fetch and runs every operation remotely when told
         # that keys/get is forbidden; tests assert the vault sees each wrap.
-        client._keys_get_forbidden = True  # noqa: SLF001
+        client._keys_get_forbidden = True
         with self._lock:
             return self._crypto_clients.setdefault(marker, client)
 
-    def _call(self, operation: str, vault: str, name: str, version: str | None, fn: Callable[[], Any]):
-        core, _, _, _ = _sdk()
-        uri = f"{vault}/keys/{name}" + (f"/{version}" if version else "")
-        try:
-            try:
-                return fn()
-            except BaseException as exc:
-                clear_frame_locals(exc)  # the SDK's frames hold the DEK (wrapKey) and the bearer token
-                raise
-        except core.HttpResponseError as exc:
-            status = exc.status_code
-            if status is None and isinstance(exc, core.ClientAuthenticationError):
-                raise ConfigurationError(
-                    f"could not get an Azure access token for {vault}; check the credential (see the chained error)"
-                ) from exc
-            error = getattr(exc, "error", None)
-            code = getattr(error, "code", None) or exc.reason or "error"
-            message = getattr(error, "message", None) or ""
-            if status == 400 and operation == "unwrapKey":
-                # The vault could not decrypt the wrapped key: tampered, or another key's.
-                raise IntegrityError() from exc
-            # Unlisted 4xx: our request is wrong.  Anything else (5xx, an unreadable answer): the vault is.
-            kind = STATUS_ERRORS.get(status) or (ConfigurationError if status and 400 <= status < 500 else VaultUnavailableError)
-            raise kind(f"Azure Key Vault refused {operation} on {uri}: HTTP {status} {code}: {message[:200]}") from exc
-        except (core.ServiceRequestError, core.ServiceResponseError) as exc:
-            raise VaultUnavailableError(f"Azure Key Vault {vault} unreachable during {operation} on {uri}") from exc
-        except ValueError as exc:
-            # e.g. the authentication challenge names a resource that is not this vault
-            raise ConfigurationError(f"Azure Key Vault {vault}: {exc}") from exc
-
     # -- local mode internals --------------------------------------------------
 
-    def _local_entry(self, vault: str, name: str, version: str | None):
+    def _local_entry(self, vault: str, name: str, version: str | None) -> tuple[str, _LocalKey]:
         assert self._local is not None
         versions = self._local.get((vault, name))
         if not versions:
@@ -449,42 +492,34 @@ class AzureKeyVaultProvider(KeyProvider):
             version = list(versions)[-1]
         if version not in versions:
             raise KeyNotFoundError(f"no local JWK for {vault}/keys/{name}/{version}")
-        client, public = versions[version]
-        return version, client, public
+        return version, versions[version]
 
     def _local_wrap(self, vault: str, name: str, version: str | None, dek: Secret) -> KeyBlock:
-        version, client, public = self._local_entry(vault, name, version)
-        core, _, _, KeyWrapAlgorithm = _sdk()
-        key_type = str(public["kty"] or "")
+        version, key = self._local_entry(vault, name, version)
+        key_type = str(key.kty or "")
         if key_type not in ALLOWED_KEY_TYPES:
             raise ConfigurationError(f"local JWK {name} is a {key_type or 'unknown'} key; an RSA key is required")
-        try:
-            result = client.wrap_key(KeyWrapAlgorithm.rsa_oaep_256, bytes(dek))
-        except (NotImplementedError, core.AzureError) as exc:
-            # The SDK says AzureError when the JWK's key_ops leave out wrapKey.
-            clear_frame_locals(exc)  # its frames hold the DEK as bytes
-            raise ConfigurationError(f"local JWK {name} does not permit wrapKey") from exc
+        algorithm = _sdk().KeyWrapAlgorithm.rsa_oaep_256
+        result = _sdk_call(
+            lambda: key.client.wrap_key(algorithm, bytes(dek)), "wrapKey", vault, name, version, local=True
+        )
         return KeyBlock(WrapAlgorithm.RSA_OAEP_256, f"{vault}/keys/{name}", version, bytes(result.encrypted_key))
 
     def _local_unwrap(self, vault: str, name: str, version: str, wrapped: bytes) -> Secret:
-        version, client, public = self._local_entry(vault, name, version)
-        if not public["private"]:
+        version, key = self._local_entry(vault, name, version)
+        if not key.private:
             raise ConfigurationError(f"local JWK {name} has no private key; unwrapping needs the vault")
-        core, _, _, KeyWrapAlgorithm = _sdk()
-        try:
-            return Secret(client.unwrap_key(KeyWrapAlgorithm.rsa_oaep_256, bytes(wrapped)).key)
-        except (NotImplementedError, core.AzureError) as exc:
-            clear_frame_locals(exc)
-            raise ConfigurationError(f"local JWK {name} does not permit unwrapKey") from exc
-        except ValueError as exc:
-            clear_frame_locals(exc)  # the SDK's frames hold the private key's numbers
-            raise IntegrityError() from exc
+        algorithm = _sdk().KeyWrapAlgorithm.rsa_oaep_256
+        result = _sdk_call(
+            lambda: key.client.unwrap_key(algorithm, bytes(wrapped)), "unwrapKey", vault, name, version, local=True
+        )
+        return Secret(result.key)
 
     def _local_describe(self, vault: str, name: str, version: str | None) -> KeyInfo:
-        version, _, public = self._local_entry(vault, name, version)
-        n = public["n"]
-        size = int.from_bytes(n, "big").bit_length() if n else None
-        warnings = ()
+        assert self._local is not None
+        version, key = self._local_entry(vault, name, version)
+        size = int.from_bytes(key.n, "big").bit_length() if key.n else None
+        warnings: tuple[str, ...] = ()
         if size is not None and size < self._min_key_size:
             warnings = (f"key {vault}/keys/{name} is RSA-{size}; Power BI requires RSA-{self._min_key_size}",)
         return KeyInfo(
@@ -492,12 +527,12 @@ class AzureKeyVaultProvider(KeyProvider):
             current_version=version,
             enabled=True,
             algorithm=WRAP_ALGORITHM,
-            versions=tuple(self._local[(vault, name)]),  # type: ignore[index]
+            versions=tuple(self._local[(vault, name)]),
             size_bits=size,
             warnings=warnings,
         )
 
 
-def _key_size(jwk) -> int | None:
+def _key_size(jwk: JsonWebKey | None) -> int | None:
     n = getattr(jwk, "n", None)
     return int.from_bytes(n, "big").bit_length() if n else None

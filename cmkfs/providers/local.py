@@ -1,41 +1,14 @@
-"""The embedded key vault: versioned 256-bit AES key-encryption keys on local disk.
+"""The embedded key vault: versioned 256-bit AES key-encryption keys in ``$CMKFS_HOME/vault``.
 
-Key URIs are ``local://NAME`` (``NAME`` matches ``[A-Za-z0-9._-]{1,64}`` and
-does not start with a dot); ``local://NAME?version=V`` selects a version for
-:meth:`LocalVaultProvider.wrap`.
-
-Wrapped DEK (``WrapAlgorithm.A256GCM``, as docs/FORMAT.md specifies)::
+Key URIs are ``local://NAME[?version=V]``.  Wrapped DEK (``WrapAlgorithm.A256GCM``, docs/FORMAT.md)::
 
     wrapped_dek = nonce (12) || AES-256-GCM(kek_version, dek, aad) || tag (16)
     aad         = b"cmkfs/v1 wrap" || key_uri (UTF-8) || 0x00 || key_version (UTF-8)
 
-Storage under ``$CMKFS_HOME/vault`` (directories 0700, files 0600)::
-
-    vault/.lock            flock: shared for reads, exclusive for read-modify-write
-    vault/NAME/meta.json   state, current version, versions, created times, protection
-    vault/NAME/vN.key      material of version N: the raw 32-byte KEK, or with a
-                           passphrase nonce (12) || AES-256-GCM(scrypt key, kek,
-                           b"cmkfs/v1 local kek" || NAME || 0x00 || N) || tag (16)
-
-Every file is written to a temporary file in its own directory, fsynced,
-renamed over the old one and the directory fsynced, so a crash leaves either
-the old or the new file.  ``meta.json`` is the commit point: material files
-it does not list, and ``.tmp-*`` files, are leftovers and are ignored (and
-removed by the next writer).
-
-The state is read from disk on every wrap and unwrap: ``cmkfs keys disable``
-in another process takes effect at the next vault call of every process.
-How long a running process keeps using an already unwrapped DEK is bounded by
-the key cache's TTL (:mod:`cmkfs.keycache`), not by this module.
-
-KEKs, like DEKs, are held in :class:`~cmkfs.secret.Secret` objects from the
-moment they are read from disk, and wiped as soon as the wrap or unwrap is
-done: no frame of a failed vault call shows one in an error report.
-
-Destroy overwrites and removes the material and leaves a tombstone: wrap and
-unwrap then raise :class:`~cmkfs.errors.KeyRevokedError` (never
-``KeyNotFoundError``), so a destroyed key reads as revoked for good, and its
-name cannot be reused for a new key that old files would appear to belong to.
+A key is ``vault/NAME/meta.json`` (its state, the commit point of every change)
+and one ``vN.key`` per live version: the raw KEK, or the KEK sealed under a
+scrypt-derived key.  docs/KEYS.md ("The embedded vault") describes the layout,
+the on-disk format, crash safety and what destroy leaves behind.
 """
 
 from __future__ import annotations
@@ -49,7 +22,9 @@ import os
 import re
 import tempfile
 import threading
+from collections.abc import Collection, Iterator
 from pathlib import Path
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -67,7 +42,7 @@ from ..errors import (
 )
 from ..format import DEK_SIZE, KeyBlock, WrapAlgorithm
 from ..secret import Secret
-from .base import KeyInfo, KeyProvider
+from .base import DEKLike, KeyInfo, KeyProvider
 
 __all__ = [
     "LocalVaultProvider",
@@ -101,6 +76,7 @@ SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**15, 8, 1
 MAX_SCRYPT_N, MAX_SCRYPT_R, MAX_SCRYPT_P = 2**20, 16, 4
 
 ENABLED, DISABLED, DESTROYED = "enabled", "disabled", "destroyed"
+_Meta = dict[str, Any]  # a parsed meta.json (checked by _check_meta)
 _NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")  # no leading dot: no ".", "..", ".lock"
 
 
@@ -200,7 +176,7 @@ class LocalVaultProvider(KeyProvider):
 
     prefixes = (PREFIX,)
 
-    def __init__(self, home: str | os.PathLike | None = None, passphrase: str | bytes | None = None) -> None:
+    def __init__(self, home: str | os.PathLike[str] | None = None, passphrase: str | bytes | None = None) -> None:
         # Without an explicit home, follow $CMKFS_HOME at every call: the registry
         # shares one instance per process, and it must not pin an old value.
         self._home = Path(home).expanduser() if home is not None else None
@@ -231,10 +207,11 @@ class LocalVaultProvider(KeyProvider):
 
     # -- KeyProvider -------------------------------------------------------
 
-    def wrap(self, key_uri: str, dek) -> KeyBlock:
+    def wrap(self, key_uri: str, dek: DEKLike) -> KeyBlock:
         dek = Secret.of(dek, DEK_SIZE, "dek")  # a Secret, or any bytes-like object (copied)
         name, version = parse_local_uri(key_uri)
         with self._locked(shared=True):
+            # Read on every call: `cmkfs keys disable` in another process takes effect at once.
             meta = self._usable_meta(name)
             version = version or meta["current_version"]
             kek = self._material(name, meta, version)
@@ -301,7 +278,9 @@ class LocalVaultProvider(KeyProvider):
         with self._audited("create", uri) as note:
             passphrase = self._get_passphrase() if protect is None or protect else None
             if protect and passphrase is None:
-                raise ConfigurationError(f"set {ENV_PASSPHRASE} (or pass passphrase=) to create a passphrase-protected key")
+                raise ConfigurationError(
+                    f"set {ENV_PASSPHRASE} (or pass passphrase=) to create a passphrase-protected key"
+                )
             _make_private_dir(self.home, ours=False)
             _make_private_dir(self.root)
             with self._locked(shared=False):
@@ -418,7 +397,7 @@ class LocalVaultProvider(KeyProvider):
             raise VaultUnavailableError(f"cannot read the key vault in {self.root}") from exc
         return [n for n in entries if _NAME.fullmatch(n) and (self.root / n / META_FILE).is_file()]
 
-    def details(self, name: str) -> dict:
+    def details(self, name: str) -> dict[str, Any]:
         """Everything known about a key except its material (for ``cmkfs keys show``)."""
         check_name(name)
         with self._locked(shared=True):
@@ -444,7 +423,7 @@ class LocalVaultProvider(KeyProvider):
     # -- internals ---------------------------------------------------------
 
     @contextlib.contextmanager
-    def _locked(self, shared: bool):
+    def _locked(self, shared: bool) -> Iterator[None]:
         """Hold the vault lock: readers share it, writers hold it alone."""
         if not self.root.is_dir():
             yield  # no vault yet (create() makes it first): every lookup reports "not found"
@@ -464,8 +443,8 @@ class LocalVaultProvider(KeyProvider):
             os.close(fd)  # closing releases the flock
 
     @contextlib.contextmanager
-    def _audited(self, operation: str, key_uri: str, version: str | None = None):
-        note = {"version": version}
+    def _audited(self, operation: str, key_uri: str, version: str | None = None) -> Iterator[dict[str, str | None]]:
+        note: dict[str, str | None] = {"version": version}
         try:
             yield note
         except CMKError as exc:
@@ -476,7 +455,7 @@ class LocalVaultProvider(KeyProvider):
             raise VaultUnavailableError(f"the key vault in {self.root} could not be updated: {exc.strerror}") from exc
         audit_log().record(operation, key_uri, note["version"], "ok")
 
-    def _meta(self, name: str) -> dict:
+    def _meta(self, name: str) -> _Meta:
         path = self.root / name / META_FILE
         try:
             with open(path, "rb") as f:
@@ -487,15 +466,15 @@ class LocalVaultProvider(KeyProvider):
             raise VaultUnavailableError(f"cannot read key {PREFIX}{name} from {self.root}") from exc
         return _check_meta(raw, name)
 
-    def _usable_meta(self, name: str) -> dict:
+    def _usable_meta(self, name: str) -> _Meta:
         meta = self._meta(name)
-        if meta["state"] == DESTROYED:
+        if meta["state"] == DESTROYED:  # revoked for good, never "not found": the name is not free again
             raise KeyRevokedError(f"key {PREFIX}{name} was destroyed")
         if meta["state"] != ENABLED:
             raise KeyRevokedError(f"key {PREFIX}{name} is disabled")
         return meta
 
-    def _material(self, name: str, meta: dict, version: str) -> Secret:
+    def _material(self, name: str, meta: _Meta, version: str) -> Secret:
         entry = _version_entry(meta, version)
         if entry is None:
             raise KeyNotFoundError(f"key {PREFIX}{name} has no version {version!r}")
@@ -508,7 +487,9 @@ class LocalVaultProvider(KeyProvider):
                 # not put the KEK into an error report as a bytes local.
                 raw = Secret(f.read(PROTECTED_SIZE + 1))
         except FileNotFoundError:
-            raise VaultUnavailableError(f"key {PREFIX}{name} version {version} has no material in {self.root}") from None
+            raise VaultUnavailableError(
+                f"key {PREFIX}{name} version {version} has no material in {self.root}"
+            ) from None
         except OSError as exc:
             raise VaultUnavailableError(f"cannot read key {PREFIX}{name} from {self.root}") from exc
         protection = meta.get("protection")
@@ -529,36 +510,38 @@ class LocalVaultProvider(KeyProvider):
         finally:
             raw.wipe()
 
-    def _write_material(self, name: str, meta: dict, version: str, passphrase: bytes | None) -> None:
+    def _write_material(self, name: str, meta: _Meta, version: str, passphrase: bytes | None) -> None:
         kek = Secret.random(KEK_SIZE)
         try:
             protection = meta.get("protection")
+            data: bytes | memoryview
             if protection is None:
                 data = kek.reveal()  # a view, not a bytes copy: a failed write must not show the KEK
             else:
+                assert passphrase is not None  # create() and rotate() pass one for a protected key
                 nonce = os.urandom(NONCE_SIZE)
-                data = nonce + self._locker(name, protection, passphrase).encrypt(nonce, kek.reveal(),
-                                                                                  _material_aad(name, version))
+                data = nonce + self._locker(name, protection, passphrase).encrypt(
+                    nonce, kek.reveal(), _material_aad(name, version)
+                )
             _atomic_write(self.root / name / _material_file(version), data)
         finally:
             kek.wipe()
 
-    def _write_meta(self, name: str, meta: dict) -> None:
+    def _write_meta(self, name: str, meta: _Meta) -> None:
         _atomic_write(self.root / name / META_FILE, json.dumps(meta, indent=1, sort_keys=True).encode("utf-8"))
 
     def _set_state(self, name: str, operation: str, state: str) -> None:
         check_name(name)
-        with self._audited(operation, PREFIX + name):
-            with self._locked(shared=False):
-                meta = self._meta(name)
-                if meta["state"] == DESTROYED:
-                    raise KeyRevokedError(f"key {PREFIX}{name} was destroyed and cannot be {operation}d")
-                if meta["state"] != state:
-                    meta["state"] = state
-                    meta["updated"] = _now()
-                    self._write_meta(name, meta)
+        with self._audited(operation, PREFIX + name), self._locked(shared=False):
+            meta = self._meta(name)
+            if meta["state"] == DESTROYED:
+                raise KeyRevokedError(f"key {PREFIX}{name} was destroyed and cannot be {operation}d")
+            if meta["state"] != state:
+                meta["state"] = state
+                meta["updated"] = _now()
+                self._write_meta(name, meta)
 
-    def _clean_leftovers(self, key_dir: Path, keep) -> None:
+    def _clean_leftovers(self, key_dir: Path, keep: Collection[str]) -> None:
         """Remove temp files of interrupted writes and material no committed version lists.
 
         Called with the vault lock held exclusively, so no writer is mid-way.
@@ -579,7 +562,7 @@ class LocalVaultProvider(KeyProvider):
             raise ConfigurationError(f"key {PREFIX}{name} is passphrase-protected: set {ENV_PASSPHRASE}")
         return passphrase
 
-    def _locker(self, name: str, protection: dict, passphrase: bytes) -> AESGCM:
+    def _locker(self, name: str, protection: dict[str, Any], passphrase: bytes) -> AESGCM:
         """The AES-GCM key that protects material, derived once per (salt, passphrase)."""
         salt = base64.b64decode(protection["salt"])
         n, r, p = protection["n"], protection["r"], protection["p"]
@@ -594,7 +577,7 @@ class LocalVaultProvider(KeyProvider):
             return AESGCM(key.reveal())
 
 
-def set_default_key(key_uri: str, home: str | os.PathLike | None = None) -> str:
+def set_default_key(key_uri: str, home: str | os.PathLike[str] | None = None) -> str:
     """Record ``key_uri`` as ``"default_key"`` in ``$CMKFS_HOME/config.json`` (atomically)."""
     home = cmkfs_home(home)
     _make_private_dir(home, ours=False)
@@ -611,7 +594,7 @@ def _material_file(version: str) -> str:
     return f"v{version}.key"
 
 
-def _material_names(meta: dict) -> set[str]:
+def _material_names(meta: _Meta) -> set[str]:
     return {_material_file(v["version"]) for v in meta["versions"] if v["state"] != DESTROYED}
 
 
@@ -619,20 +602,21 @@ def _material_aad(name: str, version: str) -> bytes:
     return MATERIAL_AAD_LABEL + name.encode("utf-8") + b"\x00" + version.encode("utf-8")
 
 
-def _version_entry(meta: dict, version: str) -> dict | None:
-    for entry in meta["versions"]:
+def _version_entry(meta: _Meta, version: str) -> dict[str, Any] | None:
+    versions: list[dict[str, Any]] = meta["versions"]
+    for entry in versions:
         if entry["version"] == version:
             return entry
     return None
 
 
-def _check_meta(raw: bytes, name: str) -> dict:
+def _check_meta(raw: bytes, name: str) -> _Meta:
     """Parse and validate ``meta.json``: a damaged file is a vault fault, never a guess."""
     damaged = VaultUnavailableError(f"metadata of key {PREFIX}{name} is damaged")
     if len(raw) > MAX_META_SIZE:
         raise damaged
     try:
-        meta = json.loads(raw)
+        meta: _Meta = json.loads(raw)
         versions = meta["versions"]
         ok = (
             meta["format"] == META_FORMAT
@@ -641,8 +625,10 @@ def _check_meta(raw: bytes, name: str) -> dict:
             and isinstance(versions, list)
             and 0 < len(versions) <= MAX_VERSIONS
             and all(
-                isinstance(v, dict) and isinstance(v.get("version"), str)
-                and v["version"].isascii() and v["version"].isdigit()
+                isinstance(v, dict)
+                and isinstance(v.get("version"), str)
+                and v["version"].isascii()
+                and v["version"].isdigit()
                 and v.get("state") in (ENABLED, DESTROYED)
                 for v in versions
             )

@@ -69,7 +69,9 @@ def softhsm(tmp_path_factory) -> SoftHSM:
     module, util = _find_softhsm()
     pkcs11 = sys.modules.get("pkcs11")
     if pkcs11 is not None and module in getattr(pkcs11, "_loaded", {}):
-        pytest.fail("the SoftHSM2 library was loaded before SOFTHSM2_CONF was set; it reads its config only once", pytrace=False)
+        pytest.fail(
+            "the SoftHSM2 library was loaded before SOFTHSM2_CONF was set; it reads its config only once", pytrace=False
+        )
     directory = tmp_path_factory.mktemp("softhsm")
     tokens = directory / "tokens"
     tokens.mkdir(mode=0o700)
@@ -89,15 +91,28 @@ def softhsm(tmp_path_factory) -> SoftHSM:
     )
     try:
         done = subprocess.run(
-            [util, "--module", module, "--init-token", "--free", "--label", hsm.token_label,
-             "--so-pin", hsm.so_pin, "--pin", hsm.user_pin],
+            [
+                util,
+                "--module",
+                module,
+                "--init-token",
+                "--free",
+                "--label",
+                hsm.token_label,
+                "--so-pin",
+                hsm.so_pin,
+                "--pin",
+                hsm.user_pin,
+            ],
             capture_output=True,
             text=True,
             timeout=60,
         )
         if done.returncode != 0:
             # The command line holds the PINs: report only the tool's own output.
-            pytest.fail(f"softhsm2-util --init-token failed: {done.stderr.strip() or done.stdout.strip()}", pytrace=False)
+            pytest.fail(
+                f"softhsm2-util --init-token failed: {done.stderr.strip() or done.stdout.strip()}", pytrace=False
+            )
         yield hsm
     finally:
         _close_providers()
