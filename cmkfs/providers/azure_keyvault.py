@@ -31,8 +31,8 @@ from ..errors import (
     VaultUnavailableError,
 )
 from ..format import DEK_SIZE, KeyBlock, WrapAlgorithm
-from ..secret import Secret, clear_frame_locals
-from .base import DEKLike, KeyInfo, KeyProvider, split_key_uri
+from ..secret import BytesLike, Secret, clear_frame_locals
+from .base import KeyInfo, KeyProvider, split_key_uri
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
@@ -307,7 +307,7 @@ class AzureKeyVaultProvider(KeyProvider):
         mode = "local" if self._local is not None else "vault"
         return f"AzureKeyVaultProvider(mode={mode!r})"
 
-    def wrap(self, key_uri: str, dek: DEKLike) -> KeyBlock:
+    def wrap(self, key_uri: str, dek: Secret | BytesLike) -> KeyBlock:
         dek = Secret.of(dek, DEK_SIZE, "dek")  # a Secret, or any bytes-like object (copied)
         vault, name, version = parse_key_uri(key_uri)
         if self._local is not None:

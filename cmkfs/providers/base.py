@@ -28,17 +28,14 @@ import importlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import NoReturn, TypeAlias, cast
+from typing import NoReturn, cast
 from urllib.parse import unquote, urlsplit
 
 from ..errors import ConfigurationError
 from ..format import KeyBlock
-from ..secret import Secret
+from ..secret import BytesLike, Secret
 
-__all__ = ["KeyInfo", "KeyProvider", "DEKLike", "register_provider", "provider_for", "split_key_uri", "redact_key_uri"]
-
-#: What :meth:`KeyProvider.wrap` takes: a Secret, or a bytes-like object that it copies.
-DEKLike: TypeAlias = Secret | bytes | bytearray | memoryview
+__all__ = ["KeyInfo", "KeyProvider", "register_provider", "provider_for", "split_key_uri", "redact_key_uri"]
 
 # Key URI attributes that are secrets (RFC 7512 PIN attributes) or point at them.
 _SECRET_ATTRIBUTES = ("pin-value", "pin-source")
@@ -75,8 +72,8 @@ class KeyProvider(abc.ABC):
         raise TypeError(f"{type(self).__name__} cannot be pickled; pickle the key URI instead")
 
     @abc.abstractmethod
-    def wrap(self, key_uri: str, dek: DEKLike) -> KeyBlock:
-        """Wrap ``dek`` (32 bytes) under the current (or the URI's named) version of the key."""
+    def wrap(self, key_uri: str, dek: Secret | BytesLike) -> KeyBlock:
+        """Wrap ``dek`` (32 bytes; bytes-like input is copied) under the current or the URI's version of the key."""
 
     @abc.abstractmethod
     def unwrap(self, key_block: KeyBlock) -> Secret:

@@ -41,8 +41,8 @@ from ..errors import (
     VaultUnavailableError,
 )
 from ..format import DEK_SIZE, KeyBlock, WrapAlgorithm
-from ..secret import Secret
-from .base import DEKLike, KeyInfo, KeyProvider
+from ..secret import BytesLike, Secret
+from .base import KeyInfo, KeyProvider
 
 __all__ = [
     "LocalVaultProvider",
@@ -207,7 +207,7 @@ class LocalVaultProvider(KeyProvider):
 
     # -- KeyProvider -------------------------------------------------------
 
-    def wrap(self, key_uri: str, dek: DEKLike) -> KeyBlock:
+    def wrap(self, key_uri: str, dek: Secret | BytesLike) -> KeyBlock:
         dek = Secret.of(dek, DEK_SIZE, "dek")  # a Secret, or any bytes-like object (copied)
         name, version = parse_local_uri(key_uri)
         with self._locked(shared=True):

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ...errors import ConfigurationError, IntegrityError, KeyNotFoundError, KeyRevokedError, VaultUnavailableError
 from ...format import DEK_SIZE, KeyBlock, WrapAlgorithm
-from ...secret import Secret
-from ..base import DEKLike, KeyInfo, KeyProvider
+from ...secret import BytesLike, Secret
+from ..base import KeyInfo, KeyProvider
 from .errors import SESSION_LOST, is_one_of, pkcs11, translate
 from .sessions import DEFAULT_MODULE, MODULE_ENV, PIN_ENV, Token, acquire, read_pin_source, release
 from .uri import KIND_OF_TYPE, PKCS11URI, parse_pkcs11_uri, quote_attribute, version_id, version_of, version_rank
@@ -233,7 +233,7 @@ class PKCS11Provider(KeyProvider):
 
     # -- KeyProvider --------------------------------------------------------
 
-    def wrap(self, key_uri: str, dek: DEKLike) -> KeyBlock:
+    def wrap(self, key_uri: str, dek: Secret | BytesLike) -> KeyBlock:
         uri = parse_pkcs11_uri(key_uri)
         dek = Secret.of(dek, DEK_SIZE, "a data key")  # a Secret, or any bytes-like object (copied)
 
