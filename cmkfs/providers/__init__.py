@@ -1,4 +1,4 @@
-"""Key providers, one module per vault kind, chosen by key URI prefix.
+"""Key providers, one module (or package) per vault kind, chosen by key URI prefix.
 
 Optional providers import their SDK lazily: ``https://`` (Azure Key Vault)
 needs ``pip install 'cmkfs[azure]'``, ``pkcs11:`` needs ``pip install 'cmkfs[hsm]'``.

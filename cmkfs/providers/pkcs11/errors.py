@@ -16,7 +16,7 @@ from ...errors import (
     VaultUnavailableError,
 )
 
-__all__ = ["pkcs11", "translate", "translated", "is_one_of", "PIN_REJECTED", "SESSION_LOST"]
+__all__ = ["pkcs11", "translate", "translated", "is_one_of", "ERRORS", "PIN_REJECTED", "SESSION_LOST", "BAD_WRAPPED_KEY"]
 
 INSTALL_HINT = "pip install 'cmkfs[hsm]'"
 
