@@ -16,7 +16,16 @@ from ...errors import (
     VaultUnavailableError,
 )
 
-__all__ = ["pkcs11", "translate", "translated", "is_one_of", "ERRORS", "PIN_REJECTED", "SESSION_LOST", "BAD_WRAPPED_KEY"]
+__all__ = [
+    "pkcs11",
+    "translate",
+    "translated",
+    "is_one_of",
+    "ERRORS",
+    "PIN_REJECTED",
+    "SESSION_LOST",
+    "BAD_WRAPPED_KEY",
+]
 
 INSTALL_HINT = "pip install 'cmkfs[hsm]'"
 
