@@ -20,6 +20,7 @@ refuses to construct a ``CMKFileSystem`` rather than run unguarded.
 
 from __future__ import annotations
 
+import io
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -39,30 +40,61 @@ _lock = threading.Lock()
 _installed = False
 
 
-def _is_cmk(fs: object) -> bool:
+def _is_cmk(node: object) -> bool:
+    # The filesystem itself, or any file object it hands out: a cache over a
+    # filesystem that reads through one (zip://, tar:// over a cmk file) is
+    # a cache of plaintext too.
+    from .files import CMKReadFile, CMKTextReader, CMKTextWriter, CMKWriteFile, CompressedFile
     from .filesystem import CMKFileSystem  # the filesystem module imports this one
 
-    return isinstance(fs, CMKFileSystem)
+    return isinstance(node, (CMKFileSystem, CMKReadFile, CMKWriteFile, CompressedFile, CMKTextReader, CMKTextWriter))
 
 
-def _children(fs: object) -> Iterator[AbstractFileSystem]:
-    """Filesystems held by ``fs`` (its instance attributes, and lists, tuples
-    and dict values of them): every wrapper, whatever its attribute names."""
+def _holds_files(node: object) -> bool:
+    """Objects worth walking into: filesystems, file objects and the
+    ``OpenFile``-style holders fsspec uses (anything with an ``fs``)."""
+    if isinstance(node, (AbstractFileSystem, io.IOBase)):
+        return True
     try:
-        state = object.__getattribute__(fs, "__dict__")
+        state = object.__getattribute__(node, "__dict__")
+    except AttributeError:
+        return False
+    return isinstance(state, dict) and isinstance(state.get("fs"), AbstractFileSystem)
+
+
+def _children(node: object) -> Iterator[object]:
+    """What ``node`` holds that may lead to a cmk layer: its instance
+    attributes (and the items of lists, tuples and dicts among them) that are
+    filesystems or file objects, and the stream a C-level io wrapper wraps.
+    Attribute names are not listed: every wrapper is followed, whatever it
+    calls its target."""
+    for name in ("buffer", "raw"):  # io.TextIOWrapper / BufferedReader keep these in C slots
+        if isinstance(node, (io.TextIOWrapper, io.BufferedReader, io.BufferedWriter)):
+            try:
+                inner = getattr(node, name)
+            except (AttributeError, ValueError):  # detached or closed
+                continue
+            if _holds_files(inner):
+                yield inner
+    try:
+        state = object.__getattribute__(node, "__dict__")
     except AttributeError:
         return
+    if not isinstance(state, dict):
+        return
     for value in list(state.values()):
-        if isinstance(value, AbstractFileSystem):
-            yield value
-        elif isinstance(value, dict):
-            yield from (v for v in list(value.values()) if isinstance(v, AbstractFileSystem))
+        if isinstance(value, dict):
+            items: list[object] = list(value.values())
         elif isinstance(value, (list, tuple)):
-            yield from (v for v in value if isinstance(v, AbstractFileSystem))
+            items = list(value)
+        else:
+            items = [value]
+        yield from (item for item in items if _holds_files(item))
 
 
 def contains_cmk(fs: object) -> bool:
-    """True if ``fs`` is, or wraps at any depth, a ``CMKFileSystem``."""
+    """True if ``fs`` is, or holds at any depth, a ``CMKFileSystem`` or a
+    file object it handed out."""
     seen: set[int] = set()
     todo: list[tuple[object, int]] = [(fs, 0)]
     while todo:
@@ -137,6 +169,32 @@ def _preconditions() -> str | None:
     return None
 
 
+def _guard_subclass(cls: type) -> None:
+    """A subclass that declares ``fs`` itself (``fs: AbstractFileSystem | None
+    = None`` is a common typed idiom) would shadow the descriptor: put the
+    guard back on it."""
+    if "fs" in vars(cls) and not isinstance(vars(cls)["fs"], _GuardedTarget):
+        guard = _GuardedTarget()
+        guard.__set_name__(cls, "fs")
+        type.__setattr__(cls, "fs", guard)
+
+
+def _all_subclasses(cls: type) -> list[type]:
+    found: list[type] = []
+    todo: list[type] = list(cls.__subclasses__())
+    while todo:
+        sub = todo.pop()
+        if sub not in found:
+            found.append(sub)
+            todo.extend(sub.__subclasses__())
+    return found
+
+
+def _init_subclass(cls: type, /, **kwargs: Any) -> None:
+    super(CachingFileSystem, cls).__init_subclass__(**kwargs)
+    _guard_subclass(cls)
+
+
 def install_cache_guard() -> None:
     """Put the checking descriptor on ``CachingFileSystem.fs``; idempotent.
 
@@ -156,6 +214,10 @@ def install_cache_guard() -> None:
         guard = _GuardedTarget()
         guard.__set_name__(CachingFileSystem, "fs")
         CachingFileSystem.fs = guard
+        # Subclasses defined before and after this point keep the guard.
+        for sub in _all_subclasses(CachingFileSystem):
+            _guard_subclass(sub)
+        CachingFileSystem.__init_subclass__ = classmethod(_init_subclass)
         _installed = True
 
 

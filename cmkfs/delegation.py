@@ -51,8 +51,6 @@ ROUTED_METHODS: dict[str, str] = {
     "makedir": "mkdir",
     "mkdirs": "makedirs",
     "get_mapper": "cat/pipe/rm/find",
-    "start_transaction": "transaction_type (CMKTransaction)",
-    "end_transaction": "transaction_type (CMKTransaction.complete)",
 }
 # No file content involved: construction, serialisation, names.
 META_METHODS = frozenset(

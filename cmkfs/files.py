@@ -25,12 +25,12 @@ The wrappers handed out here (:class:`CMKTextWriter` for text modes,
 
 from __future__ import annotations
 
-import atexit
 import enum
 import io
+import os
+import sys
 import threading
 import warnings
-import weakref
 from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any, NoReturn, Protocol
@@ -133,10 +133,13 @@ class KeyGatedCache:
 
     def _fetch(self, start: int | None, end: int | None) -> bytes:
         token = self._reader.confirm_key()  # raises if the key was revoked
+        old = None
         with self._lock:
             if self._inner is None or token != self._token:
-                self._inner, self._token = self._factory(), token  # blocks from before are not reused
+                old = self._inner  # blocks from before are not reused
+                self._inner, self._token = self._factory(), token
             inner = self._inner
+        _close_cache(old)
         data: bytes = inner._fetch(start, end)
         return data
 
@@ -144,14 +147,13 @@ class KeyGatedCache:
         """Called by the key sweeper: an idle handle's plaintext goes with its key."""
         if self._inner is not None and self._reader.key_expired():
             with self._lock:
-                self._inner, self._token = None, None
+                old, self._inner, self._token = self._inner, None, None
+            _close_cache(old)
 
     def close(self) -> None:
         with self._lock:
             inner, self._inner = self._inner, None
-        close = getattr(inner, "close", None)
-        if callable(close):
-            close()
+        _close_cache(inner)
 
     def _log_stats(self) -> str:
         inner = self._inner
@@ -170,6 +172,14 @@ class KeyGatedCache:
 
     def __reduce__(self) -> NoReturn:
         raise TypeError("a read cache holds plaintext and cannot be pickled")
+
+
+def _close_cache(cache: Any) -> None:
+    """Close an fsspec cache that is being dropped: a background cache's
+    prefetch thread would otherwise keep the blocks it holds."""
+    close = getattr(cache, "close", None)
+    if callable(close):
+        close()
 
 
 class CMKReadFile(AbstractBufferedFile):  # type: ignore[misc]  # fsspec is untyped
@@ -254,6 +264,11 @@ class CMKReadFile(AbstractBufferedFile):  # type: ignore[misc]  # fsspec is unty
     def _fetch_range(self, start: int, end: int) -> bytes:
         return self._reader.read(start, end - start)
 
+    def confirm_key(self) -> int:
+        """Re-confirm the key if its TTL passed (raises if revoked): for
+        wrappers that keep a buffer of their own (text, decompression)."""
+        return self._reader.confirm_key()
+
     def close(self) -> None:
         if self.closed:
             return
@@ -278,23 +293,6 @@ class WriteState(enum.Enum):
     FAILED = "failed"  # a write, the seal or the publish failed; dropped
 
 
-# Writers still open, discarded when the interpreter exits: an open writer
-# at exit is an unfinished write, whatever finalisers run afterwards.
-_OPEN_WRITERS: weakref.WeakSet[CMKWriteFile] = weakref.WeakSet()
-_OPEN_WRITERS_LOCK = threading.Lock()
-
-
-@atexit.register
-def _discard_open_writers() -> None:
-    with _OPEN_WRITERS_LOCK:
-        writers = list(_OPEN_WRITERS)
-    for writer in writers:
-        try:
-            writer.discard()
-        except Exception:  # noqa: BLE001 - exiting anyway
-            pass
-
-
 class CMKWriteFile:
     """Write-only stream that encrypts into an atomic sink (see the module
     docstring for the contract)."""
@@ -316,6 +314,7 @@ class CMKWriteFile:
         self.mode = "wb"
         self.autocommit = bool(autocommit)
         self._sink = sink
+        self._pid = os.getpid()
         self._state = WriteState.FAILED
         try:
             self._writer = EncryptingWriter(
@@ -326,8 +325,6 @@ class CMKWriteFile:
             raise
         self._state = WriteState.OPEN
         self._pos = 0
-        with _OPEN_WRITERS_LOCK:
-            _OPEN_WRITERS.add(self)
 
     # -- io surface ---------------------------------------------------------
 
@@ -373,8 +370,10 @@ class CMKWriteFile:
         raise UnsupportedOperationError("encrypted files cannot be truncated in place; rewrite the file")
 
     def write(self, data: Any) -> int:
+        self._check_owner()
         if self.closed:
             raise ValueError("I/O operation on closed file.")
+        memoryview(data).release()  # a wrong type is refused here, with the stream intact
         try:
             n = self._writer.write(data)
         except BaseException:
@@ -396,16 +395,28 @@ class CMKWriteFile:
 
     def close(self) -> None:
         """Finish the file: publish it, or with ``autocommit=False`` seal it
-        for the transaction (or a later :meth:`commit`) to publish."""
-        if self._state is WriteState.OPEN:
-            self._seal()
-            if self.autocommit:
-                self._publish()
+        for the transaction (or a later :meth:`commit`) to publish.
+
+        Raises if a write failed (nothing is published then).  While the
+        interpreter tears down, whatever finaliser calls it, it discards: an
+        object still open then is an unfinished write."""
+        self._check_owner()
+        if self._state is WriteState.FAILED:
+            raise ValueError(f"{self.path}: an earlier write failed; nothing was published")
+        if self._state is not WriteState.OPEN:
+            return
+        if sys.is_finalizing():
+            self.discard()
+            return
+        self._seal()
+        if self.autocommit:
+            self._publish()
 
     def commit(self) -> None:
         """Publish the file now (sealing it first if it is still open).
 
         Raises if the file was discarded or failed: nothing is published then."""
+        self._check_owner()
         if self._state is WriteState.COMMITTED:
             return
         if self._state is WriteState.OPEN:
@@ -416,8 +427,19 @@ class CMKWriteFile:
 
     def discard(self) -> None:
         """Drop everything written so far; the previous version (if any) stays."""
+        if self._pid != os.getpid():
+            # A forked child's copy: the sink (a temp file, an upload) is the
+            # parent's, so the child forgets it without touching it.
+            self._state = WriteState.DISCARDED
+            return
         if self._state in (WriteState.OPEN, WriteState.SEALED):
             self._drop(WriteState.DISCARDED)
+
+    def _check_owner(self) -> None:
+        if self._pid != os.getpid():
+            # A forked child writing through its parent's handle would reuse
+            # the parent's nonces under the same key, into the same temp file.
+            raise ValueError(f"{self.path}: an encrypted file cannot be used in a process forked after it was opened")
 
     def _seal(self) -> None:
         try:
@@ -434,22 +456,16 @@ class CMKWriteFile:
             self._drop(WriteState.FAILED)
             raise
         self._state = WriteState.COMMITTED
-        self._forget()
 
     def _drop(self, state: WriteState) -> None:
         was = self._state
         self._state = state
-        self._forget()
         if was not in (WriteState.OPEN, WriteState.SEALED):
             return
         try:
             self._writer.abort()
         finally:
             self._sink.discard()
-
-    def _forget(self) -> None:
-        with _OPEN_WRITERS_LOCK:
-            _OPEN_WRITERS.discard(self)
 
     def __enter__(self) -> CMKWriteFile:
         return self
@@ -534,23 +550,64 @@ class CMKTextWriter(io.TextIOWrapper):
         raise TypeError("an open encrypted file cannot be pickled")
 
 
-class CompressedFile:
-    """A compressor from ``fsspec.compression`` (GzipFile, BZ2File, ...) over
-    a cmkfs file, owning it: closing closes the compressor, then closes the
-    cmkfs file (which publishes a write).  The compressors never close a
-    file object they were given, so without this the writer would only be
-    garbage-collected, i.e. discarded.
-    """
+class _Borrowed:
+    """The cmkfs file as a compressor sees it: everything but ``close()``.
 
-    def __init__(self, compressor: Any, inner: CMKWriteFile | CMKReadFile) -> None:
-        self._compressor = compressor
+    Some compressors close the file they wrap (zstandard's stream writer
+    does); through this view none can publish or drop the cmkfs file: only
+    :class:`CompressedFile` decides, by the write contract."""
+
+    def __init__(self, f: CMKWriteFile | CMKReadFile) -> None:
+        self._f = f
+
+    def close(self) -> None:
+        pass
+
+    @property
+    def closed(self) -> bool:
+        return self._f.closed
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "_f":
+            raise AttributeError(name)
+        return getattr(self._f, name)
+
+
+# Read methods of a decompressor: each re-confirms the key first, since the
+# decompressor keeps a buffer of plaintext of its own.
+_READ_METHODS = frozenset({"read", "read1", "readinto", "readline", "readlines", "peek"})
+
+
+class CompressedFile:
+    """A compressor from ``fsspec.compression`` (GzipFile, BZ2File, zstd, ...)
+    over a cmkfs file, owning it: closing closes the compressor, then closes
+    the cmkfs file (which publishes a write); a failing ``with`` block or the
+    finaliser discards.  Reads re-confirm the key, like the handle's own."""
+
+    def __init__(self, make_compressor: Callable[[Any], Any], inner: CMKWriteFile | CMKReadFile) -> None:
         self._inner = inner
         self._writing = isinstance(inner, CMKWriteFile)
+        self._compressor = make_compressor(_Borrowed(inner))
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__") or name in ("_compressor", "_inner", "_writing"):
             raise AttributeError(name)
-        return getattr(self._compressor, name)  # read, write, readline, flush, seek (reading), ...
+        attr = getattr(self._compressor, name)  # read, write, readline, flush, seek (reading), ...
+        if name in _READ_METHODS and not self._writing and callable(attr):
+            return self._gated(attr)
+        return attr
+
+    def _gated(self, method: Callable[..., Any]) -> Callable[..., Any]:
+        def read(*args: Any, **kwargs: Any) -> Any:
+            self.confirm_key()
+            return method(*args, **kwargs)
+
+        return read
+
+    def confirm_key(self) -> int:
+        if isinstance(self._inner, CMKReadFile):
+            return self._inner.confirm_key()
+        return 0
 
     @property
     def closed(self) -> bool:
@@ -561,30 +618,37 @@ class CompressedFile:
         return self._inner.path
 
     def close(self) -> None:
-        if self._inner.closed:
+        if not self._writing:
+            if not self._inner.closed:
+                try:
+                    self._compressor.close()
+                finally:
+                    self._inner.close()
             return
-        try:
-            self._compressor.close()  # its trailer goes into the cmkfs file
-        except BaseException:
-            _drop(self._inner)
-            raise
-        self._inner.close()
+        assert isinstance(self._inner, CMKWriteFile)
+        if self._inner.state is WriteState.OPEN:
+            try:
+                self._compressor.close()  # its trailer goes into the cmkfs file
+            except BaseException:
+                self._inner.discard()
+                raise
+        self._inner.close()  # publishes (or seals); raises if a write failed
 
     def commit(self) -> None:
         if self._writing and not self._inner.closed:
             self.close()
-        self._inner.commit()
+        if isinstance(self._inner, CMKWriteFile):
+            self._inner.commit()
 
     def discard(self) -> None:
-        if not self._writing:
+        if not isinstance(self._inner, CMKWriteFile):
             self.close()
             return
-        if not self._inner.closed:
-            try:
-                self._compressor.close()  # releases it; its output goes into a file about to be dropped
-            except Exception:  # noqa: BLE001 - discarding anyway (the writer may have failed first)
-                pass
-        self._inner.discard()
+        self._inner.discard()  # first: nothing the compressor does next can reach the store
+        try:
+            self._compressor.close()  # releases it; its trailer has nowhere to go
+        except Exception:  # noqa: BLE001 - discarding anyway
+            pass
 
     def __enter__(self) -> CompressedFile:
         return self
@@ -597,12 +661,16 @@ class CompressedFile:
         else:
             self.discard()
 
-    def __iter__(self) -> Any:
-        return iter(self._compressor)
+    def __iter__(self) -> CompressedFile:
+        return self
+
+    def __next__(self) -> Any:
+        self.confirm_key()
+        return next(self._compressor)
 
     def __del__(self) -> None:
         inner = self.__dict__.get("_inner")
-        if inner is not None and self._writing and not inner.closed:
+        if isinstance(inner, CMKWriteFile) and inner.state is WriteState.OPEN:
             try:
                 self.discard()  # never publish from a finaliser
             except Exception:  # noqa: BLE001 - finaliser
@@ -613,6 +681,33 @@ class CompressedFile:
 
     def __repr__(self) -> str:
         return f"<CompressedFile {type(self._compressor).__name__} over {self._inner!r}>"
+
+
+class CMKTextReader(io.TextIOWrapper):
+    """Text mode over a cmkfs read handle: io keeps a buffer of decoded
+    text, so every read re-confirms the key first, like the handle's own."""
+
+    def _confirm(self) -> None:
+        self.buffer.confirm_key()  # type: ignore[attr-defined]  # CMKReadFile or CompressedFile
+
+    def read(self, size: int | None = -1) -> str:
+        self._confirm()
+        return super().read(size)
+
+    def readline(self, size: int = -1) -> str:  # type: ignore[override]  # typeshed: via _IOBase
+        self._confirm()
+        return super().readline(size)
+
+    def readlines(self, hint: int = -1) -> list[str]:  # type: ignore[override]  # typeshed: via _IOBase
+        self._confirm()
+        return super().readlines(hint)
+
+    def __next__(self) -> str:  # type: ignore[override]  # typeshed: via _IOBase
+        self._confirm()
+        return super().__next__()
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError("an open encrypted file cannot be pickled")
 
 
 io.IOBase.register(CompressedFile)

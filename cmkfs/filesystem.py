@@ -14,7 +14,6 @@ docs/FILESYSTEM.md.  What this module keeps in mind:
 
 from __future__ import annotations
 
-import io
 import os
 import secrets
 import threading
@@ -34,7 +33,7 @@ from .cache_guard import check_not_cached, install_cache_guard
 from .config import default_key_uri
 from .delegation import DUCK_TYPED_HOOKS, META_METHODS, REFUSED_METHODS, ROUTED_METHODS, fail_closed
 from .errors import ConfigurationError, FormatError, UnsupportedOperationError
-from .files import CMKReadFile, CMKTextWriter, CMKWriteFile, CompressedFile, PlaintextReader, _drop
+from .files import CMKReadFile, CMKTextReader, CMKTextWriter, CMKWriteFile, CompressedFile, PlaintextReader, _drop
 from .format import DEFAULT_SEGMENT_SIZE, MAGIC, ContentClass, check_segment_size, looks_like_cmkfs
 from .keycache import DEFAULT_CACHE_TTL, KeyCache, check_ttl, trusted_vault_hosts
 from .sizes import HeaderFacts, not_cmkfs_message
@@ -230,6 +229,17 @@ class CMKFileSystem(ChainedFileSystem):  # type: ignore[misc]  # fsspec is untyp
             out["key"] = self.key_uri
         return out
 
+    def start_transaction(self) -> CMKTransaction:
+        """Begin a transaction, or join the one already open (see :class:`CMKTransaction`)."""
+        transaction: CMKTransaction = self.transaction  # fsspec's property makes one if needed
+        transaction.start()
+        return transaction
+
+    def end_transaction(self) -> None:
+        """Leave the innermost :meth:`start_transaction`; the outermost publishes."""
+        transaction: CMKTransaction = self.transaction
+        transaction.end()
+
     @property
     def keys(self) -> KeyCache:
         """This instance's key cache, created on first use (never pickled)."""
@@ -278,7 +288,7 @@ class CMKFileSystem(ChainedFileSystem):  # type: ignore[misc]  # fsspec is untyp
                 **kwargs,
             )
             if "r" in mode:
-                return io.TextIOWrapper(binary, **text_kwargs)
+                return CMKTextReader(binary, **text_kwargs)
             return CMKTextWriter(binary, **text_kwargs)
         autocommit = kwargs.pop("autocommit", not self._intrans)
         f = self._open(
@@ -288,7 +298,7 @@ class CMKFileSystem(ChainedFileSystem):  # type: ignore[misc]  # fsspec is untyp
         if codec is None:
             return f
         try:
-            return CompressedFile(compr[codec](f, mode=mode[0]), f)
+            return CompressedFile(lambda inner: compr[codec](inner, mode=mode[0]), f)
         except BaseException:
             _drop(f)
             raise

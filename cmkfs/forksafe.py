@@ -42,7 +42,6 @@ MODULE_LOCKS = (
     ("cmkfs.targets.azure", "_CLIENTS_LOCK"),
     ("cmkfs.keycache", "_CACHES_LOCK"),
     ("cmkfs.keys", "_HOLDERS_LOCK"),
-    ("cmkfs.files", "_OPEN_WRITERS_LOCK"),
     ("cmkfs.targets", "_LOCK"),
     ("cmkfs.cache_guard", "_lock"),
     ("cmkfs.providers.base", "_LOCK"),

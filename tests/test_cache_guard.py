@@ -169,3 +169,44 @@ def test_a_broken_precondition_refuses_to_run(monkeypatch):
     monkeypatch.setattr(CachingFileSystem, "__setattr__", object.__setattr__, raising=False)
     with pytest.raises(ConfigurationError, match="refusing to run"):
         CMKFileSystem(target_protocol="memory", key="local://x", skip_instance_cache=True)
+
+
+@pytest.mark.parametrize("archive", ["zip", "tar"])
+def test_cache_over_an_archive_stored_in_cmk(archive, key, tmp_path, cache_dir):
+    """zip:// and tar:// read through a cmk *file*: a disk cache over them
+    would store the archive's decrypted members."""
+    import io as _io
+    import tarfile
+    import zipfile
+
+    fs = CMKFileSystem(target_protocol="file", key=key, skip_instance_cache=True)
+    buf = _io.BytesIO()
+    if archive == "zip":
+        with zipfile.ZipFile(buf, "w") as z:
+            z.writestr("report.csv", SECRET)
+    else:
+        with tarfile.open(fileobj=buf, mode="w") as t:
+            info = tarfile.TarInfo("report.csv")
+            info.size = len(SECRET)
+            t.addfile(info, _io.BytesIO(SECRET))
+    path = str(tmp_path / f"archive.{archive}")
+    fs.pipe_file(path, buf.getvalue())
+    url = f"simplecache::{archive}://report.csv::cmk::file://{path}"
+    with pytest.raises(ConfigurationError):
+        read_url(url, cmk={"key": key}, simplecache={"cache_storage": str(cache_dir)})
+    inner = fsspec.filesystem(archive, fo=fs.open(path, "rb"), skip_instance_cache=True)
+    with pytest.raises(ConfigurationError):
+        fsspec.filesystem("filecache", fs=inner, cache_storage=str(cache_dir), skip_instance_cache=True)
+    assert_no_plaintext(cache_dir)
+
+
+def test_subclass_that_declares_fs_is_still_guarded(key, cache_dir):
+    from fsspec.implementations.cached import SimpleCacheFileSystem
+    from fsspec.spec import AbstractFileSystem
+
+    class TypedCache(SimpleCacheFileSystem):
+        fs: AbstractFileSystem | None = None  # a common typed idiom that would shadow the guard
+
+    fs = CMKFileSystem(target_protocol="memory", key=key, skip_instance_cache=True)
+    with pytest.raises(ConfigurationError):
+        TypedCache(fs=fs, cache_storage=str(cache_dir), skip_instance_cache=True)

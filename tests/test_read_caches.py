@@ -119,3 +119,41 @@ def test_revocation_seen_by_the_process_drops_cached_blocks_at_once(fs, data):
         f.read(10)
         purge_key("local://reads")  # what the cache does when any vault call is refused
         assert f.cache._inner is None
+
+
+def test_dropped_caches_are_closed(fs, clock, data):
+    """A background cache's prefetch thread would keep its blocks alive."""
+    path, _ = data
+    closed = []
+    with _open(fs, path, "background") as f:
+        f.read(100)
+        inner = f.cache._inner
+        original = inner.close
+        inner.close = lambda: (closed.append(True), original())[1]
+        clock.advance(61)
+        sweep_key_holders()
+        assert closed == [True]
+
+
+@pytest.mark.parametrize("how", ["text", "gzip", "gzip text"])
+def test_wrappers_with_buffers_of_their_own_stop_too(fs, vault, clock, tmp_path, how):
+    """io's text layer and decompressors keep a buffer of plaintext: their
+    reads re-confirm the key like the handle's own."""
+    import gzip
+
+    lines = "".join(f"row {i}, some text to fill a buffer\n" for i in range(5000))
+    path = str(tmp_path / ("t.txt.gz" if "gzip" in how else "t.txt"))
+    fs.pipe_file(path, gzip.compress(lines.encode()) if "gzip" in how else lines.encode())
+    mode = "rb" if how == "gzip" else "r"
+    compression = "gzip" if "gzip" in how else None
+    with fs.open(path, mode, compression=compression) as f:
+        first = f.readline()
+        assert first.startswith("row 0" if mode == "r" else b"row 0")
+        vault.disable("reads")
+        clock.advance(61)
+        with pytest.raises(KeyRevokedError):
+            f.readline()  # the next line is already decoded in the wrapper's buffer
+        with pytest.raises(KeyRevokedError):
+            f.read(10)
+        with pytest.raises(KeyRevokedError):
+            next(iter(f))

@@ -154,14 +154,27 @@ def test_failing_with_block_discards_and_close_publishes(fs, path):
     assert f.state is WriteState.COMMITTED and fs.cat_file(path) == b"new"
 
 
-def test_commit_after_a_failure_raises(fs, path):
+def test_commit_or_close_after_a_failure_raises(fs, path):
     f = fs.open(path, "wb")
     with pytest.raises(TypeError):
-        f.write("not bytes")  # a failed write poisons the stream
+        f.write("not bytes")  # refused before anything was sealed: the stream goes on
+    assert f.state is WriteState.OPEN
+
+    def broken(data):
+        raise OSError("disk full")
+
+    f._sink.write = broken  # the storage fails under a write that seals segments
+    with pytest.raises(OSError):
+        f.write(b"x" * 600_000)
     assert f.state is WriteState.FAILED
-    f.close()  # nothing to publish: a no-op, never a partial file
+    with pytest.raises(ValueError, match="report.csv"):
+        f.close()  # says so, never silently: the program believed it wrote the file
     with pytest.raises(ValueError, match="report.csv"):
         f.commit()
+    with pytest.raises(OSError):  # a with block that swallowed nothing: the write's own error
+        with fs.open(path, "wb") as g:
+            g._sink.write = broken
+            g.write(b"y" * 600_000)
     g = fs.open(path, "wb")
     g.write(b"dropped")
     g.discard()
@@ -285,3 +298,126 @@ def test_no_behaviour_depends_on_the_call_stack():
 
 def test_errors_are_cmk_errors():
     assert issubclass(TransactionError, CMKError)
+
+
+# -- found in review: nesting, compressors that close their file, forks, exit ----------------
+
+
+def test_nested_transactions_join_the_outermost(fs, tmp_path):
+    a, b, c = (str(tmp_path / n) for n in "abc")
+    fs.pipe_file(a, b"old a")
+
+    def helper():
+        with fs.transaction:  # a library function that makes its own writes atomic
+            fs.pipe_file(b, b"new b")
+
+    with pytest.raises(RuntimeError):
+        with fs.transaction:
+            fs.pipe_file(a, b"new a")
+            helper()
+            fs.pipe_file(c, b"new c")
+            assert not fs.exists(b)  # the inner end did not publish
+            raise RuntimeError
+    assert fs.cat_file(a) == b"old a" and not fs.exists(b) and not fs.exists(c)
+    with fs.transaction:
+        fs.pipe_file(a, b"new a")
+        helper()
+        fs.pipe_file(c, b"new c")
+    assert (fs.cat_file(a), fs.cat_file(b), fs.cat_file(c)) == (b"new a", b"new b", b"new c")
+
+
+def test_a_failed_inner_block_dooms_the_transaction(fs, tmp_path):
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    with pytest.raises(TransactionError, match="KeyError"):
+        with fs.transaction:
+            fs.pipe_file(a, b"a")
+            with contextlib.suppress(KeyError):
+                with fs.transaction:
+                    fs.pipe_file(b, b"b")
+                    raise KeyError
+    assert not fs.exists(a) and not fs.exists(b)
+    fs.start_transaction()
+    fs.pipe_file(a, b"a")
+    fs.start_transaction()  # joins
+    fs.pipe_file(b, b"b")
+    fs.end_transaction()
+    assert not fs.exists(b)
+    fs.end_transaction()
+    assert fs.cat_file(a) == b"a" and fs.cat_file(b) == b"b"
+
+
+def test_a_compressor_that_closes_its_file_cannot_publish(fs, path):
+    pytest.importorskip("zstandard")
+    with pytest.raises(RuntimeError):
+        with fs.open(path, "wb", compression="zstd") as f:
+            f.write(b"half of the new rows\n")
+            raise RuntimeError
+    assert fs.cat_file(path) == PREVIOUS
+    f = fs.open(path, "wb", compression="zstd")
+    f.write(b"unfinished, dropped by GC\n")
+    del f
+    import gc
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
+    assert fs.cat_file(path) == PREVIOUS
+    with fs.open(path, "wb", compression="zstd") as f:
+        f.write(b"complete")
+    with fs.open(path, "rb", compression="zstd") as f:
+        assert f.read() == b"complete"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_cannot_use_its_parents_writer(fs, path):
+    f = fs.open(path, "wb")
+    f.write(b"parent's data " * 1000)
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            try:
+                f.write(b"child")  # would reuse the parent's nonces under the same key
+            except ValueError:
+                f.discard()  # forgets its copy, never touches the parent's temp file
+                code = 0 if f.state is WriteState.DISCARDED else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    f.write(b"and the rest")
+    f.close()  # the parent's temp file is still there
+    assert fs.cat_file(path) == b"parent's data " * 1000 + b"and the rest"
+
+
+def test_a_log_handler_closed_at_exit_keeps_its_log(key, tmp_path, isolated_cmkfs_home):
+    """logging closes its handlers from an atexit hook: a handler that owns its
+    stream closes it there, and that close publishes, as over a plain file.  A
+    stream nobody closes is still open when the interpreter tears down, and
+    is discarded."""
+    closed, unclosed = str(tmp_path / "closed.log"), str(tmp_path / "unclosed.log")
+    child = textwrap.dedent(f"""
+        import logging, sys
+        from cmkfs.filesystem import CMKFileSystem
+
+        class OwningHandler(logging.StreamHandler):  # closes its stream, as FileHandler does
+            def close(self):
+                self.flush()
+                self.stream.close()
+                super().close()
+
+        fs = CMKFileSystem(target_protocol="file", key={key!r})
+        log = logging.getLogger()
+        log.addHandler(OwningHandler(fs.open({closed!r}, "w")))
+        log.addHandler(logging.StreamHandler(fs.open({unclosed!r}, "w")))  # never closes its stream
+        log.warning("refresh finished")
+        sys.exit(0)
+    """)
+    env = {**os.environ, "CMKFS_HOME": str(isolated_cmkfs_home)}
+    result = subprocess.run([sys.executable, "-W", "ignore", "-c", child], capture_output=True, text=True,
+                            env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    fs = CMKFileSystem(target_protocol="file", key=key, skip_instance_cache=True)
+    assert fs.cat_file(closed) == b"refresh finished\n"
+    assert not fs.exists(unclosed)
