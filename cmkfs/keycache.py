@@ -150,14 +150,32 @@ def check_ttl(ttl: object) -> float:
     return float(ttl)
 
 
-def purge_key(key_uri: str) -> None:
-    """Drop (and overwrite) every cached DEK of ``key_uri`` in this process."""
-    base = split_key_uri(key_uri)[0]
+def purge_key(key_uri: str, version: str | None = None) -> None:
+    """Drop (and overwrite) every cached DEK of ``key_uri`` in this process,
+    whatever its spelling, or only those of one ``version``."""
+    identity = key_identity(key_uri)
     with _CACHES_LOCK:
         caches = list(_CACHES)
     for cache in caches:
-        cache._purge(base)
+        cache._purge(identity, version)
     sweep_key_holders()  # idle handles on the purged keys drop their file keys now
+
+
+def key_identity(key_uri: str) -> str:
+    """One spelling per key, for purges: the URI without its version, and for
+    Azure Key Vault (whose host and key names are case-insensitive) lower
+    case without the default port."""
+    base = split_key_uri(key_uri)[0]
+    if not base.lower().startswith("https://"):
+        return base
+    try:
+        parts = urlsplit(base)
+        port = parts.port
+    except ValueError:
+        return base.lower()
+    host = (parts.hostname or "").lower()
+    netloc = host if port in (None, 443) else f"{host}:{port}"
+    return f"https://{netloc}{parts.path.lower().rstrip('/')}"
 
 
 class _WipingCache(TLRUCache[_CacheKey, DataKey, float]):
@@ -320,9 +338,12 @@ class KeyCache:
         host = _vault_host(key_uri)
         # A trusted entry without a port trusts that host on any port.
         if host not in self._trusted_hosts and host.rsplit(":", 1)[0] not in self._trusted_hosts:
+            # The host is named but not offered as a value to paste: anyone can
+            # create a vault whose name looks like one of yours.
             raise ConfigurationError(
-                f"the file's key is held by vault {host}, which this filesystem does not trust: pass "
-                f"trusted_vaults=[{host!r}] (or set {ENV_TRUSTED_VAULTS}) if that vault is yours"
+                f"the file's key is held by vault {host}, which this filesystem does not trust; if it is "
+                f"one of your vaults, add it to trusted_vaults (or {ENV_TRUSTED_VAULTS}) after checking "
+                "its name letter by letter"
             )
 
     # -- housekeeping ----------------------------------------------------
@@ -337,20 +358,25 @@ class KeyCache:
 
     def purge(self, key_uri: str | None = None) -> None:
         """Drop cached DEKs (of one key, or all) from this cache only."""
-        self._purge(split_key_uri(key_uri)[0] if key_uri else None)
+        self._purge(key_identity(key_uri) if key_uri else None)
 
-    def _purge(self, base: str | None) -> None:
+    def _purge(self, identity: str | None, version: str | None = None) -> None:
+        def matches(key_uri: str, key_version: str) -> bool:
+            if identity is None:
+                return True
+            return key_identity(key_uri) == identity and (version is None or key_version == version)
+
         with self._lock:
             self._purges += 1
             self._unwrapped.expire()  # so no entry can expire between listing and popping
             for cache_key in list(self._unwrapped.keys()):
-                if base is None or split_key_uri(cache_key[0])[0] == base:
+                if matches(cache_key[0], cache_key[1]):
                     data_key = self._unwrapped.pop(cache_key, None)
                     if data_key is not None:
                         data_key.wipe()
-            if self._write_key is not None and (
-                base is None or split_key_uri(self._write_key.key_block.key_uri)[0] == base
-            ):
+            block = self._write_key.key_block if self._write_key is not None else None
+            if block is not None and matches(block.key_uri, block.key_version):
+                assert self._write_key is not None
                 self._write_key.wipe()
                 self._write_key = None
 
@@ -389,12 +415,15 @@ class KeyCache:
         except (KeyRevokedError, KeyNotFoundError) as exc:
             audit.record(operation, shown, version, type(exc).__name__)
             # The vault said no: nobody in this process may keep using this key.
+            # A version that does not exist is only that version's business: a
+            # header naming a made-up version must not purge the key's cache.
+            only = version if isinstance(exc, KeyNotFoundError) and operation == "unwrap" else None
+            purge_key(key_uri, only)
             # Purge under the provider's canonical spelling too: key blocks name
             # the key without query attributes (a PKCS#11 module path, say).
-            purge_key(key_uri)
             canonical = provider.canonical_uri(key_uri)
-            if canonical != split_key_uri(key_uri)[0]:
-                purge_key(canonical)
+            if key_identity(canonical) != key_identity(key_uri):
+                purge_key(canonical, only)
             raise
         except CMKError as exc:
             audit.record(operation, shown, version, type(exc).__name__)
