@@ -96,7 +96,7 @@ def raw_cases(plain: memoryview, seg: int) -> dict:
 
     def decrypt() -> None:
         dec = aead.decrypt_into
-        for i, s in enumerate(starts):
+        for i, _s in enumerate(starts):
             chunk = ctv[i * step : i * step + step]
             dec(nonce, chunk, None, plain_out if len(chunk) == step else bytearray(len(chunk) - TAG_SIZE))
 
@@ -376,7 +376,15 @@ def run(args: argparse.Namespace) -> dict:
         per = med[(seg, "rand4k")] / reads * 1e6
         floor = med[(seg, "raw_one")] / reads * 1e6
         rand[human_size(seg)] = {"us_per_read": per, "raw_one_segment_us": floor, "fetched_bytes": seg + TAG_SIZE}
-        rows.append([human_size(seg), f"{per:.1f}", f"{floor:.1f}", f"{ratio(floor, per):.2f}x", f"{human_size(seg)} + {TAG_SIZE} B"])
+        rows.append(
+            [
+                human_size(seg),
+                f"{per:.1f}",
+                f"{floor:.1f}",
+                f"{ratio(floor, per):.2f}x",
+                f"{human_size(seg)} + {TAG_SIZE} B",
+            ]
+        )
     results["random_4k_reads"] = rand
     print()
     print(f"Random {human_size(RANDOM_READ)} reads ({reads} per round, reader t=1)")
@@ -392,7 +400,9 @@ def run(args: argparse.Namespace) -> dict:
             mem = memory_rows(dek, seg, mem_sizes, MiB, tmp)
         results["memory"] = {"segment_size": seg, "read_write_step": MiB, "rows": mem}
         print()
-        print(f"Peak memory added while streaming (VmHWM - baseline, MiB; {human_size(seg)} segments, 1 MiB writes/reads)")
+        print(
+            f"Peak memory added while streaming (VmHWM - baseline, MiB; {human_size(seg)} segments, 1 MiB writes/reads)"
+        )
         labels = list(dict.fromkeys(r["case"] for r in mem))
         rows = []
         for label in labels:
@@ -409,9 +419,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, help="interleaved rounds (default 7, quick 2)")
     p.add_argument("--reads", type=int, help="random 4 KiB reads per round (default 500, quick 50)")
     p.add_argument("--segments", metavar="KiB,...", help="segment sizes in KiB (default 64,256,1024,4096)")
-    p.add_argument("--mem-sizes", metavar="MiB,...", help="file sizes for the memory probe (default 256,1024; quick 8,32)")
-    p.add_argument("--mem-segment", type=int, metavar="KiB", default=DEFAULT_SEGMENT_SIZE // KiB,
-                   help="segment size for the memory probe (default: the library default)")
+    p.add_argument(
+        "--mem-sizes", metavar="MiB,...", help="file sizes for the memory probe (default 256,1024; quick 8,32)"
+    )
+    p.add_argument(
+        "--mem-segment",
+        type=int,
+        metavar="KiB",
+        default=DEFAULT_SEGMENT_SIZE // KiB,
+        help="segment size for the memory probe (default: the library default)",
+    )
     p.add_argument("--no-memory", action="store_true", help="skip the memory probe")
     p.add_argument("--no-peers", action="store_true", help="skip peer libraries")
     args = p.parse_args(argv)

@@ -66,8 +66,14 @@ def make_key(home: str) -> str:
 
 
 def cmk(target_protocol: str, key: str, fsync: bool = True, **target_options):
-    return fsspec.filesystem("cmk", target_protocol=target_protocol, target_options=target_options, key=key,
-                             fsync=fsync, skip_instance_cache=True)
+    return fsspec.filesystem(
+        "cmk",
+        target_protocol=target_protocol,
+        target_options=target_options,
+        key=key,
+        fsync=fsync,
+        skip_instance_cache=True,
+    )
 
 
 def raw_aesgcm_seconds(data: memoryview, segment: int) -> float:
@@ -101,6 +107,7 @@ def bench_sequential(workdir: Path, key: str, size: int, rounds: int) -> list[li
                 with fs.open(path, "wb") as f:
                     for i in range(0, size, chunk):
                         f.write(data[i : i + chunk])
+
             return run
 
         def reader(fs, path):
@@ -108,6 +115,7 @@ def bench_sequential(workdir: Path, key: str, size: int, rounds: int) -> list[li
                 with fs.open(path, "rb") as f:
                     while f.read(chunk):
                         pass
+
             return run
 
         cases = {
@@ -121,7 +129,9 @@ def bench_sequential(workdir: Path, key: str, size: int, rounds: int) -> list[li
             cases["cmk write, fsync=False"] = writer(cmk(proto, key, fsync=False), f"{base}/enc-nf.bin")
         times = interleaved(cases, rounds)
         times.update(
-            interleaved({"plain read": reader(plain, f"{base}/plain.bin"), "cmk read": reader(enc, f"{base}/enc.bin")}, rounds)
+            interleaved(
+                {"plain read": reader(plain, f"{base}/plain.bin"), "cmk read": reader(enc, f"{base}/enc.bin")}, rounds
+            )
         )
         crypto = median(times["raw aes-gcm"])
         variants = [("write", "cmk write"), ("read", "cmk read")]
@@ -131,8 +141,16 @@ def bench_sequential(workdir: Path, key: str, size: int, rounds: int) -> list[li
             t_plain, t_cmk = median(times[f"plain {op}"]), median(times[name])
             limit = t_plain + crypto
             label = f"{proto}:// {op} {human_size(size)}" + (" (fsync=False)" if "fsync" in name else "")
-            rows.append([label, size / t_plain / 1e9, size / limit / 1e9, size / t_cmk / 1e9,
-                         ratio(t_plain, t_cmk), ratio(limit, t_cmk)])
+            rows.append(
+                [
+                    label,
+                    size / t_plain / 1e9,
+                    size / limit / 1e9,
+                    size / t_cmk / 1e9,
+                    ratio(t_plain, t_cmk),
+                    ratio(limit, t_cmk),
+                ]
+            )
         if proto == "file":
             shutil.rmtree(base, ignore_errors=True)
         else:
@@ -158,6 +176,7 @@ def bench_parquet(workdir: Path, key: str, size: int, rounds: int) -> list[list]
             before = bytes_read()
             pq.read_table(path, filesystem=fs, columns=["c3"])
             fetched[name].append(bytes_read() - before)
+
         return run
 
     times = interleaved({"plain": column_read(plain, p_plain, "plain"), "cmk": column_read(enc, p_enc, "cmk")}, rounds)
@@ -166,9 +185,20 @@ def bench_parquet(workdir: Path, key: str, size: int, rounds: int) -> list[list]
     bound = 1.1 * b_plain + 2 * (DEFAULT_SEGMENT_SIZE + 16)
     # The limit, as for sequential I/O: plain time plus raw AES-GCM over the bytes cmk had to open.
     limit = t_plain + median(raw_aesgcm_seconds(memoryview(bytes(int(b_cmk))), DEFAULT_SEGMENT_SIZE) for _ in range(3))
-    return [[f"footer + 1 of {columns} columns, {human_size(size)} file", t_plain * 1e3, limit * 1e3, t_cmk * 1e3,
-             ratio(t_cmk, t_plain), ratio(limit, t_cmk), b_plain / MiB, b_cmk / MiB, ratio(b_cmk, b_plain),
-             "yes" if b_cmk <= bound else "NO"]]
+    return [
+        [
+            f"footer + 1 of {columns} columns, {human_size(size)} file",
+            t_plain * 1e3,
+            limit * 1e3,
+            t_cmk * 1e3,
+            ratio(t_cmk, t_plain),
+            ratio(limit, t_cmk),
+            b_plain / MiB,
+            b_cmk / MiB,
+            ratio(b_cmk, b_plain),
+            "yes" if b_cmk <= bound else "NO",
+        ]
+    ]
 
 
 def bench_small_files(workdir: Path, key: str, count: int, rounds: int) -> list[list]:
@@ -185,6 +215,7 @@ def bench_small_files(workdir: Path, key: str, count: int, rounds: int) -> list[
             base = workdir / f"img-{name}"
             for i in range(count):
                 fs.pipe_file(f"{base}/{i:05d}.png", payloads[i % 16])
+
         return run
 
     def read(fs, name):
@@ -192,14 +223,19 @@ def bench_small_files(workdir: Path, key: str, count: int, rounds: int) -> list[
             base = workdir / f"img-{name}"
             for i in range(count):
                 fs.cat_file(f"{base}/{i:05d}.png")
+
         return run
 
-    times = interleaved({"plain write": write(plain, "plain"), "cmk write": write(enc, "cmk"),
-                         "cmk-nf write": write(enc_nf, "cmk-nf")}, rounds)
+    times = interleaved(
+        {"plain write": write(plain, "plain"), "cmk write": write(enc, "cmk"), "cmk-nf write": write(enc_nf, "cmk-nf")},
+        rounds,
+    )
     times.update(interleaved({"plain read": read(plain, "plain"), "cmk read": read(enc, "cmk")}, rounds))
-    for label, p, c in ((f"{count} x 50 KB write", "plain write", "cmk write"),
-                        (f"{count} x 50 KB write (fsync=False)", "plain write", "cmk-nf write"),
-                        (f"{count} x 50 KB read", "plain read", "cmk read")):
+    for label, p, c in (
+        (f"{count} x 50 KB write", "plain write", "cmk write"),
+        (f"{count} x 50 KB write (fsync=False)", "plain write", "cmk-nf write"),
+        (f"{count} x 50 KB read", "plain read", "cmk read"),
+    ):
         t_plain, t_cmk = median(times[p]), median(times[c])
         rows.append([label, count / t_plain, count / t_cmk, ratio(t_plain, t_cmk)])
 
@@ -227,8 +263,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds per comparison")
     parser.add_argument("--json", metavar="PATH", help="also save the results as JSON")
     parser.add_argument("--dir", default=None, help="working directory on the disk to measure (default: a temp dir)")
-    parser.add_argument("--only", choices=["sequential", "parquet", "small"], action="append",
-                        help="run only these sections (repeatable)")
+    parser.add_argument(
+        "--only",
+        choices=["sequential", "parquet", "small"],
+        action="append",
+        help="run only these sections (repeatable)",
+    )
     args = parser.parse_args(argv)
     size = 32 * MiB if args.quick else 1 * GiB
     images = 300 if args.quick else 10_000
@@ -247,11 +287,28 @@ def main(argv: list[str] | None = None) -> int:
             results["sequential"] = seq
         if "parquet" in only:
             par = bench_parquet(workdir, key, size, rounds)
-            print("\nParquet column read (target: <= 1.3x plain time, <= 1.1x plain bytes + 2 segments;"
-                  " limit = plain + raw AES-GCM over the bytes fetched)")
-            print(table(["case", "plain ms", "limit ms", "cmk ms", "time x", "cmk/limit", "plain MiB", "cmk MiB", "bytes x",
-                         "within bound"], par),
-                  flush=True)
+            print(
+                "\nParquet column read (target: <= 1.3x plain time, <= 1.1x plain bytes + 2 segments;"
+                " limit = plain + raw AES-GCM over the bytes fetched)"
+            )
+            print(
+                table(
+                    [
+                        "case",
+                        "plain ms",
+                        "limit ms",
+                        "cmk ms",
+                        "time x",
+                        "cmk/limit",
+                        "plain MiB",
+                        "cmk MiB",
+                        "bytes x",
+                        "within bound",
+                    ],
+                    par,
+                ),
+                flush=True,
+            )
             results["parquet"] = par
         if "small" in only:
             small = bench_small_files(workdir, key, images, rounds)

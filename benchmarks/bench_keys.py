@@ -83,8 +83,23 @@ def _pkcs11(tmp: Path):
     conf.write_text(f"directories.tokendir = {tokens}\nobjectstore.backend = file\nlog.level = ERROR\n")
     os.environ["SOFTHSM2_CONF"] = str(conf)
     pin = os.urandom(8).hex()
-    subprocess.run([util, "--module", module, "--init-token", "--free", "--label", "bench",
-                    "--so-pin", os.urandom(8).hex(), "--pin", pin], check=True, capture_output=True)
+    subprocess.run(
+        [
+            util,
+            "--module",
+            module,
+            "--init-token",
+            "--free",
+            "--label",
+            "bench",
+            "--so-pin",
+            os.urandom(8).hex(),
+            "--pin",
+            pin,
+        ],
+        check=True,
+        capture_output=True,
+    )
     from cmkfs.providers.pkcs11 import PKCS11Provider
 
     provider = PKCS11Provider(module=module, pin=pin)
@@ -146,9 +161,23 @@ def main(argv: list[str] | None = None) -> int:
                     w_s, w_calls, r_s, r_calls = run(key_uri, provider, n, ttl)
                     row = [name, label, n, w_calls, n / w_s, r_calls, n / r_s]
                     rows.append(row)
-                    results["rows"].append(dict(zip(
-                        ["provider", "cache", "files", "write_vault_calls", "write_files_per_s",
-                         "read_vault_calls", "read_files_per_s"], row)))
+                    results["rows"].append(
+                        dict(
+                            zip(
+                                [
+                                    "provider",
+                                    "cache",
+                                    "files",
+                                    "write_vault_calls",
+                                    "write_files_per_s",
+                                    "read_vault_calls",
+                                    "read_files_per_s",
+                                ],
+                                row,
+                                strict=False,
+                            )
+                        )
+                    )
             finally:
                 stop()
     print(f"\nSmall files ({FILE_SIZE // 1000} KB each) through the engine: vault calls and files/s")

@@ -26,7 +26,7 @@ import io
 import os
 import threading
 from concurrent.futures import Executor, ThreadPoolExecutor
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, NoReturn, Protocol
 
 from . import forksafe  # noqa: F401 - registers the fork hooks (this pool among them)
 from .errors import IntegrityError, KeyRevokedError, UnsupportedOperationError
@@ -162,6 +162,7 @@ class _Keyed:
             raise ValueError("I/O operation on closed file")
         if self._cipher is None or self._expired():
             self._refresh()
+        assert self._cipher is not None  # _refresh installs one or raises
         return self._cipher
 
     def _refresh(self) -> None:
@@ -224,7 +225,7 @@ class EncryptingWriter(_Keyed):
 
     def __init__(
         self,
-        sink,
+        sink: Sink,
         keys: KeySource,
         *,
         segment_size: int = DEFAULT_SEGMENT_SIZE,
@@ -235,8 +236,9 @@ class EncryptingWriter(_Keyed):
         check_segment_size(segment_size)
         self._sink = sink
         self._size = segment_size
-        params = FileParams(segment_size, os.urandom(SALT_SIZE), os.urandom(NONCE_PREFIX_SIZE),
-                            ContentClass(content_class))
+        params = FileParams(
+            segment_size, os.urandom(SALT_SIZE), os.urandom(NONCE_PREFIX_SIZE), ContentClass(content_class)
+        )
         for _ in range(3):
             data_key = keys.data_key_for_write(content_class)
             # Derived inside the key objects: no DEK or file key in a local here.
@@ -285,7 +287,7 @@ class EncryptingWriter(_Keyed):
         state = "closed" if self.closed else f"{self._plain} bytes written"
         return f"EncryptingWriter(key_uri={self.header.key_block.key_uri!r}, {state})"
 
-    def __reduce__(self):
+    def __reduce__(self) -> NoReturn:
         raise TypeError("an open EncryptingWriter cannot be pickled")
 
     @property
@@ -295,7 +297,7 @@ class EncryptingWriter(_Keyed):
     def writable(self) -> bool:
         return True
 
-    def write(self, data) -> int:
+    def write(self, data: BytesLike) -> int:
         with self._lock:
             if self._failed:
                 raise ValueError("an earlier write failed: abort this writer and start the file again")
@@ -388,7 +390,7 @@ class EncryptingWriter(_Keyed):
 
     def _release_held(self) -> None:
         """More follows the held segment: it was rightly sealed as not last."""
-        if self._held_index >= 0:
+        if self._held_index >= 0 and self._held is not None:
             self._sink.write(self._held)
             self._held_index = -1
 
@@ -413,18 +415,18 @@ class EncryptingWriter(_Keyed):
         outs = self._outs_for(threads)
         done = 0
         while done < count:
-            if self._expired():  # re-confirmed before every round of batches
-                self._refresh()
-            cipher = self._cipher
+            cipher = self._cipher_now()  # re-confirmed before every round of batches
             n = min(count - done, per_batch * threads)
             share = -(-n // threads)
-            batches = []
+            batches: list[tuple[SegmentCipher, int, memoryview, bytearray]] = []
             for t, lo in enumerate(range(0, n, share)):
                 hi = min(n, lo + share)
                 batches.append((cipher, self._index + lo, run[(done + lo) * size : (done + hi) * size], outs[t]))
             if self._index + n > MAX_SEGMENTS:
                 raise OverflowError("file too large for this segment size")
-            futures = [self._executor.submit(_seal_batch, size, *b) for b in batches[1:]]
+            executor = self._executor
+            assert executor is not None  # runs go to the pool only when there is one
+            futures = [executor.submit(_seal_batch, size, *b) for b in batches[1:]]
             try:
                 _seal_batch(size, *batches[0])
             finally:
@@ -460,6 +462,7 @@ class EncryptingWriter(_Keyed):
                 # The file ended on the held segment: take it back (our own
                 # ciphertext, opened with our own key) and seal it as final.
                 index, self._held_index = self._held_index, -1
+                assert self._held is not None  # a held index always has its buffer
                 if len(self._buf) < self._size:
                     wipe(self._buf)
                     self._buf = bytearray(self._size)
@@ -486,10 +489,10 @@ class EncryptingWriter(_Keyed):
         self._run_outs.clear()
         self._fill = 0
 
-    def __enter__(self):
+    def __enter__(self) -> EncryptingWriter:
         return self
 
-    def __exit__(self, exc_type, exc, tb):
+    def __exit__(self, exc_type: type[BaseException] | None, exc: object, tb: object) -> None:
         # Never seal a final segment for a stream that failed part-way.
         if exc_type is None:
             self.close()
@@ -506,11 +509,18 @@ def _seal_batch(size: int, cipher: SegmentCipher, index: int, plain: memoryview,
         seal(index + k, False, plain[k * size : (k + 1) * size], view[k * step : (k + 1) * step])
 
 
-def _open_batch(cipher: SegmentCipher, jobs: list) -> None:
+def _open_batch(cipher: SegmentCipher, jobs: list[tuple[int, bool, memoryview, memoryview]]) -> None:
     """Open ``(index, last, ciphertext, out)`` jobs in order."""
     open_into = cipher.open_into
     for index, last, ct, out in jobs:
         open_into(index, last, ct, out)
+
+
+class Sink(Protocol):
+    """Where the writer puts ciphertext: ``write`` must consume its argument
+    before returning (output buffers are reused)."""
+
+    def write(self, data: BytesLike, /) -> object: ...
 
 
 class RangeSource(Protocol):
@@ -621,7 +631,7 @@ class DecryptingReader(_Keyed):
             return "DecryptingReader(<not opened>)"
         return f"DecryptingReader(key_uri={self.header.key_block.key_uri!r}, size={self.size})"
 
-    def __reduce__(self):
+    def __reduce__(self) -> NoReturn:
         raise TypeError("an open DecryptingReader cannot be pickled")
 
     @property
@@ -638,10 +648,10 @@ class DecryptingReader(_Keyed):
         wipe(self._scratch)
         self._recent = None
 
-    def __enter__(self):
+    def __enter__(self) -> DecryptingReader:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def _segment_plain_len(self, index: int) -> int:
@@ -738,8 +748,10 @@ class DecryptingReader(_Keyed):
                 view[a - offset : b - offset] = plain[a - lo : b - lo]
         if self._threads > 1 and len(whole) > 1:
             share = -(-len(whole) // self._threads)
-            futures = [shared_executor().submit(_open_batch, cipher, whole[k : k + share])
-                       for k in range(share, len(whole), share)]
+            futures = [
+                shared_executor().submit(_open_batch, cipher, whole[k : k + share])
+                for k in range(share, len(whole), share)
+            ]
             try:
                 _open_batch(cipher, whole[:share])
             finally:
@@ -750,7 +762,7 @@ class DecryptingReader(_Keyed):
         else:
             _open_batch(cipher, whole)
 
-    def _open_scratch(self, cipher: SegmentCipher, index: int, last: bool, ct, n: int) -> memoryview:
+    def _open_scratch(self, cipher: SegmentCipher, index: int, last: bool, ct: memoryview, n: int) -> memoryview:
         """Open one segment into the reused scratch buffer, which then caches it."""
         self._recent = None
         if len(self._scratch) < n:
@@ -765,7 +777,7 @@ class DecryptingReader(_Keyed):
         self._recent = index
         return plain
 
-    def _segment(self, index: int):
+    def _segment(self, index: int) -> bytes | memoryview:
         """The plaintext of one segment, from a cache or fetched and opened."""
         cached = self._cache.get(index)
         if cached is not None:
@@ -787,21 +799,30 @@ class DecryptingReader(_Keyed):
         return self.header_length + first * seg_ct, min(self.ciphertext_size, self.header_length + stop * seg_ct)
 
 
-def encrypt_bytes(data, keys: KeySource, *, segment_size: int = DEFAULT_SEGMENT_SIZE,
-                  content_class: ContentClass = ContentClass.OTHER, threads: int | None = 1) -> bytes:
+def encrypt_bytes(
+    data: BytesLike,
+    keys: KeySource,
+    *,
+    segment_size: int = DEFAULT_SEGMENT_SIZE,
+    content_class: ContentClass = ContentClass.OTHER,
+    threads: int | None = 1,
+) -> bytes:
     """One-shot encryption of an in-memory buffer (a convenience over the writer)."""
     chunks: list[bytes] = []
 
     class _Collect:
-        def write(self, b):
+        def write(self, b: BytesLike) -> int:
             chunks.append(bytes(b))
+            return len(b)
 
-    with EncryptingWriter(_Collect(), keys, segment_size=segment_size, content_class=content_class, threads=threads) as w:
+    with EncryptingWriter(
+        _Collect(), keys, segment_size=segment_size, content_class=content_class, threads=threads
+    ) as w:
         w.write(data)
     return b"".join(chunks)
 
 
-def decrypt_bytes(blob, keys: KeySource) -> bytes:
+def decrypt_bytes(blob: BytesLike, keys: KeySource) -> bytes:
     """One-shot decryption of an in-memory ciphertext."""
     with DecryptingReader(BytesSource(blob), keys, threads=1) as reader:
         return reader.read(0, -1)

@@ -15,7 +15,7 @@ fi
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
 
 if [ "$what" = test ]; then
-    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e ".[azure,hsm,test]"
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e ".[azure,hsm,test,dev]"
     # SoftHSM2 is the real PKCS#11 token the HSM tests run against.
     if [ ! -e /usr/lib/softhsm/libsofthsm2.so ]; then
         sudo_=""

@@ -169,8 +169,8 @@ def rsa_oaep_wrap(alg: WrapAlgorithm, key: rsa.RSAPrivateKey, dek: bytes, rng: D
         raise ValueError("message too long for RSA-OAEP")
     db = hash_fn(b"").digest() + bytes(k - len(dek) - 2 * h_len - 2) + b"\x01" + dek
     seed = rng(h_len)
-    masked_db = bytes(a ^ b for a, b in zip(db, mgf1(hash_fn, seed, k - h_len - 1)))
-    masked_seed = bytes(a ^ b for a, b in zip(seed, mgf1(hash_fn, masked_db, h_len)))
+    masked_db = bytes(a ^ b for a, b in zip(db, mgf1(hash_fn, seed, k - h_len - 1), strict=False))
+    masked_seed = bytes(a ^ b for a, b in zip(seed, mgf1(hash_fn, masked_db, h_len), strict=False))
     encoded = b"\x00" + masked_seed + masked_db
     wrapped = pow(int.from_bytes(encoded, "big"), numbers.e, numbers.n).to_bytes(k, "big")
     # Cross-check with OpenSSL's OAEP decryption before the vector is written out.
@@ -213,14 +213,24 @@ PKCS11_AES_URI = "pkcs11:token=vectors;object=vectors-aes"
 PKCS11_LABEL_URI = "pkcs11:token=vectors;object=%C3%A9quipe%20finance"
 
 
-def encrypt(name: str, plaintext: bytes, *, content_class=ContentClass.OTHER, segment_size=SEGMENT,
-            alg=WrapAlgorithm.A256GCM, uri=KEY_URI, version=KEY_VERSION, kek=KEK) -> tuple[bytes, bytes]:
+def encrypt(
+    name: str,
+    plaintext: bytes,
+    *,
+    content_class=ContentClass.OTHER,
+    segment_size=SEGMENT,
+    alg=WrapAlgorithm.A256GCM,
+    uri=KEY_URI,
+    version=KEY_VERSION,
+    kek=KEK,
+) -> tuple[bytes, bytes]:
     rng = Drbg("keys:" + name)
     dek = rng(32)
     block = wrap(alg, kek, dek, uri, version, rng)
     with deterministic_urandom(name):
-        blob = encrypt_bytes(plaintext, StaticKeySource(dek, block), segment_size=segment_size,
-                             content_class=content_class, threads=1)
+        blob = encrypt_bytes(
+            plaintext, StaticKeySource(dek, block), segment_size=segment_size, content_class=content_class, threads=1
+        )
     return blob, dek
 
 
@@ -233,14 +243,23 @@ def raw_key_block(alg: WrapAlgorithm, uri: str | bytes, version: str | bytes, wr
     """The key block of docs/FORMAT.md 3.2, encoded by hand: ``KeyBlock.encode``
     refuses the names the key-name vectors need."""
     u, v = _utf8(uri), _utf8(version)
-    return b"".join((bytes([int(alg)]), struct.pack(">H", len(u)), u, struct.pack(">H", len(v)), v,
-                     struct.pack(">H", len(wrapped)), wrapped))
+    return b"".join(
+        (
+            bytes([int(alg)]),
+            struct.pack(">H", len(u)),
+            u,
+            struct.pack(">H", len(v)),
+            v,
+            struct.pack(">H", len(wrapped)),
+            wrapped,
+        )
+    )
 
 
 def with_raw_key_block(blob: bytes, block: bytes) -> bytes:
     """``blob`` with its key block replaced by ``block`` and the checksum recomputed."""
     body = blob[:88] + struct.pack(">I", len(block)) + block
-    return body + hashlib.sha256(body).digest()[:CHECKSUM_SIZE] + blob[header_length(blob):]
+    return body + hashlib.sha256(body).digest()[:CHECKSUM_SIZE] + blob[header_length(blob) :]
 
 
 def fix_checksum(header: bytes) -> bytes:
@@ -248,10 +267,23 @@ def fix_checksum(header: bytes) -> bytes:
     return body + hashlib.sha256(body).digest()[:CHECKSUM_SIZE]
 
 
-def record(name: str, comment: str, outcome: str, blob: bytes, *, plaintext: bytes | None = None,
-           dek: bytes | None = None, kek=KEK, alg=WrapAlgorithm.A256GCM, uri=KEY_URI,
-           version=KEY_VERSION, segment_size=SEGMENT, content_class=ContentClass.OTHER,
-           derived_from: str | None = None, header_fields: bool = True) -> dict:
+def record(
+    name: str,
+    comment: str,
+    outcome: str,
+    blob: bytes,
+    *,
+    plaintext: bytes | None = None,
+    dek: bytes | None = None,
+    kek=KEK,
+    alg=WrapAlgorithm.A256GCM,
+    uri=KEY_URI,
+    version=KEY_VERSION,
+    segment_size=SEGMENT,
+    content_class=ContentClass.OTHER,
+    derived_from: str | None = None,
+    header_fields: bool = True,
+) -> dict:
     """One vector.  The header fields describe the file for "ok" vectors, and
     the source vector (``derived_from``) for negative ones; a negative vector
     with no source (a foreign file) has none."""
@@ -298,22 +330,41 @@ def build() -> dict:
         vectors.append(record(name, comment, "ok", blob, plaintext=plaintext, dek=dek, **meta))
 
     def bad(name, comment, outcome, blob, derived_from, **kw):
-        vectors.append(record(name, comment, outcome, blob, derived_from=derived_from,
-                              header_fields=derived_from is not None, **kw))
+        vectors.append(
+            record(
+                name, comment, outcome, blob, derived_from=derived_from, header_fields=derived_from is not None, **kw
+            )
+        )
 
     # ---- positive vectors -------------------------------------------------
     ok("empty", "empty plaintext: exactly one segment, an empty final segment (16-byte tag only)", b"")
     ok("one-byte", "one byte: a single final segment of 1 + 16 bytes", b"\x42")
-    ok("one-full-segment", "exactly one segment of plaintext: the final segment is full-size (allowed)",
-       pattern(SEGMENT))
-    ok("segment-plus-one", "segment size + 1: a full non-final segment, then a 1-byte final segment",
-       pattern(SEGMENT + 1))
-    ok("multi-segment", "three full segments and a 1000-byte final segment, segment size 4096",
-       pattern(3 * SEGMENT + 1000))
-    ok("three-segments", "two full segments and a 10-byte final segment (base of several negatives)",
-       pattern(2 * SEGMENT + 10))
-    ok("large-segment-size", "segment size 65536 holding 100 bytes: the reader must take S from the header",
-       pattern(100), segment_size=65536)
+    ok(
+        "one-full-segment",
+        "exactly one segment of plaintext: the final segment is full-size (allowed)",
+        pattern(SEGMENT),
+    )
+    ok(
+        "segment-plus-one",
+        "segment size + 1: a full non-final segment, then a 1-byte final segment",
+        pattern(SEGMENT + 1),
+    )
+    ok(
+        "multi-segment",
+        "three full segments and a 1000-byte final segment, segment size 4096",
+        pattern(3 * SEGMENT + 1000),
+    )
+    ok(
+        "three-segments",
+        "two full segments and a 10-byte final segment (base of several negatives)",
+        pattern(2 * SEGMENT + 10),
+    )
+    ok(
+        "large-segment-size",
+        "segment size 65536 holding 100 bytes: the reader must take S from the header",
+        pattern(100),
+        segment_size=65536,
+    )
     samples = {
         ContentClass.OTHER: b"plain bytes, content class OTHER",
         ContentClass.PARQUET: b"PAR1\x15\x04\x15\x10\x15\x14L\x15\x02\x15\x00\x12\x00\x00PAR1",
@@ -323,21 +374,49 @@ def build() -> dict:
         ContentClass.JSON: b'{"id": 1, "amount": 9.5}\n',
     }
     for cls, text in samples.items():
-        ok(f"class-{cls.name.lower()}", f"content class {cls.name} ({int(cls)}) in header byte 10", text,
-           content_class=cls)
-    ok("wrap-a256kwp", "DEK wrapped with AES key wrap with padding (RFC 5649), wrap_alg 3, under a pkcs11: key: "
-       "40-byte wrapped DEK", b"wrapped with A256KWP", alg=WrapAlgorithm.A256KWP, uri=PKCS11_AES_URI, version="1")
-    ok("pkcs11-encoded-label", "a pkcs11: key whose label is not ASCII ('\u00e9quipe finance'): the key URI "
-       "carries it percent-encoded as UTF-8, upper-case hex, so the key block stays ASCII",
-       b"a label in percent-encoded UTF-8", alg=WrapAlgorithm.A256KWP, uri=PKCS11_LABEL_URI, version="2")
-    ok("wrap-rsa-oaep-256", "DEK wrapped with RSA-OAEP, SHA-256 and MGF1-SHA-256, empty label, wrap_alg 2, "
-       "under the RSA-2048 test key (kek is its PKCS#8 PEM): 256-byte wrapped DEK",
-       b"wrapped with RSA_OAEP_256", alg=WrapAlgorithm.RSA_OAEP_256, uri=AZURE_URI, version=AZURE_VERSION,
-       kek=RSA_TEST_KEY)
-    ok("wrap-rsa-oaep-sha1", "DEK wrapped with RSA-OAEP, SHA-1 and MGF1-SHA-1, empty label, wrap_alg 4, "
-       "under the RSA-2048 test key (kek is its PKCS#8 PEM): 256-byte wrapped DEK",
-       b"wrapped with RSA_OAEP_SHA1", alg=WrapAlgorithm.RSA_OAEP_SHA1, uri=PKCS11_URI, version="1",
-       kek=RSA_TEST_KEY)
+        ok(
+            f"class-{cls.name.lower()}",
+            f"content class {cls.name} ({int(cls)}) in header byte 10",
+            text,
+            content_class=cls,
+        )
+    ok(
+        "wrap-a256kwp",
+        "DEK wrapped with AES key wrap with padding (RFC 5649), wrap_alg 3, under a pkcs11: key: 40-byte wrapped DEK",
+        b"wrapped with A256KWP",
+        alg=WrapAlgorithm.A256KWP,
+        uri=PKCS11_AES_URI,
+        version="1",
+    )
+    ok(
+        "pkcs11-encoded-label",
+        "a pkcs11: key whose label is not ASCII ('\u00e9quipe finance'): the key URI "
+        "carries it percent-encoded as UTF-8, upper-case hex, so the key block stays ASCII",
+        b"a label in percent-encoded UTF-8",
+        alg=WrapAlgorithm.A256KWP,
+        uri=PKCS11_LABEL_URI,
+        version="2",
+    )
+    ok(
+        "wrap-rsa-oaep-256",
+        "DEK wrapped with RSA-OAEP, SHA-256 and MGF1-SHA-256, empty label, wrap_alg 2, "
+        "under the RSA-2048 test key (kek is its PKCS#8 PEM): 256-byte wrapped DEK",
+        b"wrapped with RSA_OAEP_256",
+        alg=WrapAlgorithm.RSA_OAEP_256,
+        uri=AZURE_URI,
+        version=AZURE_VERSION,
+        kek=RSA_TEST_KEY,
+    )
+    ok(
+        "wrap-rsa-oaep-sha1",
+        "DEK wrapped with RSA-OAEP, SHA-1 and MGF1-SHA-1, empty label, wrap_alg 4, "
+        "under the RSA-2048 test key (kek is its PKCS#8 PEM): 256-byte wrapped DEK",
+        b"wrapped with RSA_OAEP_SHA1",
+        alg=WrapAlgorithm.RSA_OAEP_SHA1,
+        uri=PKCS11_URI,
+        version="1",
+        kek=RSA_TEST_KEY,
+    )
 
     # Re-wrap: the same DEK under a fresh wrapping (new nonce).  Only the key
     # block and the checksum change; params, commitment and segments do not.
@@ -346,20 +425,40 @@ def build() -> dict:
     header = Header.decode(blob[:hl])
     new_block = wrap(WrapAlgorithm.A256GCM, KEK, dek, KEY_URI, "2", Drbg("rewrap"))
     rewrapped = header.with_key_block(new_block).encode() + blob[hl:]
-    vectors.append(record("rewrapped", "segment-plus-one after key rotation: key block re-wrapped under key "
-                          "version 2, checksum recomputed; every segment byte-identical to segment-plus-one",
-                          "ok", rewrapped, plaintext=plain, dek=dek, version="2", derived_from="segment-plus-one"))
+    vectors.append(
+        record(
+            "rewrapped",
+            "segment-plus-one after key rotation: key block re-wrapped under key "
+            "version 2, checksum recomputed; every segment byte-identical to segment-plus-one",
+            "ok",
+            rewrapped,
+            plaintext=plain,
+            dek=dek,
+            version="2",
+            derived_from="segment-plus-one",
+        )
+    )
 
     # Re-wrap under a different KEK whose version name is one byte longer
     # ("1" -> "10"): K grows by one, so every segment starts one byte later.
     new_block = wrap(WrapAlgorithm.A256GCM, NEW_KEK, dek, KEY_URI, "10", Drbg("rewrap to version 10"))
     rewrapped = header.with_key_block(new_block).encode() + blob[hl:]
     assert header_length(rewrapped) == hl + 1
-    vectors.append(record("rewrapped-new-kek", "segment-plus-one re-wrapped under a different KEK, key "
-                          "version 10: the key block is one byte longer, so both segments start one byte "
-                          "later; params, commitment and every segment byte are unchanged",
-                          "ok", rewrapped, plaintext=plain, dek=dek, kek=NEW_KEK, version="10",
-                          derived_from="segment-plus-one"))
+    vectors.append(
+        record(
+            "rewrapped-new-kek",
+            "segment-plus-one re-wrapped under a different KEK, key "
+            "version 10: the key block is one byte longer, so both segments start one byte "
+            "later; params, commitment and every segment byte are unchanged",
+            "ok",
+            rewrapped,
+            plaintext=plain,
+            dek=dek,
+            kek=NEW_KEK,
+            version="10",
+            derived_from="segment-plus-one",
+        )
+    )
 
     # ---- negative vectors -------------------------------------------------
     small, _, _ = made["one-byte"]
@@ -370,68 +469,128 @@ def build() -> dict:
 
     b = bytearray(small)
     b[hl_small] ^= 0x80
-    bad("flipped-ciphertext-bit", "one-byte with the top bit of the ciphertext byte flipped", "integrity",
-        bytes(b), "one-byte")
+    bad(
+        "flipped-ciphertext-bit",
+        "one-byte with the top bit of the ciphertext byte flipped",
+        "integrity",
+        bytes(b),
+        "one-byte",
+    )
 
     b = bytearray(small)
     b[20] ^= 0x04  # inside the salt
-    bad("flipped-header-bit", "one-byte with a bit of the salt flipped (checksum left as is)", "integrity",
-        bytes(b), "one-byte")
+    bad(
+        "flipped-header-bit",
+        "one-byte with a bit of the salt flipped (checksum left as is)",
+        "integrity",
+        bytes(b),
+        "one-byte",
+    )
 
     b = bytearray(small)
     b[20] ^= 0x04
     fixed = fix_checksum(bytes(b[:hl_small])) + bytes(b[hl_small:])
-    bad("salt-changed-checksum-fixed", "one-byte with a salt bit flipped and the checksum recomputed: the "
-        "key commitment no longer matches", "integrity", fixed, "one-byte")
+    bad(
+        "salt-changed-checksum-fixed",
+        "one-byte with a salt bit flipped and the checksum recomputed: the key commitment no longer matches",
+        "integrity",
+        fixed,
+        "one-byte",
+    )
 
     b = bytearray(small)
     b[10] = int(ContentClass.CSV)
     fixed = fix_checksum(bytes(b[:hl_small])) + bytes(b[hl_small:])
-    bad("content-class-changed", "one-byte relabelled as CSV with the checksum recomputed: params are bound "
-        "by the key derivation, so the commitment fails", "integrity", fixed, "one-byte")
+    bad(
+        "content-class-changed",
+        "one-byte relabelled as CSV with the checksum recomputed: params are bound "
+        "by the key derivation, so the commitment fails",
+        "integrity",
+        fixed,
+        "one-byte",
+    )
 
     base, base_dek, _ = made["three-segments"]
     hl_base = header_length(base)
     step = SEGMENT + TAG_SIZE
-    bad("truncated-at-segment-boundary", "three-segments cut after its second segment: the new last segment "
-        "was sealed as non-final", "integrity", base[: hl_base + 2 * step], "three-segments")
-    bad("truncated-to-header", "three-segments cut right after its header: no segment at all", "integrity",
-        base[:hl_base], "three-segments")
-    bad("truncated-in-header", "three-segments cut inside its key block", "integrity",
-        base[: hl_base - 30], "three-segments")
+    bad(
+        "truncated-at-segment-boundary",
+        "three-segments cut after its second segment: the new last segment was sealed as non-final",
+        "integrity",
+        base[: hl_base + 2 * step],
+        "three-segments",
+    )
+    bad(
+        "truncated-to-header",
+        "three-segments cut right after its header: no segment at all",
+        "integrity",
+        base[:hl_base],
+        "three-segments",
+    )
+    bad(
+        "truncated-in-header",
+        "three-segments cut inside its key block",
+        "integrity",
+        base[: hl_base - 30],
+        "three-segments",
+    )
     bad("appended-byte", "one-byte with a zero byte appended", "integrity", small + b"\x00", "one-byte")
-    bad("appended-tag-sized-segment", "one-full-segment with an extra 16 bytes appended: sizes that imply an "
-        "empty final segment after a non-empty file are impossible", "integrity",
-        made["one-full-segment"][0] + bytes(TAG_SIZE), "one-full-segment")
+    bad(
+        "appended-tag-sized-segment",
+        "one-full-segment with an extra 16 bytes appended: sizes that imply an "
+        "empty final segment after a non-empty file are impossible",
+        "integrity",
+        made["one-full-segment"][0] + bytes(TAG_SIZE),
+        "one-full-segment",
+    )
 
     segs = base[hl_base:]
     swapped = base[:hl_base] + segs[step : 2 * step] + segs[:step] + segs[2 * step :]
-    bad("swapped-segments", "three-segments with segments 0 and 1 exchanged", "integrity", swapped,
-        "three-segments")
+    bad("swapped-segments", "three-segments with segments 0 and 1 exchanged", "integrity", swapped, "three-segments")
 
     other, _, _ = made["class-other"]
     hl_other = header_length(other)
-    bad("spliced-header", "header of class-other followed by the segments of one-byte (same KEK)", "integrity",
-        other[:hl_other] + small[hl_small:], "class-other + one-byte")
+    bad(
+        "spliced-header",
+        "header of class-other followed by the segments of one-byte (same KEK)",
+        "integrity",
+        other[:hl_other] + small[hl_small:],
+        "class-other + one-byte",
+    )
 
-    bad("wrong-kek", "one-byte, but the KEK given is not the one that wrapped the DEK: unwrap fails",
-        "integrity", small, "one-byte", kek=OTHER_KEK)
+    bad(
+        "wrong-kek",
+        "one-byte, but the KEK given is not the one that wrapped the DEK: unwrap fails",
+        "integrity",
+        small,
+        "one-byte",
+        kek=OTHER_KEK,
+    )
 
     # The right KEK bytes, but the key block names another version: the
     # A256GCM associated data differs, so the unwrap fails.
     renamed = Header.decode(small[:hl_small]).key_block
     renamed = KeyBlock(renamed.wrap_alg, renamed.key_uri, "2", renamed.wrapped_dek)
-    bad("wrong-version-name", "one-byte with key_version changed from 1 to 2 in the key block (checksum "
+    bad(
+        "wrong-version-name",
+        "one-byte with key_version changed from 1 to 2 in the key block (checksum "
         "recomputed) and the KEK bytes that wrapped it: the A256GCM wrap AAD no longer matches",
-        "integrity", Header.decode(small[:hl_small]).with_key_block(renamed).encode() + small[hl_small:],
-        "one-byte")
+        "integrity",
+        Header.decode(small[:hl_small]).with_key_block(renamed).encode() + small[hl_small:],
+        "one-byte",
+    )
 
     # A well-formed header whose key block validly wraps a different DEK:
     # only the key commitment can tell.
     small_header = Header.decode(small[:hl_small])
     foreign_block = wrap(WrapAlgorithm.A256GCM, KEK, Drbg("foreign dek")(32), KEY_URI, KEY_VERSION, Drbg("fw"))
-    bad("commitment-mismatch", "one-byte whose key block wraps another DEK (valid wrap, checksum recomputed)",
-        "integrity", small_header.with_key_block(foreign_block).encode() + small[hl_small:], "one-byte")
+    bad(
+        "commitment-mismatch",
+        "one-byte whose key block wraps another DEK (valid wrap, checksum recomputed)",
+        "integrity",
+        small_header.with_key_block(foreign_block).encode() + small[hl_small:],
+        "one-byte",
+    )
 
     # Cryptographically valid but forbidden: a non-empty file followed by an
     # empty final segment.  A writer never produces it; a reader refuses it.
@@ -441,16 +600,22 @@ def build() -> dict:
     file_key, _ = derive_file_key(full_dek, full_header.params)
     cipher = SegmentCipher(file_key, full_header.params.nonce_prefix)
     forged = full_blob[:hl_full] + cipher.seal(0, False, full_plain) + cipher.seal(1, True, b"")
-    bad("empty-final-after-full", "one-full-segment re-sealed as a non-final segment plus an empty final "
-        "segment: both tags verify, but only an empty file may end with an empty segment", "integrity",
-        forged, "one-full-segment")
+    bad(
+        "empty-final-after-full",
+        "one-full-segment re-sealed as a non-final segment plus an empty final "
+        "segment: both tags verify, but only an empty file may end with an empty segment",
+        "integrity",
+        forged,
+        "one-full-segment",
+    )
 
     b = bytearray(small)
     b[8] = 2
     bad("unsupported-version", "one-byte with the version byte set to 2", "format", bytes(b), "one-byte")
     bad("foreign-file", "a Parquet file that is not encrypted", "format", samples[ContentClass.PARQUET], None)
-    bad("foreign-empty", "an empty file is not a cmkfs file (an encrypted empty file has a header)", "format",
-        b"", None)
+    bad(
+        "foreign-empty", "an empty file is not a cmkfs file (an encrypted empty file has a header)", "format", b"", None
+    )
 
     key_name_vectors(made, bad)
 
@@ -461,7 +626,7 @@ def build() -> dict:
         "wrap_a256gcm_aad": "b'cmkfs/v1 wrap' || key_uri (UTF-8) || 0x00 || key_version (UTF-8)",
         "plaintext_pattern_rule": PATTERN_RULE,
         "kek_encoding": "hex of the 32-byte KEK for A256GCM and A256KWP; PKCS#8 PEM text of the RSA private "
-                        "key for RSA_OAEP_256 and RSA_OAEP_SHA1 (a published test key)",
+        "key for RSA_OAEP_256 and RSA_OAEP_SHA1 (a published test key)",
         "outcomes": {
             "ok": "decrypts to the plaintext (hex, or plaintext_sha256 of the pattern)",
             "integrity": "must be refused as an integrity failure, with no plaintext released",
@@ -474,45 +639,134 @@ def build() -> dict:
 # (name, what is wrong, source vector, wrap_alg, key_uri, key_version) of the key-name vectors:
 # each breaks one rule of docs/FORMAT.md 3.5 and nothing else.
 KEY_NAME_EDITS = [
-    ("key-uri-query", "a query in the key URI: a header names its key without one (else one key has many "
-     "spellings, and the audit log records a version the file does not use)", "one-byte",
-     WrapAlgorithm.A256GCM, "local://vectors?version=1", "1"),
+    (
+        "key-uri-query",
+        "a query in the key URI: a header names its key without one (else one key has many "
+        "spellings, and the audit log records a version the file does not use)",
+        "one-byte",
+        WrapAlgorithm.A256GCM,
+        "local://vectors?version=1",
+        "1",
+    ),
     ("key-uri-fragment", "a fragment in the key URI", "one-byte", WrapAlgorithm.A256GCM, "local://vectors#1", "1"),
-    ("key-uri-non-ascii", "a non-ASCII (valid UTF-8) local:// name", "one-byte", WrapAlgorithm.A256GCM,
-     "local://\u00e9quipe-finance", "1"),
-    ("key-uri-control", "a terminal escape sequence (ESC [ 2 J) in the key URI", "one-byte",
-     WrapAlgorithm.A256GCM, "local://vectors\x1b[2J", "1"),
-    ("key-uri-not-utf8", "a key URI that is not UTF-8 (byte 0xFF)", "one-byte", WrapAlgorithm.A256GCM,
-     b"local://vectors\xff", "1"),
+    (
+        "key-uri-non-ascii",
+        "a non-ASCII (valid UTF-8) local:// name",
+        "one-byte",
+        WrapAlgorithm.A256GCM,
+        "local://\u00e9quipe-finance",
+        "1",
+    ),
+    (
+        "key-uri-control",
+        "a terminal escape sequence (ESC [ 2 J) in the key URI",
+        "one-byte",
+        WrapAlgorithm.A256GCM,
+        "local://vectors\x1b[2J",
+        "1",
+    ),
+    (
+        "key-uri-not-utf8",
+        "a key URI that is not UTF-8 (byte 0xFF)",
+        "one-byte",
+        WrapAlgorithm.A256GCM,
+        b"local://vectors\xff",
+        "1",
+    ),
     ("key-uri-empty", "an empty key URI", "one-byte", WrapAlgorithm.A256GCM, "", "1"),
-    ("key-uri-unknown-scheme", "a key URI scheme no rule allows", "one-byte", WrapAlgorithm.A256GCM,
-     "kms://vectors", "1"),
-    ("key-version-non-ascii", "key version U+00B2 (superscript two: a Unicode digit, not an ASCII one)",
-     "one-byte", WrapAlgorithm.A256GCM, KEY_URI, "\u00b2"),
+    (
+        "key-uri-unknown-scheme",
+        "a key URI scheme no rule allows",
+        "one-byte",
+        WrapAlgorithm.A256GCM,
+        "kms://vectors",
+        "1",
+    ),
+    (
+        "key-version-non-ascii",
+        "key version U+00B2 (superscript two: a Unicode digit, not an ASCII one)",
+        "one-byte",
+        WrapAlgorithm.A256GCM,
+        KEY_URI,
+        "\u00b2",
+    ),
     ("key-version-nul", "key version '1' followed by NUL", "one-byte", WrapAlgorithm.A256GCM, KEY_URI, "1\x00"),
-    ("key-version-leading-zero", "key version '01': a second spelling of version 1", "one-byte",
-     WrapAlgorithm.A256GCM, KEY_URI, "01"),
-    ("wrap-alg-mismatch", "a local:// key with wrap_alg A256KWP (the embedded vault wraps with A256GCM only)",
-     "one-byte", WrapAlgorithm.A256KWP, KEY_URI, "1"),
-    ("key-uri-https-version", "an https:// key URI with a version segment (the version belongs in key_version)",
-     "wrap-rsa-oaep-256", WrapAlgorithm.RSA_OAEP_256, f"{AZURE_URI}/{AZURE_VERSION}", AZURE_VERSION),
-    ("key-uri-https-bad-host", "an https:// key URI whose host does not parse ('[' opens no IPv6 literal)",
-     "wrap-rsa-oaep-256", WrapAlgorithm.RSA_OAEP_256, "https://[/keys/vectors", AZURE_VERSION),
-    ("key-uri-https-bad-port", "an https:// key URI with port 99999", "wrap-rsa-oaep-256",
-     WrapAlgorithm.RSA_OAEP_256, "https://vectors.vault.azure.net:99999/keys/vectors", AZURE_VERSION),
-    ("key-uri-pkcs11-query", "a pkcs11: key URI whose query names a PKCS#11 library to load", "wrap-a256kwp",
-     WrapAlgorithm.A256KWP, PKCS11_AES_URI + "?module-path=/tmp/evil.so", "1"),
-    ("key-uri-pkcs11-not-canonical", "a pkcs11: key URI with its attributes in another order", "wrap-a256kwp",
-     WrapAlgorithm.A256KWP, "pkcs11:object=vectors-aes;token=vectors", "1"),
-    ("wrap-alg-mismatch-pkcs11-type", "a pkcs11: key URI with type=secret-key (an AES key) and wrap_alg "
-     "RSA_OAEP_SHA1", "wrap-rsa-oaep-sha1", WrapAlgorithm.RSA_OAEP_SHA1, PKCS11_URI + ";type=secret-key", "1"),
+    (
+        "key-version-leading-zero",
+        "key version '01': a second spelling of version 1",
+        "one-byte",
+        WrapAlgorithm.A256GCM,
+        KEY_URI,
+        "01",
+    ),
+    (
+        "wrap-alg-mismatch",
+        "a local:// key with wrap_alg A256KWP (the embedded vault wraps with A256GCM only)",
+        "one-byte",
+        WrapAlgorithm.A256KWP,
+        KEY_URI,
+        "1",
+    ),
+    (
+        "key-uri-https-version",
+        "an https:// key URI with a version segment (the version belongs in key_version)",
+        "wrap-rsa-oaep-256",
+        WrapAlgorithm.RSA_OAEP_256,
+        f"{AZURE_URI}/{AZURE_VERSION}",
+        AZURE_VERSION,
+    ),
+    (
+        "key-uri-https-bad-host",
+        "an https:// key URI whose host does not parse ('[' opens no IPv6 literal)",
+        "wrap-rsa-oaep-256",
+        WrapAlgorithm.RSA_OAEP_256,
+        "https://[/keys/vectors",
+        AZURE_VERSION,
+    ),
+    (
+        "key-uri-https-bad-port",
+        "an https:// key URI with port 99999",
+        "wrap-rsa-oaep-256",
+        WrapAlgorithm.RSA_OAEP_256,
+        "https://vectors.vault.azure.net:99999/keys/vectors",
+        AZURE_VERSION,
+    ),
+    (
+        "key-uri-pkcs11-query",
+        "a pkcs11: key URI whose query names a PKCS#11 library to load",
+        "wrap-a256kwp",
+        WrapAlgorithm.A256KWP,
+        PKCS11_AES_URI + "?module-path=/tmp/evil.so",
+        "1",
+    ),
+    (
+        "key-uri-pkcs11-not-canonical",
+        "a pkcs11: key URI with its attributes in another order",
+        "wrap-a256kwp",
+        WrapAlgorithm.A256KWP,
+        "pkcs11:object=vectors-aes;token=vectors",
+        "1",
+    ),
+    (
+        "wrap-alg-mismatch-pkcs11-type",
+        "a pkcs11: key URI with type=secret-key (an AES key) and wrap_alg RSA_OAEP_SHA1",
+        "wrap-rsa-oaep-sha1",
+        WrapAlgorithm.RSA_OAEP_SHA1,
+        PKCS11_URI + ";type=secret-key",
+        "1",
+    ),
 ]
 # The source vectors' informational fields (they describe the source, docs/FORMAT.md 12).
 SOURCES = {
     "one-byte": {},
-    "wrap-rsa-oaep-256": dict(alg=WrapAlgorithm.RSA_OAEP_256, uri=AZURE_URI, version=AZURE_VERSION, kek=RSA_TEST_KEY),
-    "wrap-a256kwp": dict(alg=WrapAlgorithm.A256KWP, uri=PKCS11_AES_URI, version="1"),
-    "wrap-rsa-oaep-sha1": dict(alg=WrapAlgorithm.RSA_OAEP_SHA1, uri=PKCS11_URI, version="1", kek=RSA_TEST_KEY),
+    "wrap-rsa-oaep-256": {
+        "alg": WrapAlgorithm.RSA_OAEP_256,
+        "uri": AZURE_URI,
+        "version": AZURE_VERSION,
+        "kek": RSA_TEST_KEY,
+    },
+    "wrap-a256kwp": {"alg": WrapAlgorithm.A256KWP, "uri": PKCS11_AES_URI, "version": "1"},
+    "wrap-rsa-oaep-sha1": {"alg": WrapAlgorithm.RSA_OAEP_SHA1, "uri": PKCS11_URI, "version": "1", "kek": RSA_TEST_KEY},
 }
 
 
@@ -529,8 +783,14 @@ def key_name_vectors(made, bad) -> None:
         else:
             wrapped = wrap(alg, kek, dek, KEY_URI, "1", rng).wrapped_dek  # no associated data: the name is free
         edit = f"; {source} with key_uri {ascii(uri)}, key_version {ascii(version)}, wrap_alg {alg.name}"
-        bad(name, comment + edit + ", DEK validly wrapped, checksum recomputed", "format",
-            with_raw_key_block(blob, raw_key_block(alg, uri, version, wrapped)), source, **meta)
+        bad(
+            name,
+            comment + edit + ", DEK validly wrapped, checksum recomputed",
+            "format",
+            with_raw_key_block(blob, raw_key_block(alg, uri, version, wrapped)),
+            source,
+            **meta,
+        )
 
 
 def main(argv=None) -> int:

@@ -295,8 +295,9 @@ def _only(text: str, allowed: str) -> bool:
 
 def _decimal(text: str, max_digits: int | None = None) -> bool:
     """``%x31-39 *DIGIT``: digits, no leading zero."""
-    return (text != "" and _only(text, ASCII_DIGITS) and text[0] != "0"
-            and (max_digits is None or len(text) <= max_digits))
+    return (
+        text != "" and _only(text, ASCII_DIGITS) and text[0] != "0" and (max_digits is None or len(text) <= max_digits)
+    )
 
 
 def _local_name(name: str) -> bool:
@@ -591,9 +592,8 @@ def check_vector(vec: dict) -> tuple[bool, str]:
     if "plaintext" in vec:
         if pt != bytes.fromhex(vec["plaintext"]):
             problems.append("plaintext differs from the expected hex")
-    elif "plaintext_pattern" in vec:
-        if pt != pattern(vec.get("plaintext_size", len(pt))):
-            problems.append("plaintext differs from the i mod 251 pattern")
+    elif "plaintext_pattern" in vec and pt != pattern(vec.get("plaintext_size", len(pt))):
+        problems.append("plaintext differs from the i mod 251 pattern")
     if "plaintext_sha256" in vec and hashlib.sha256(pt).hexdigest() != vec["plaintext_sha256"].lower():
         problems.append("plaintext SHA-256 differs")
     if not any(k in vec for k in ("plaintext", "plaintext_pattern", "plaintext_sha256")):
@@ -667,7 +667,7 @@ def main(argv: list[str] | None = None) -> int:
     for label, vec in records:
         try:
             agrees, message = check_vector(vec)
-        except Exception as exc:  # a verifier bug must show up as a failure
+        except Exception as exc:  # noqa: BLE001 - a verifier bug must show up as a failure
             agrees, message = False, f"verifier crashed: {exc!r}"
         expected = vec.get("outcome", "?")
         print(f"{'PASS' if agrees else 'FAIL'} {label} [{expected}]: {message}")

@@ -43,7 +43,9 @@ def wrap_aad(key_uri: str, key_version: str) -> bytes:
     return WRAP_AAD_LABEL + key_uri.encode("utf-8") + b"\x00" + key_version.encode("utf-8")
 
 
-def wrap_dek(kek: bytes, dek: bytes, key_uri: str, key_version: str, alg=WrapAlgorithm.A256GCM, nonce: bytes | None = None) -> KeyBlock:
+def wrap_dek(
+    kek: bytes, dek: bytes, key_uri: str, key_version: str, alg=WrapAlgorithm.A256GCM, nonce: bytes | None = None
+) -> KeyBlock:
     if alg == WrapAlgorithm.A256GCM:
         nonce = os.urandom(12) if nonce is None else nonce
         wrapped = nonce + AESGCM(kek).encrypt(nonce, bytes(dek), wrap_aad(key_uri, key_version))
@@ -151,7 +153,9 @@ class Collect:
         return b"".join(self.parts)
 
 
-def encrypt_chunks(data: bytes, keys, segment_size: int, chunks, threads: int = 1, content_class=ContentClass.OTHER) -> bytes:
+def encrypt_chunks(
+    data: bytes, keys, segment_size: int, chunks, threads: int = 1, content_class=ContentClass.OTHER
+) -> bytes:
     """Encrypt ``data`` written as consecutive pieces of the given sizes
     (cycled; the remainder in one last write)."""
     sink = Collect()

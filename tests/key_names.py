@@ -7,8 +7,12 @@ from __future__ import annotations
 from cmkfs.format import WrapAlgorithm
 from cmkfs.providers.pkcs11 import PKCS11URI
 
-A256GCM, RSA256, KWP, RSA1 = (WrapAlgorithm.A256GCM, WrapAlgorithm.RSA_OAEP_256, WrapAlgorithm.A256KWP,
-                              WrapAlgorithm.RSA_OAEP_SHA1)
+A256GCM, RSA256, KWP, RSA1 = (
+    WrapAlgorithm.A256GCM,
+    WrapAlgorithm.RSA_OAEP_256,
+    WrapAlgorithm.A256KWP,
+    WrapAlgorithm.RSA_OAEP_SHA1,
+)
 AZ = "https://v.vault.azure.net/keys/x"
 P11 = "pkcs11:token=t;object=o"
 WRAPPED = {A256GCM: 60, RSA256: 256, KWP: 40, RSA1: 256}

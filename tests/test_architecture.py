@@ -12,12 +12,27 @@ PACKAGE = Path(__file__).parents[1] / "cmkfs"
 
 # Top-level module or package name -> layer (docs/ARCHITECTURE.md).
 LAYERS = {
-    "errors": 0, "secret": 0, "wipe": 0, "clock": 0, "config": 0,
-    "format": 1, "segment": 1,
-    "keys": 2, "providers": 2, "keycache": 2, "audit": 2,
+    "errors": 0,
+    "secret": 0,
+    "wipe": 0,
+    "clock": 0,
+    "config": 0,
+    "format": 1,
+    "segment": 1,
+    "keys": 2,
+    "providers": 2,
+    "keycache": 2,
+    "audit": 2,
     "stream": 3,
-    "targets": 4, "targets_azure": 4,  # targets_azure: the deprecated path of targets.azure
-    "filesystem": 5, "files": 5, "transactions": 5, "delegation": 5, "cache_guard": 5, "sizes": 5, "rewrap": 5,
+    "targets": 4,
+    "targets_azure": 4,  # targets_azure: the deprecated path of targets.azure
+    "filesystem": 5,
+    "files": 5,
+    "transactions": 5,
+    "delegation": 5,
+    "cache_guard": 5,
+    "sizes": 5,
+    "rewrap": 5,
     "cli": 6,
 }
 # Cross-cutting: the fork hook may be imported by anyone and import anything;
@@ -68,8 +83,7 @@ def test_every_module_has_a_layer():
 @pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))
 def test_imports_go_down_the_layers(path):
     own = LAYERS[_top(path)]
-    upward = {name for name in _cmkfs_imports(path) - ANYWHERE
-              if name in LAYERS and LAYERS[name] > own}
+    upward = {name for name in _cmkfs_imports(path) - ANYWHERE if name in LAYERS and LAYERS[name] > own}
     assert not upward, f"{path.relative_to(PACKAGE)} (layer {own}) imports {sorted(upward)} from above"
 
 

@@ -202,25 +202,88 @@ def _sdk_error(kind: str, code: str | None = None, status: int | None = None):
 @pytest.mark.parametrize(
     ("kind", "code", "status", "writing", "expected", "err", "message"),
     [
-        ("ResourceNotFoundError", "BlobNotFound", 404, False, FileNotFoundError, errno.ENOENT,
-         "no such blob or container (BlobNotFound)"),
+        (
+            "ResourceNotFoundError",
+            "BlobNotFound",
+            404,
+            False,
+            FileNotFoundError,
+            errno.ENOENT,
+            "no such blob or container (BlobNotFound)",
+        ),
         ("HttpResponseError", None, 404, False, FileNotFoundError, errno.ENOENT, "no such blob or container (404)"),
-        ("ResourceExistsError", "BlobAlreadyExists", 409, False, FileExistsError, errno.EEXIST,
-         "blob exists (BlobAlreadyExists)"),
-        ("ResourceExistsError", "LeaseIdMissing", 409, True, FileExistsError, errno.EEXIST,
-         "blob exists (LeaseIdMissing)"),
-        ("ResourceExistsError", "LeaseIdMissing", 409, False, OSError, errno.EIO,
-         "Azure Storage request failed (LeaseIdMissing)"),
-        ("ResourceModifiedError", "ConditionNotMet", 412, True, FileExistsError, errno.EEXIST,
-         "blob exists (create-only write)"),
-        ("ResourceModifiedError", "ConditionNotMet", 412, False, OSError, errno.ESTALE,
-         "the blob was replaced while it was being read; open it again"),
-        ("ClientAuthenticationError", "AuthenticationFailed", 403, False, PermissionError, errno.EACCES,
-         "access denied by Azure Storage (AuthenticationFailed)"),
-        ("HttpResponseError", "InvalidBlockList", 400, True, OSError, errno.EBUSY,
-         "another writer committed this blob first; nothing was written"),
-        ("HttpResponseError", "InvalidHeaderValue", 400, True, OSError, errno.EIO,
-         "Azure Storage request failed (InvalidHeaderValue)"),
+        (
+            "ResourceExistsError",
+            "BlobAlreadyExists",
+            409,
+            False,
+            FileExistsError,
+            errno.EEXIST,
+            "blob exists (BlobAlreadyExists)",
+        ),
+        (
+            "ResourceExistsError",
+            "LeaseIdMissing",
+            409,
+            True,
+            FileExistsError,
+            errno.EEXIST,
+            "blob exists (LeaseIdMissing)",
+        ),
+        (
+            "ResourceExistsError",
+            "LeaseIdMissing",
+            409,
+            False,
+            OSError,
+            errno.EIO,
+            "Azure Storage request failed (LeaseIdMissing)",
+        ),
+        (
+            "ResourceModifiedError",
+            "ConditionNotMet",
+            412,
+            True,
+            FileExistsError,
+            errno.EEXIST,
+            "blob exists (create-only write)",
+        ),
+        (
+            "ResourceModifiedError",
+            "ConditionNotMet",
+            412,
+            False,
+            OSError,
+            errno.ESTALE,
+            "the blob was replaced while it was being read; open it again",
+        ),
+        (
+            "ClientAuthenticationError",
+            "AuthenticationFailed",
+            403,
+            False,
+            PermissionError,
+            errno.EACCES,
+            "access denied by Azure Storage (AuthenticationFailed)",
+        ),
+        (
+            "HttpResponseError",
+            "InvalidBlockList",
+            400,
+            True,
+            OSError,
+            errno.EBUSY,
+            "another writer committed this blob first; nothing was written",
+        ),
+        (
+            "HttpResponseError",
+            "InvalidHeaderValue",
+            400,
+            True,
+            OSError,
+            errno.EIO,
+            "Azure Storage request failed (InvalidHeaderValue)",
+        ),
         ("ServiceRequestError", None, None, False, ConnectionError, errno.ECONNREFUSED, "cannot reach Azure Storage"),
         ("ServiceResponseError", None, None, True, ConnectionError, errno.ECONNREFUSED, "cannot reach Azure Storage"),
         ("AzureError", None, None, False, OSError, errno.EIO, "Azure Storage request failed (AzureError)"),
@@ -277,7 +340,10 @@ def test_killed_writer_leaves_previous_blob(abfs, abfs_container, keys, azurite,
     env = dict(os.environ, CMKFS_HOME=str(isolated_cmkfs_home))
     proc = subprocess.Popen(
         [sys.executable, "-c", child, azurite.connection_string, path, f"local://{KEY_NAME}"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        text=True,
     )
     try:
         line = proc.stdout.readline()
@@ -418,8 +484,9 @@ def cmk_key(isolated_cmkfs_home):
 def cmkfs(azurite, cmk_key):
     import fsspec
 
-    return fsspec.filesystem("cmk", target_protocol="abfs", target_options=azurite.storage_options,
-                             key=cmk_key, skip_instance_cache=True)
+    return fsspec.filesystem(
+        "cmk", target_protocol="abfs", target_options=azurite.storage_options, key=cmk_key, skip_instance_cache=True
+    )
 
 
 def test_url_round_trip(azurite, abfs_container, cmk_key):
@@ -446,7 +513,14 @@ def blob_metadata_via_url(azurite, container, name) -> dict:
 
 
 def test_filesystem_ls_info_sizes_exact(cmkfs, abfs_container):
-    sizes = [0, 1, DEFAULT_SEGMENT_SIZE - 1, DEFAULT_SEGMENT_SIZE, DEFAULT_SEGMENT_SIZE + 1, 2 * DEFAULT_SEGMENT_SIZE + 500]
+    sizes = [
+        0,
+        1,
+        DEFAULT_SEGMENT_SIZE - 1,
+        DEFAULT_SEGMENT_SIZE,
+        DEFAULT_SEGMENT_SIZE + 1,
+        2 * DEFAULT_SEGMENT_SIZE + 500,
+    ]
     payloads = {f"{abfs_container}/d/f{n}": os.urandom(n) for n in sizes}
     for path, data in payloads.items():
         cmkfs.pipe_file(path, data)

@@ -70,27 +70,46 @@ def test_cache_over_dir_over_cmk(layer, key, store, cache_dir):
         fsspec.open(f"{url}/doc", "rb", cmk={"key": key}, **{layer: {"cache_storage": str(cache_dir)}}).open()
     fs = CMKFileSystem(target_protocol="file", key=key, skip_instance_cache=True)
     with pytest.raises(ConfigurationError):
-        fsspec.filesystem(layer, fs=DirFileSystem(path=str(store), fs=fs), cache_storage=str(cache_dir),
-                          skip_instance_cache=True)
+        fsspec.filesystem(
+            layer, fs=DirFileSystem(path=str(store), fs=fs), cache_storage=str(cache_dir), skip_instance_cache=True
+        )
     assert_no_plaintext(cache_dir)
 
 
 def test_cache_built_only_from_storage_options(key, store, cache_dir):
     with pytest.raises(ConfigurationError):
-        fsspec.filesystem("simplecache", target_protocol="cmk", cache_storage=str(cache_dir),
-                          target_options={"target_protocol": "file", "key": key}, skip_instance_cache=True)
+        fsspec.filesystem(
+            "simplecache",
+            target_protocol="cmk",
+            cache_storage=str(cache_dir),
+            target_options={"target_protocol": "file", "key": key},
+            skip_instance_cache=True,
+        )
     with pytest.raises(ConfigurationError):
-        fsspec.filesystem("filecache", target_protocol="dir", cache_storage=str(cache_dir), skip_instance_cache=True,
-                          target_options={"path": str(store), "target_protocol": "cmk",
-                                          "target_options": {"target_protocol": "file", "key": key}})
+        fsspec.filesystem(
+            "filecache",
+            target_protocol="dir",
+            cache_storage=str(cache_dir),
+            skip_instance_cache=True,
+            target_options={
+                "path": str(store),
+                "target_protocol": "cmk",
+                "target_options": {"target_protocol": "file", "key": key},
+            },
+        )
     assert_no_plaintext(cache_dir)
 
 
 def test_cache_configured_through_fsspec_config(key, store, cache_dir, monkeypatch):
-    monkeypatch.setitem(fsspec.config.conf, "simplecache", {
-        "target_protocol": "cmk", "cache_storage": str(cache_dir),
-        "target_options": {"target_protocol": "file", "key": key},
-    })
+    monkeypatch.setitem(
+        fsspec.config.conf,
+        "simplecache",
+        {
+            "target_protocol": "cmk",
+            "cache_storage": str(cache_dir),
+            "target_options": {"target_protocol": "file", "key": key},
+        },
+    )
     with pytest.raises(ConfigurationError):
         fsspec.filesystem("simplecache", skip_instance_cache=True)
     assert_no_plaintext(cache_dir)
@@ -111,8 +130,9 @@ def test_cache_over_any_wrapper_holding_cmk(key, store, cache_dir):
 
 
 def test_swapping_the_target_after_construction(key, store, cache_dir):
-    cache = fsspec.filesystem("simplecache", target_protocol="memory", cache_storage=str(cache_dir),
-                              skip_instance_cache=True)
+    cache = fsspec.filesystem(
+        "simplecache", target_protocol="memory", cache_storage=str(cache_dir), skip_instance_cache=True
+    )
     fs = CMKFileSystem(target_protocol="file", key=key, skip_instance_cache=True)
     with pytest.raises(ConfigurationError):
         cache.fs = fs
@@ -161,7 +181,7 @@ def test_fsspec_still_sets_the_cache_target_as_a_plain_attribute():
     source = inspect.getsource(CachingFileSystem.__init__)
     assert "self.fs = " in source
     getattribute = inspect.getsource(CachingFileSystem.__getattribute__)
-    assert '__dict__' in getattribute and 'd.get("fs"' in getattribute
+    assert "__dict__" in getattribute and 'd.get("fs"' in getattribute
 
 
 def test_a_broken_precondition_refuses_to_run(monkeypatch):

@@ -40,8 +40,12 @@ def test_on_linux_the_key_clock_is_boottime(monkeypatch):
 
 @pytest.mark.parametrize(
     ("platform", "expected"),
-    [("linux", "CLOCK_BOOTTIME"), ("darwin", "CLOCK_MONOTONIC"), ("win32", "time.monotonic"),
-     ("freebsd14", "time.monotonic")],
+    [
+        ("linux", "CLOCK_BOOTTIME"),
+        ("darwin", "CLOCK_MONOTONIC"),
+        ("win32", "time.monotonic"),
+        ("freebsd14", "time.monotonic"),
+    ],
 )
 def test_each_platform_gets_its_documented_clock(monkeypatch, platform, expected):
     monkeypatch.setattr(sys, "platform", platform)

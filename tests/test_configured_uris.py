@@ -11,8 +11,12 @@ from cmkfs.keycache import KeyCache, trusted_vault_hosts
 from cmkfs.providers.base import redact_key_uri
 from cmkfs.providers.local import parse_local_uri
 
-BAD_KEYS = ["local://k?version=\u00b2", "local://k?version=\u0661", "https://[/keys/x",
-            "https://v.vault.azure.net:99999/keys/x"]
+BAD_KEYS = [
+    "local://k?version=\u00b2",
+    "local://k?version=\u0661",
+    "https://[/keys/x",
+    "https://v.vault.azure.net:99999/keys/x",
+]
 
 
 @pytest.mark.parametrize("uri", BAD_KEYS)

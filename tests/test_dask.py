@@ -24,7 +24,9 @@ pytestmark = [pytest.mark.dask, pytest.mark.slow]
 
 
 def _create_key(name: str) -> str:
-    out = subprocess.run([sys.executable, "-m", "cmkfs", "keys", "create", name], check=True, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "cmkfs", "keys", "create", name], check=True, capture_output=True, text=True
+    )
     return out.stdout.strip().splitlines()[-1]
 
 
@@ -38,9 +40,12 @@ def _read_on_worker(url: str, key: str, cache_ttl: float = 900) -> tuple[int, in
 @pytest.fixture
 def cluster():
     # Started inside the test so the workers inherit this test's CMKFS_HOME.
-    with distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
-    ) as cluster, distributed.Client(cluster) as client:
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
         yield client
 
 
@@ -57,7 +62,9 @@ def test_partitioned_dataset_round_trip_on_workers(cluster, tmp_path):
     url = f"cmk::file://{tmp_path}/sales"
     options = {"cmk": {"key": key}}
 
-    dd.from_pandas(df, npartitions=4).to_parquet(url, partition_on=["region"], storage_options=options, write_index=False)
+    dd.from_pandas(df, npartitions=4).to_parquet(
+        url, partition_on=["region"], storage_options=options, write_index=False
+    )
 
     written = [os.path.join(d, f) for d, _, files in os.walk(tmp_path / "sales") for f in files]
     data_files = [p for p in written if p.endswith(".parquet")]
@@ -70,7 +77,12 @@ def test_partitioned_dataset_round_trip_on_workers(cluster, tmp_path):
 
     back = dd.read_parquet(url, storage_options=options).compute()
     expected = df.sort_values(["region", "units", "revenue"]).reset_index(drop=True)
-    got = back[["region", "units", "revenue"]].astype({"region": str}).sort_values(["region", "units", "revenue"]).reset_index(drop=True)
+    got = (
+        back[["region", "units", "revenue"]]
+        .astype({"region": str})
+        .sort_values(["region", "units", "revenue"])
+        .reset_index(drop=True)
+    )
     pd.testing.assert_frame_equal(got, expected, check_dtype=False)
 
     # The reads really ran in the worker processes, which resolved cmk:: themselves.

@@ -4,6 +4,7 @@ reads that keep a column read from downloading the whole file."""
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import fsspec
 import numpy as np
@@ -94,7 +95,7 @@ def test_pyarrow_partitioned_dataset(key, tmp_path):
     table = pa.Table.from_pandas(frame(600), preserve_index=False)
     ds.write_dataset(table, base, filesystem=fs, format="parquet", partitioning=["region"], partitioning_flavor="hive")
     files = LocalFileSystem().find(base)
-    assert len(files) == 3 and all(open(f, "rb").read(8) == MAGIC for f in files)
+    assert len(files) == 3 and all(Path(f).read_bytes()[:8] == MAGIC for f in files)
     dataset = ds.dataset(base, filesystem=fs, format="parquet", partitioning="hive")
     back = dataset.to_table().sort_by("id")
     assert back.column("amount").equals(table.column("amount"))
@@ -103,9 +104,8 @@ def test_pyarrow_partitioned_dataset(key, tmp_path):
 
 
 def test_images_round_trip_identically(key, tmp_path):
-    from PIL import Image
-
     import matplotlib
+    from PIL import Image
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -130,7 +130,7 @@ def test_images_round_trip_identically(key, tmp_path):
         with fs.open(str(tmp_path / f"fig.{fmt}"), "wb") as f:
             fig.savefig(f, format=fmt, metadata={"Date": None} if fmt == "svg" else {"Software": None})
         assert fs.cat_file(str(tmp_path / f"fig.{fmt}")) == plain.getvalue()
-        assert open(tmp_path / f"fig.{fmt}", "rb").read(8) == MAGIC
+        assert (tmp_path / f"fig.{fmt}").read_bytes()[:8] == MAGIC
     plt.close(fig)
 
 

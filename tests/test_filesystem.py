@@ -117,7 +117,17 @@ def test_writes_of_any_step_and_random_reads(fs, root):
 def test_cat_file_ranges_including_negative(fs, root):
     data = payload(3 * SEG + 17)
     fs.pipe_file(f"{root}/r", data)
-    for start, end in [(None, None), (5, 10), (SEG - 1, SEG + 1), (-20, None), (-20, -5), (0, -1), (10, 10 ** 9), (50, 10), (-(10 ** 9), 3)]:
+    for start, end in [
+        (None, None),
+        (5, 10),
+        (SEG - 1, SEG + 1),
+        (-20, None),
+        (-20, -5),
+        (0, -1),
+        (10, 10**9),
+        (50, 10),
+        (-(10**9), 3),
+    ]:
         s = 0 if start is None else start
         expected = data[s:end] if end is not None else data[s:]
         assert fs.cat_file(f"{root}/r", start=start, end=end) == expected, (start, end)
@@ -204,7 +214,7 @@ def _write_forever(path, key, home, ready):
     child = CMKFileSystem(fs=LocalFileSystem(), key=key, threads=1, skip_instance_cache=True)
     f = child.open(path, "wb")
     chunk = b"secret plaintext " * 4096
-    for i in range(10 ** 6):
+    for i in range(10**6):
         f.write(chunk)
         if i == 20:
             ready.set()
@@ -288,8 +298,9 @@ def test_plaintext_caches_over_cmk_are_refused(key, memfs, tmp_path, layer):
     fs = CMKFileSystem(target_protocol="memory", key=key)
     fs.pipe_file("/cached", b"data")
     with pytest.raises(ConfigurationError, match="cmk::simplecache"):
-        fsspec.open(f"{layer}::cmk::memory://cached", "rb", cmk={"key": key},
-                    **{layer: {"cache_storage": str(tmp_path / "c")}}).open()
+        fsspec.open(
+            f"{layer}::cmk::memory://cached", "rb", cmk={"key": key}, **{layer: {"cache_storage": str(tmp_path / "c")}}
+        ).open()
     with pytest.raises(ConfigurationError):
         fsspec.filesystem(layer, fs=fs, cache_storage=str(tmp_path / "c"))
     assert not list((tmp_path / "c").glob("*")) if (tmp_path / "c").exists() else True
@@ -433,7 +444,11 @@ def test_content_class_guessed_and_overridden(fs, tfs, root):
     assert guess_content_class("x.json") == ContentClass.JSON
     assert guess_content_class(".png") == ContentClass.OTHER
     assert guess_content_class("noext") == ContentClass.OTHER
-    for name, expected in [("t.parquet", ContentClass.PARQUET), ("i.webp", ContentClass.IMAGE), ("o.bin", ContentClass.OTHER)]:
+    for name, expected in [
+        ("t.parquet", ContentClass.PARQUET),
+        ("i.webp", ContentClass.IMAGE),
+        ("o.bin", ContentClass.OTHER),
+    ]:
         fs.pipe_file(f"{root}/{name}", b"1")
         assert read_header(BytesSource(tfs.cat_file(f"{root}/{name}"))).params.content_class == expected
     with fs.open(f"{root}/forced.bin", "wb", content_class="json") as f:
@@ -550,7 +565,11 @@ def test_revoked_key_stops_new_instances(fs, root):
 
 def test_every_public_method_is_reviewed():
     public = {n for n in dir(AbstractFileSystem) if not n.startswith("_")}
-    methods = {n for n in public if callable(getattr(AbstractFileSystem, n)) and not isinstance(getattr(AbstractFileSystem, n), type)}
+    methods = {
+        n
+        for n in public
+        if callable(getattr(AbstractFileSystem, n)) and not isinstance(getattr(AbstractFileSystem, n), type)
+    }
     own = {n for n in methods if n in CMKFileSystem.__dict__}
     routed = set(cmkfs_filesystem.ROUTED_METHODS)
     meta = set(cmkfs_filesystem.META_METHODS)
@@ -563,9 +582,31 @@ def test_every_public_method_is_reviewed():
         first = via.split(" ")[0].split("/")[0]
         assert first in CMKFileSystem.__dict__ or first in routed, (name, via)
     expected_own = {
-        "_open", "cat_file", "pipe_file", "put_file", "get_file", "ls", "info", "find", "du", "exists", "isfile",
-        "isdir", "rm", "rm_file", "rmdir", "mv", "cp_file", "makedirs", "mkdir", "touch", "created", "modified",
-        "checksum", "ukey", "invalidate_cache",
+        "_open",
+        "cat_file",
+        "pipe_file",
+        "put_file",
+        "get_file",
+        "ls",
+        "info",
+        "find",
+        "du",
+        "exists",
+        "isfile",
+        "isdir",
+        "rm",
+        "rm_file",
+        "rmdir",
+        "mv",
+        "cp_file",
+        "makedirs",
+        "mkdir",
+        "touch",
+        "created",
+        "modified",
+        "checksum",
+        "ukey",
+        "invalidate_cache",
     }
     assert expected_own <= set(CMKFileSystem.__dict__)
 
@@ -583,7 +624,9 @@ def test_unreviewed_methods_are_refused(monkeypatch):
     cmkfs_filesystem.fail_closed(CMKFileSystem)
     try:
         with pytest.raises(UnsupportedOperationError):
-            CMKFileSystem(target_protocol="memory", key="local://x", skip_instance_cache=True).shiny_new_upload("/p", b"x")
+            CMKFileSystem(target_protocol="memory", key="local://x", skip_instance_cache=True).shiny_new_upload(
+                "/p", b"x"
+            )
     finally:
         monkeypatch.undo()
         if "shiny_new_upload" in CMKFileSystem.__dict__:
@@ -633,7 +676,9 @@ def test_generic_fsspec_target_discards_and_reads_ranges(key, tmp_path):
 
     store = tmp_path / "store"
     store.mkdir()
-    cache = fsspec.filesystem("simplecache", target_protocol="file", cache_storage=str(tmp_path / "c"), skip_instance_cache=True)
+    cache = fsspec.filesystem(
+        "simplecache", target_protocol="file", cache_storage=str(tmp_path / "c"), skip_instance_cache=True
+    )
     fs = CMKFileSystem(fs=cache, key=key, segment_size=SEG, skip_instance_cache=True)
     path = str(store / "doc")
     sink = targets.open_atomic_sink(cache, path)

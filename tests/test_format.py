@@ -34,7 +34,6 @@ from cmkfs.format import (
     segment_span,
 )
 from cmkfs.stream import DecryptingReader, encrypt_bytes, read_header
-
 from tests._helpers_core import (
     KEY_BLOCK_OFFSET,
     BytesSource,

@@ -266,8 +266,9 @@ def test_process_dying_mid_write_keeps_previous_version(key, tmp_path, isolated_
         raise RuntimeError("worker died mid-write")
     """)
     env = {**os.environ, "CMKFS_HOME": str(isolated_cmkfs_home)}
-    result = subprocess.run([sys.executable, "-W", "ignore", "-c", child], capture_output=True, text=True,
-                            env=env, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", child], capture_output=True, text=True, env=env, timeout=120
+    )
     assert result.returncode == 1 and "worker died mid-write" in result.stderr, result.stderr
     assert fs.cat_file(path) == b"GOOD OLD VERSION"
 
@@ -361,8 +362,9 @@ def test_damaged_file_is_flagged_in_listings(fs, tfs, root):
 # -- 6. no PIN in the plumbing ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("query", ["pin-value=SECRETPIN1234", "module-path=/x.so&pin-value=SECRETPIN1234",
-                                   "pin%2Dvalue=SECRETPIN1234"])
+@pytest.mark.parametrize(
+    "query", ["pin-value=SECRETPIN1234", "module-path=/x.so&pin-value=SECRETPIN1234", "pin%2Dvalue=SECRETPIN1234"]
+)
 def test_pin_value_in_key_uri_is_refused(query, monkeypatch):
     uri = f"pkcs11:token=t;object=o?{query}"
     with pytest.raises(ConfigurationError, match="pin-source") as err:

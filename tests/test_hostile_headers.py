@@ -20,7 +20,6 @@ from cmkfs.filesystem import CMKFileSystem
 from cmkfs.format import Header, KeyBlock
 from cmkfs.providers.local import LocalVaultProvider
 from cmkfs.rewrap import rewrap_tree
-
 from tests.key_names import A256GCM, HOSTILE, LEGITIMATE, RSA256, WRAPPED
 
 
@@ -29,8 +28,9 @@ def raw_block(alg, uri, version, wrapped: bytes | None = None) -> bytes:
     u = uri if isinstance(uri, bytes) else uri.encode("utf-8")
     v = version if isinstance(version, bytes) else version.encode("utf-8")
     w = bytes(WRAPPED[alg]) if wrapped is None else wrapped
-    return b"".join((bytes([int(alg)]), struct.pack(">H", len(u)), u, struct.pack(">H", len(v)), v,
-                     struct.pack(">H", len(w)), w))
+    return b"".join(
+        (bytes([int(alg)]), struct.pack(">H", len(u)), u, struct.pack(">H", len(v)), v, struct.pack(">H", len(w)), w)
+    )
 
 
 def raw_header(block: bytes, params_and_commitment: bytes = bytes(88)) -> bytes:
@@ -109,13 +109,15 @@ def forge(path, uri, version="1", alg=A256GCM) -> None:
         blob = f.read()
     (block_len,) = struct.unpack(">I", blob[88:92])
     header_len = 92 + block_len + 16
-    wrapped = blob[92:header_len - 16][-60:]
+    wrapped = blob[92 : header_len - 16][-60:]
     with open(path, "wb") as f:
         f.write(raw_header(raw_block(alg, uri, version, wrapped), blob[:88]) + blob[header_len:])
 
 
-@pytest.mark.parametrize("uri", ["local://k?version=\u00b2", "https://[/keys/x", "local://k?version=1",
-                                 "https://v.vault.azure.net:99999/keys/x"])
+@pytest.mark.parametrize(
+    "uri",
+    ["local://k?version=\u00b2", "https://[/keys/x", "local://k?version=1", "https://v.vault.azure.net:99999/keys/x"],
+)
 def test_reading_a_hostile_file_is_a_format_error_before_any_vault_call(vault, tmp_path, uri):
     fs = new_fs()
     path = str(tmp_path / "f.bin")

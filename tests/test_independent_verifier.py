@@ -204,10 +204,58 @@ def test_library_and_verifier_agree_on_key_names(vv):
 
 # Pieces of key URIs and versions, valid and not, spliced into valid names: near misses are
 # where two implementations of a grammar disagree.
-_PIECES = ["local://", "https://", "pkcs11:", "token=", ";object=", ";type=", "secret-key", "private", "/keys/",
-           "k", "K-1", "v.vault.azure.net", "[::1]", "[", "]", ":", ":443", ":0", ":65536", "/", "?", "#", "%",
-           "%41", "%C3%A9", "%c3", "%0A", "%FF", "%3D", "=", ";", ".", "-", "_", "~", "x", "0", "01", "1",
-           "9" * 21, "\x00", "\x1b", " ", "\u00b2", "\u00e9", "a" * 64, "@", "A", "f", "x0a"]
+_PIECES = [
+    "local://",
+    "https://",
+    "pkcs11:",
+    "token=",
+    ";object=",
+    ";type=",
+    "secret-key",
+    "private",
+    "/keys/",
+    "k",
+    "K-1",
+    "v.vault.azure.net",
+    "[::1]",
+    "[",
+    "]",
+    ":",
+    ":443",
+    ":0",
+    ":65536",
+    "/",
+    "?",
+    "#",
+    "%",
+    "%41",
+    "%C3%A9",
+    "%c3",
+    "%0A",
+    "%FF",
+    "%3D",
+    "=",
+    ";",
+    ".",
+    "-",
+    "_",
+    "~",
+    "x",
+    "0",
+    "01",
+    "1",
+    "9" * 21,
+    "\x00",
+    "\x1b",
+    " ",
+    "\u00b2",
+    "\u00e9",
+    "a" * 64,
+    "@",
+    "A",
+    "f",
+    "x0a",
+]
 _EDIT = st.tuples(st.booleans(), st.integers(0, 400), st.integers(0, 3), st.sampled_from(_PIECES + [""]))
 
 
@@ -218,8 +266,11 @@ def _edited(text: str, edit) -> str:
 
 
 @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(base=st.integers(0, 10**6), edits=st.lists(_EDIT, max_size=3),
-       alg=st.one_of(st.none(), st.sampled_from(["A256GCM", "RSA_OAEP_256", "A256KWP", "RSA_OAEP_SHA1"])))
+@given(
+    base=st.integers(0, 10**6),
+    edits=st.lists(_EDIT, max_size=3),
+    alg=st.one_of(st.none(), st.sampled_from(["A256GCM", "RSA_OAEP_256", "A256KWP", "RSA_OAEP_SHA1"])),
+)
 def test_library_and_verifier_agree_on_any_key_name(vv, base, edits, alg):
     from cmkfs.format import WrapAlgorithm
     from tests.key_names import HOSTILE, LEGITIMATE

@@ -179,8 +179,10 @@ def test_a_header_cannot_choose_the_vault(vault):
     assert asked == []  # refused before any provider (and so any network call)
 
     # The configured key's vault, and vaults listed as trusted, are asked.
-    for cache in (KeyCache("https://contoso.vault.azure.net/keys/k", providers=providers),
-                  KeyCache(KEY, providers=providers, trusted_vaults=["contoso.vault.azure.net"])):
+    for cache in (
+        KeyCache("https://contoso.vault.azure.net/keys/k", providers=providers),
+        KeyCache(KEY, providers=providers, trusted_vaults=["contoso.vault.azure.net"]),
+    ):
         block = replace(forged, key_uri="https://contoso.vault.azure.net/keys/x")
         with pytest.raises(Exception):
             cache.data_key_for_read(block)  # the local vault cannot unwrap an RSA block
@@ -201,8 +203,10 @@ def test_trusted_vaults_from_the_environment(vault, monkeypatch):
 
 
 def test_pins_and_user_info_never_shown():
-    assert redact_key_uri("pkcs11:token=t;object=o?pin-value=S3cret&module-path=/m.so") == \
-        "pkcs11:token=t;object=o?module-path=/m.so"
+    assert (
+        redact_key_uri("pkcs11:token=t;object=o?pin-value=S3cret&module-path=/m.so")
+        == "pkcs11:token=t;object=o?module-path=/m.so"
+    )
     assert redact_key_uri("pkcs11:token=t;object=o?PIN-SOURCE=/p") == "pkcs11:token=t;object=o"
     assert redact_key_uri("https://user:pw@v.vault.azure.net/keys/k") == "https://v.vault.azure.net/keys/k"
     assert redact_key_uri("local://k?version=2") == "local://k?version=2"

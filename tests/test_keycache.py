@@ -143,7 +143,7 @@ def test_deadline_starts_before_a_slow_vault_call(vault, clock):
 def test_ttl_zero_asks_the_vault_every_time(make_cache, vault):
     block = vault.wrap(KEY, os.urandom(32))
     cache = make_cache(ttl=0)
-    for i in range(3):
+    for _i in range(3):
         cache.data_key_for_read(block)
     assert cache.vault_calls == 3
 
@@ -470,8 +470,9 @@ def test_unwrapped_value_of_the_wrong_length_is_an_integrity_error(make_cache, v
     # wrap a value that is not a 32-byte DEK; it must never reach the engine.
     from dataclasses import replace
 
-    from cmkfs.providers.local import wrap_aad
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    from cmkfs.providers.local import wrap_aad
 
     good = vault.wrap(KEY, os.urandom(32))
     kek = (isolated_cmkfs_home / "vault" / "k" / f"v{good.key_version}.key").read_bytes()

@@ -23,7 +23,7 @@ MARKER = "<!-- recovery snippet:"
 
 def snippet() -> str:
     text = KEYS_MD.read_text(encoding="utf-8")
-    after = text[text.index(MARKER):]
+    after = text[text.index(MARKER) :]
     match = re.search(r"```python\n(.*?)\n```", after, re.S)
     assert match is not None, "the recovery snippet's code block is missing from docs/KEYS.md"
     return match.group(1)

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import pytest
-
 from cmkfs.errors import CMKError
 from cmkfs.stream import decrypt_bytes, encrypt_bytes
-
 from tests._helpers_core import encrypt_chunks, open_reader, static_source
 from tests.strategies import PROPERTY_SETTINGS, plaintexts, read_ranges, segment_sizes, write_steps
 

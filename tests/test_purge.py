@@ -48,11 +48,14 @@ def test_a_disabled_key_purges_every_version(vault):
     assert cache._write_key is None and len(cache._unwrapped) == 0
 
 
-@pytest.mark.parametrize("spelling", [
-    "https://CONTOSO.vault.azure.net:443/keys/SALES",
-    "https://contoso.vault.azure.net/keys/Sales/0123456789abcdef0123456789abcdef",
-    "https://contoso.VAULT.azure.net:443/keys/sales/",
-])
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        "https://CONTOSO.vault.azure.net:443/keys/SALES",
+        "https://contoso.vault.azure.net/keys/Sales/0123456789abcdef0123456789abcdef",
+        "https://contoso.VAULT.azure.net:443/keys/sales/",
+    ],
+)
 def test_key_vault_spellings_share_one_identity(spelling):
     assert key_identity(spelling) == key_identity("https://contoso.vault.azure.net/keys/sales")
     assert key_identity("https://contoso.vault.azure.net:8443/keys/sales") != key_identity(spelling)

@@ -28,7 +28,9 @@ from cmkfs.keycache import KeyCache
 from cmkfs.providers.local import LocalVaultProvider
 from cmkfs.stream import EncryptingWriter
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="compares CLOCK_MONOTONIC across processes")
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="compares CLOCK_MONOTONIC across processes"
+)
 
 TTL = 2.0
 MARGIN = 1.0  # loop period (0.05 s), scheduling on a busy 2-core machine

@@ -86,7 +86,11 @@ def test_rotate_rewrap_keeps_segments_and_survives_destroying_the_old_version(va
         result = fs.rewrap(path)
         assert isinstance(result, RewrapResult)
         assert (result.old_key_uri, result.old_version, result.new_key_uri, result.new_version) == (
-            "local://k", "1", "local://k", "2")
+            "local://k",
+            "1",
+            "local://k",
+            "2",
+        )
         assert result.changed and not result.dry_run and result.error is None
         after = raw(path)
         assert result.bytes_written == len(after)
@@ -117,7 +121,11 @@ def test_migration_to_another_key(vault, tmp_path):
 
     result = fs.rewrap(path, key="local://other")
     assert (result.old_key_uri, result.old_version, result.new_key_uri, result.new_version) == (
-        "local://k", "1", "local://other", "2")
+        "local://k",
+        "1",
+        "local://other",
+        "2",
+    )
     header, new_payload = split(raw(path))
     assert header.key_block.key_uri == "local://other" and new_payload == old_payload
 
@@ -164,7 +172,9 @@ def _recheck(header_bytes: bytearray) -> bytes:
     return body + hashlib.sha256(body).digest()[:16]
 
 
-@pytest.mark.parametrize("edit", ["commitment-with-checksum", "key-block-without-checksum", "wrapped-dek-with-checksum"])
+@pytest.mark.parametrize(
+    "edit", ["commitment-with-checksum", "key-block-without-checksum", "wrapped-dek-with-checksum"]
+)
 def test_tampered_header_is_refused_and_the_file_left_alone(vault, tmp_path, edit):
     fs = new_fs()
     path = str(tmp_path / "t.bin")
@@ -256,7 +266,9 @@ class FailingLocalFileSystem(LocalFileSystem):
         return data
 
 
-register_target(FailingLocalFileSystem.protocol, source_factory=lambda fs, path, size=None: CatFileSource(fs, path, size))
+register_target(
+    FailingLocalFileSystem.protocol, source_factory=lambda fs, path, size=None: CatFileSource(fs, path, size)
+)
 
 
 def test_a_failure_mid_copy_leaves_the_original_intact(vault, tmp_path, monkeypatch):
@@ -341,7 +353,7 @@ def test_memory_target(vault):
         vault.rotate("k")
         results = fs.rewrap("/rewrap", recursive=True)
         assert all(r.changed and r.new_version == "2" for r in results) and len(results) == len(files)
-        for path, plain in files.items():
+        for path in files:
             assert split(mem.cat_file(path))[1] == split(before[path])[1]
         vault.destroy("k", version="1")
         reader = new_fs(target_protocol="memory")
@@ -429,8 +441,14 @@ def test_cli_recursive_json(vault, tmp_path, run):
     result = run("rewrap", url, "--recursive", "--json", "--key", "local://k")
     assert result.exit_code == 0, result.stderr
     doc = json.loads(result.stdout)
-    assert doc["summary"] == {"files": 3, "rewrapped": 3, "unchanged": 0, "failed": 0, "dry_run": False,
-                              "bytes_written": sum(r["bytes_written"] for r in doc["files"])}
+    assert doc["summary"] == {
+        "files": 3,
+        "rewrapped": 3,
+        "unchanged": 0,
+        "failed": 0,
+        "dry_run": False,
+        "bytes_written": sum(r["bytes_written"] for r in doc["files"]),
+    }
     assert {(r["old_version"], r["new_version"], r["changed"]) for r in doc["files"]} == {("1", "2", True)}
 
     again = run("rewrap", str(root), "-r", "--key", "local://k")  # a plain path is a local one
@@ -460,9 +478,23 @@ def test_cli_subprocess(vault, tmp_path, isolated_cmkfs_home):
     files = write_files(fs, str(root), [1, 2 * SEG])
     vault.rotate("k")
     env = dict(os.environ, CMKFS_HOME=str(isolated_cmkfs_home), CMKFS_KEY="local://k")
-    proc = subprocess.run([sys.executable, "-m", "cmkfs", "rewrap", f"cmk::file://{root}", "--recursive", "--json",
-                           "--storage-options", json.dumps({"cmk": {"cache_ttl": 0}})],
-                          capture_output=True, text=True, timeout=60, env=env)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cmkfs",
+            "rewrap",
+            f"cmk::file://{root}",
+            "--recursive",
+            "--json",
+            "--storage-options",
+            json.dumps({"cmk": {"cache_ttl": 0}}),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     assert doc["summary"]["rewrapped"] == 2 and {r["new_version"] for r in doc["files"]} == {"2"}

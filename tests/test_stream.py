@@ -20,7 +20,6 @@ from cmkfs.stream import (
     decrypt_bytes,
     encrypt_bytes,
 )
-
 from tests._helpers_core import (
     Collect,
     FakeClock,

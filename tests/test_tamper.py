@@ -12,7 +12,6 @@ from cmkfs.format import COMMITMENT_SIZE, PARAMS_SIZE, TAG_SIZE, Header, KeyBloc
 from cmkfs.keys import DataKey, StaticKeySource
 from cmkfs.segment import SegmentCipher, derive_file_key
 from cmkfs.stream import decrypt_bytes, encrypt_bytes
-
 from tests._helpers_core import (
     KEY_BLOCK_OFFSET,
     KekKeySource,
@@ -69,7 +68,11 @@ def test_every_header_bit_flip_is_refused(small):
                 decrypt_bytes(bytes(bad), keys)
             # Past the checked prefix fields, only the checksum or the
             # commitment can object: always an integrity failure.
-            if 16 <= pos < PARAMS_SIZE - 1 or PARAMS_SIZE <= pos < PARAMS_SIZE + COMMITMENT_SIZE or pos >= KEY_BLOCK_OFFSET:
+            if (
+                16 <= pos < PARAMS_SIZE - 1
+                or PARAMS_SIZE <= pos < PARAMS_SIZE + COMMITMENT_SIZE
+                or pos >= KEY_BLOCK_OFFSET
+            ):
                 assert isinstance(info.value, IntegrityError), (pos, bit)
             else:
                 assert isinstance(info.value, (IntegrityError, FormatError)), (pos, bit)
@@ -128,7 +131,7 @@ def test_truncation_at_every_byte_offset(small):
 def test_truncation_at_every_segment_boundary(five):
     keys, data, blob = five
     header_len = header_of(blob).length
-    for k in range(0, 5):
+    for k in range(5):
         with pytest.raises(IntegrityError):
             decrypt_bytes(blob[: header_len + k * (S + TAG_SIZE)], keys)
         # ...and cut one tag short of the boundary.
@@ -143,7 +146,7 @@ def test_truncation_of_a_file_of_exact_segments():
     blob = encrypt_bytes(data, keys, segment_size=S)
     header_len = header_of(blob).length
     assert len(blob) == header_len + 3 * (S + TAG_SIZE)  # no empty trailing segment
-    for k in range(0, 3):
+    for k in range(3):
         with pytest.raises(IntegrityError):
             decrypt_bytes(blob[: header_len + k * (S + TAG_SIZE)], keys)
 

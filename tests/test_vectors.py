@@ -22,7 +22,6 @@ from cmkfs.errors import CMKError, FormatError, IntegrityError
 from cmkfs.format import DEK_SIZE, TAG_SIZE, KeyBlock, WrapAlgorithm
 from cmkfs.keys import DataKey
 from cmkfs.stream import decrypt_bytes
-
 from tests._helpers_core import KekKeySource, open_reader, split_segments
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,10 +30,22 @@ BY_NAME = {v["name"]: v for v in VECTORS}
 EXPECTED_ERROR = {"integrity": IntegrityError, "format": FormatError}
 # Each breaks one rule of docs/FORMAT.md 3.5 and nothing else.
 KEY_NAME_VECTORS = (
-    "key-uri-query", "key-uri-fragment", "key-uri-non-ascii", "key-uri-control", "key-uri-not-utf8",
-    "key-uri-empty", "key-uri-unknown-scheme", "key-version-non-ascii", "key-version-nul",
-    "key-version-leading-zero", "wrap-alg-mismatch", "key-uri-https-version", "key-uri-https-bad-host",
-    "key-uri-https-bad-port", "key-uri-pkcs11-query", "key-uri-pkcs11-not-canonical",
+    "key-uri-query",
+    "key-uri-fragment",
+    "key-uri-non-ascii",
+    "key-uri-control",
+    "key-uri-not-utf8",
+    "key-uri-empty",
+    "key-uri-unknown-scheme",
+    "key-version-non-ascii",
+    "key-version-nul",
+    "key-version-leading-zero",
+    "wrap-alg-mismatch",
+    "key-uri-https-version",
+    "key-uri-https-bad-host",
+    "key-uri-https-bad-port",
+    "key-uri-pkcs11-query",
+    "key-uri-pkcs11-not-canonical",
     "wrap-alg-mismatch-pkcs11-type",
 )
 
@@ -118,11 +129,26 @@ def test_negative_vector_refused(v):
 def test_vector_set_covers_the_required_cases():
     names = set(BY_NAME)
     for required in (
-        "empty", "one-byte", "one-full-segment", "segment-plus-one", "multi-segment",
-        "flipped-tag-bit", "flipped-header-bit", "truncated-at-segment-boundary", "appended-byte",
-        "swapped-segments", "spliced-header", "wrong-kek", "rewrapped",
-        "wrap-a256kwp", "wrap-rsa-oaep-256", "wrap-rsa-oaep-sha1", "rewrapped-new-kek", "wrong-version-name",
-        "pkcs11-encoded-label", *KEY_NAME_VECTORS,
+        "empty",
+        "one-byte",
+        "one-full-segment",
+        "segment-plus-one",
+        "multi-segment",
+        "flipped-tag-bit",
+        "flipped-header-bit",
+        "truncated-at-segment-boundary",
+        "appended-byte",
+        "swapped-segments",
+        "spliced-header",
+        "wrong-kek",
+        "rewrapped",
+        "wrap-a256kwp",
+        "wrap-rsa-oaep-256",
+        "wrap-rsa-oaep-sha1",
+        "rewrapped-new-kek",
+        "wrong-version-name",
+        "pkcs11-encoded-label",
+        *KEY_NAME_VECTORS,
     ):
         assert required in names
     classes = {v["content_class"] for v in VECTORS if v["outcome"] == "ok"}
@@ -191,7 +217,10 @@ def test_vector_sizes_follow_the_arithmetic():
 def test_generator_is_deterministic_and_matches_the_stored_file():
     result = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "make_vectors.py"), "--check"],
-        capture_output=True, text=True, cwd=ROOT, timeout=60,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
 

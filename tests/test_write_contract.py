@@ -62,8 +62,7 @@ def plain_outcome(job) -> bytes | None:
 
 
 def to_csv_bad_option(url, so):
-    pd.DataFrame({"a": [1, 2]}).to_csv(url, compression={"method": "gzip", "no_such_option": 1},
-                                        storage_options=so)
+    pd.DataFrame({"a": [1, 2]}).to_csv(url, compression={"method": "gzip", "no_such_option": 1}, storage_options=so)
 
 
 def to_csv_zstd_missing(url, so):
@@ -120,7 +119,7 @@ def test_close_after_a_handled_exception_publishes(fs, tmp_path):
     f = fs.open(target, "wb")
     f.write(b"keep me")
     with handled():
-        1 / 0
+        _ = 1 / 0
     f.close()
     assert fs.cat_file(target) == b"keep me"
 
@@ -282,8 +281,9 @@ def test_writer_open_at_interpreter_exit_is_discarded(key, tmp_path, isolated_cm
         HELD.write("unfinished")
     """)
     env = {**os.environ, "CMKFS_HOME": str(isolated_cmkfs_home)}
-    result = subprocess.run([sys.executable, "-W", "ignore", "-c", child], capture_output=True, text=True,
-                            env=env, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", child], capture_output=True, text=True, env=env, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     assert fs.cat_file(p) == PREVIOUS
 
@@ -415,8 +415,9 @@ def test_a_log_handler_closed_at_exit_keeps_its_log(key, tmp_path, isolated_cmkf
         sys.exit(0)
     """)
     env = {**os.environ, "CMKFS_HOME": str(isolated_cmkfs_home)}
-    result = subprocess.run([sys.executable, "-W", "ignore", "-c", child], capture_output=True, text=True,
-                            env=env, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", child], capture_output=True, text=True, env=env, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     fs = CMKFileSystem(target_protocol="file", key=key, skip_instance_cache=True)
     assert fs.cat_file(closed) == b"refresh finished\n"

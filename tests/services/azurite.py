@@ -79,9 +79,20 @@ def find_or_install_azurite() -> Path:
             return found
         try:
             result = subprocess.run(
-                [npm, "install", "--no-audit", "--no-fund", "--loglevel=error", "--prefix", str(root),
-                 f"azurite@{AZURITE_VERSION}"],
-                cwd=root, capture_output=True, text=True, timeout=INSTALL_TIMEOUT,
+                [
+                    npm,
+                    "install",
+                    "--no-audit",
+                    "--no-fund",
+                    "--loglevel=error",
+                    "--prefix",
+                    str(root),
+                    f"azurite@{AZURITE_VERSION}",
+                ],
+                cwd=root,
+                capture_output=True,
+                text=True,
+                timeout=INSTALL_TIMEOUT,
             )
         except subprocess.TimeoutExpired:
             pytest.fail(f"npm install azurite@{AZURITE_VERSION} did not finish within {INSTALL_TIMEOUT:.0f} s")
@@ -161,22 +172,25 @@ class Azurite:
 def start_azurite(executable: Path, workdir: Path) -> Azurite:
     """Start azurite-blob on a free port; retry on the rare port race."""
     last_log = ""
-    for attempt in range(3):
+    for _attempt in range(3):
         port = _free_port()
         log_path = workdir / f"azurite-{port}.log"
         cmd = [
             str(executable),
-            "--blobHost", "127.0.0.1",
-            "--blobPort", str(port),
+            "--blobHost",
+            "127.0.0.1",
+            "--blobPort",
+            str(port),
             "--inMemoryPersistence",  # (refused together with --location)
             "--skipApiVersionCheck",  # the SDK speaks a newer API version than the emulator knows
             "--disableTelemetry",
             "--silent",
             "--loose",
         ]
-        log = open(log_path, "wb")
-        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   cwd=workdir, start_new_session=True)
+        log = open(log_path, "wb")  # noqa: SIM115 - the server writes to it for the whole session
+        process = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=workdir, start_new_session=True
+        )
         log.close()
         service = Azurite(port=port, process=process, log_path=log_path)
         deadline = time.monotonic() + START_TIMEOUT
@@ -191,8 +205,10 @@ def start_azurite(executable: Path, workdir: Path) -> Azurite:
         stop_azurite(service)
         if exited is not None and "EADDRINUSE" not in last_log:
             break  # a real failure, not the port race: do not retry
-    pytest.fail(f"Azurite ({executable}) did not start listening on 127.0.0.1 within {START_TIMEOUT:.0f} s; "
-                f"its output:\n{last_log}")
+    pytest.fail(
+        f"Azurite ({executable}) did not start listening on 127.0.0.1 within {START_TIMEOUT:.0f} s; "
+        f"its output:\n{last_log}"
+    )
 
 
 def stop_azurite(service: Azurite) -> None:
