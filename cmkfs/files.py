@@ -230,7 +230,7 @@ class CMKReadFile(AbstractBufferedFile):  # type: ignore[misc]  # fsspec is unty
     # close, and an outer blockcache layer swapping in its MMapCache): every
     # cache goes behind the key, and one that spills to disk is refused.
     @property
-    def cache(self) -> KeyGatedCache | None:
+    def cache(self) -> Any:
         return self.__dict__.get("_cmk_cache")
 
     @cache.setter
@@ -240,7 +240,9 @@ class CMKReadFile(AbstractBufferedFile):  # type: ignore[misc]  # fsspec is unty
                 "a disk cache over cmk:// would store decrypted data; put the cache under the "
                 "encryption instead (cmk::simplecache::PROTOCOL://...)"
             )
-        if value is not None and not isinstance(value, KeyGatedCache):
+        if type(value) is caches["none"]:
+            pass  # holds nothing: every read goes to the reader, which checks the key itself
+        elif value is not None and not isinstance(value, KeyGatedCache):
             if type(value) is caches.get(self._cache_type):
                 value = KeyGatedCache(self._new_cache, self._reader, first=value)
             else:
@@ -251,7 +253,7 @@ class CMKReadFile(AbstractBufferedFile):  # type: ignore[misc]  # fsspec is unty
         old = self.__dict__.get("_cmk_cache")
         self.__dict__["_cmk_cache"] = value
         if old is not None and old is not value:
-            old.close()
+            _close_cache(old)
 
     @property
     def encrypted(self) -> bool:

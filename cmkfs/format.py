@@ -40,6 +40,7 @@ catches it before any plaintext is produced.
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import ipaddress
 import re
@@ -224,6 +225,12 @@ class KeyBlock:
         return f"{self.key_uri}{sep}version={self.key_version}"
 
     def encode(self) -> bytes:
+        return self._encoded
+
+    @functools.cached_property
+    def _encoded(self) -> bytes:
+        # Once per block: one data key (and so one block) serves many files,
+        # and checking the names costs more than sealing a small file.
         uri = self.key_uri.encode("utf-8")
         ver = self.key_version.encode("utf-8")
         if len(uri) > MAX_KEY_URI_SIZE or len(ver) > MAX_KEY_VERSION_SIZE:
