@@ -1,4 +1,4 @@
-"""Key material in one small object: DEKs, file keys and local KEKs never sit in a plain local.
+"""Secrets in one small object: DEKs, file keys, local KEKs, PINs and passphrases never sit in a plain local.
 
 Error reporters that capture locals show ``repr()`` of every local of every
 frame, and a ``bytes`` repr shows its content (docs/SECURITY.md, "no key
@@ -24,7 +24,7 @@ BytesLike: TypeAlias = bytes | bytearray | memoryview
 
 
 class Secret:
-    """Key material (a DEK, a file key, a KEK) in a buffer only this object owns.
+    """Key material (a DEK, a file key, a KEK) or a PIN or passphrase, in a buffer only this object owns.
 
     ``Secret(material)`` copies any bytes-like ``material``; the caller's
     buffer stays the caller's to wipe.  The repr hides the content, pickling
@@ -50,6 +50,23 @@ class Secret:
                 secret.wipe()
             raise ValueError(f"{what} must be {size} bytes")
         return secret
+
+    @classmethod
+    def of_text(cls, text: str, what: str = "secret") -> Secret:
+        """A Secret holding ``text`` (a PIN, a passphrase) in UTF-8.
+
+        The caller's ``str`` cannot be wiped; its UTF-8 bytes exist only as a
+        temporary, never bound to a name.  Text that UTF-8 cannot encode (a
+        lone surrogate) is a ``ValueError`` that does not carry the text.
+        """
+        if not isinstance(text, str):
+            raise TypeError(f"{what} must be str")
+        try:
+            return cls(text.encode("utf-8"))
+        except UnicodeEncodeError:
+            pass
+        # Raised outside the handler: the UnicodeEncodeError holds the text and must not become the context.
+        raise ValueError(f"{what} is not valid Unicode text")
 
     @classmethod
     def random(cls, size: int) -> Secret:

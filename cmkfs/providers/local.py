@@ -17,6 +17,7 @@ import base64
 import contextlib
 import datetime as _dt
 import fcntl
+import hmac
 import json
 import os
 import re
@@ -74,6 +75,8 @@ MATERIAL_AAD_LABEL = b"cmkfs/v1 local kek"
 # that would make a reader allocate gigabytes.
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**15, 8, 1
 MAX_SCRYPT_N, MAX_SCRYPT_R, MAX_SCRYPT_P = 2**20, 16, 4
+SALT_SIZE = 16
+MIN_SALT_SIZE, MAX_SALT_SIZE = 16, 64  # what meta.json may name, checked before scrypt sees it
 
 ENABLED, DISABLED, DESTROYED = "enabled", "disabled", "destroyed"
 _Meta = dict[str, Any]  # a parsed meta.json (checked by _check_meta)
@@ -171,20 +174,25 @@ class LocalVaultProvider(KeyProvider):
     """The embedded vault in ``home`` (default :func:`cmkfs.config.cmkfs_home`).
 
     ``passphrase`` (or ``$CMKFS_PASSPHRASE``) unlocks keys created with
-    passphrase protection and is used to protect keys created here.
+    passphrase protection and is used to protect keys created here.  A ``str``
+    is used in UTF-8; ``bytes``, ``bytearray``, ``memoryview`` or a
+    :class:`~cmkfs.secret.Secret` as they are (copied).
     """
 
     prefixes = (PREFIX,)
 
-    def __init__(self, home: str | os.PathLike[str] | None = None, passphrase: str | bytes | None = None) -> None:
+    def __init__(
+        self, home: str | os.PathLike[str] | None = None, passphrase: str | BytesLike | Secret | None = None
+    ) -> None:
+        # Into a Secret first: from here on no frame holds the passphrase as str or bytes.
+        self._passphrase = _passphrase_secret(passphrase)
+        del passphrase
         # Without an explicit home, follow $CMKFS_HOME at every call: the registry
         # shares one instance per process, and it must not pin an old value.
         self._home = Path(home).expanduser() if home is not None else None
-        if isinstance(passphrase, str):
-            passphrase = passphrase.encode("utf-8")
-        if passphrase is not None and not isinstance(passphrase, bytes):
-            raise TypeError("passphrase must be str or bytes")
-        self._passphrase = passphrase
+        # Derived keys are cached under a MAC of the passphrase (this key is the instance's
+        # own), so the cache holds no copy of the passphrase.
+        self._cache_mac_key = os.urandom(32)
         self._derived: dict[tuple[bytes, bytes, int, int, int], Secret] = {}
         self._derived_lock = threading.Lock()
 
@@ -293,7 +301,7 @@ class LocalVaultProvider(KeyProvider):
                 if passphrase is not None:
                     protection = {
                         "kdf": "scrypt",
-                        "salt": base64.b64encode(os.urandom(16)).decode("ascii"),
+                        "salt": base64.b64encode(os.urandom(SALT_SIZE)).decode("ascii"),
                         "n": SCRYPT_N,
                         "r": SCRYPT_R,
                         "p": SCRYPT_P,
@@ -510,7 +518,7 @@ class LocalVaultProvider(KeyProvider):
         finally:
             raw.wipe()
 
-    def _write_material(self, name: str, meta: _Meta, version: str, passphrase: bytes | None) -> None:
+    def _write_material(self, name: str, meta: _Meta, version: str, passphrase: Secret | None) -> None:
         kek = Secret.random(KEK_SIZE)
         try:
             protection = meta.get("protection")
@@ -550,31 +558,44 @@ class LocalVaultProvider(KeyProvider):
             if entry.startswith(TMP_PREFIX) or (entry.endswith(".key") and entry not in keep):
                 _scrub(key_dir / entry)
 
-    def _get_passphrase(self) -> bytes | None:
+    def _get_passphrase(self) -> Secret | None:
+        """The passphrase given to this provider, else ``$CMKFS_PASSPHRASE`` as it is now."""
         if self._passphrase is not None:
             return self._passphrase
-        env = os.environ.get(ENV_PASSPHRASE)
-        return env.encode("utf-8") if env else None
+        # From the environment straight into a Secret: never a str or bytes local.
+        secret = Secret.of_text(os.environ.get(ENV_PASSPHRASE, ""), ENV_PASSPHRASE)
+        return secret if len(secret) else None
 
-    def _require_passphrase(self, name: str) -> bytes:
+    def _require_passphrase(self, name: str) -> Secret:
         passphrase = self._get_passphrase()
         if passphrase is None:
             raise ConfigurationError(f"key {PREFIX}{name} is passphrase-protected: set {ENV_PASSPHRASE}")
         return passphrase
 
-    def _locker(self, name: str, protection: dict[str, Any], passphrase: bytes) -> AESGCM:
+    def _locker(self, name: str, protection: dict[str, Any], passphrase: Secret) -> AESGCM:
         """The AES-GCM key that protects material, derived once per (salt, passphrase)."""
-        salt = base64.b64decode(protection["salt"])
+        salt = base64.b64decode(protection["salt"], validate=True)  # checked by _check_meta
         n, r, p = protection["n"], protection["r"], protection["p"]
-        cache_key = (salt, passphrase, n, r, p)
+        cache_key = (salt, hmac.digest(self._cache_mac_key, passphrase.reveal(), "sha256"), n, r, p)
         with self._derived_lock:
             key = self._derived.get(cache_key)
             if key is None:
                 scrypt = Scrypt(salt=salt, length=32, n=n, r=r, p=p)
-                key = Secret.filled(32, lambda out: scrypt.derive_into(passphrase, out))
+                key = Secret.filled(32, lambda out: scrypt.derive_into(passphrase.reveal(), out))
                 self._derived[cache_key] = key
             # Keyed from the cached buffer (wiped by close()); used at once by the caller.
             return AESGCM(key.reveal())
+
+
+def _passphrase_secret(passphrase: str | BytesLike | Secret | None) -> Secret | None:
+    """``passphrase`` as a Secret of its own (``str`` in UTF-8), or None."""
+    if passphrase is None:
+        return None
+    if isinstance(passphrase, str):
+        return Secret.of_text(passphrase, "passphrase")
+    if isinstance(passphrase, (bytes, bytearray, memoryview, Secret)):
+        return Secret(passphrase)
+    raise TypeError("passphrase must be str, bytes, bytearray, memoryview or a Secret")
 
 
 def set_default_key(key_uri: str, home: str | os.PathLike[str] | None = None) -> str:
@@ -639,8 +660,10 @@ def _check_meta(raw: bytes, name: str) -> _Meta:
             ok = ok and (
                 protection.get("kdf") == "scrypt"
                 and isinstance(protection.get("salt"), str)
+                and MIN_SALT_SIZE <= len(base64.b64decode(protection["salt"], validate=True)) <= MAX_SALT_SIZE
                 and all(isinstance(protection.get(k), int) for k in "nrp")
                 and 2 <= protection["n"] <= MAX_SCRYPT_N
+                and protection["n"] & (protection["n"] - 1) == 0  # scrypt takes only powers of two
                 and 1 <= protection["r"] <= MAX_SCRYPT_R
                 and 1 <= protection["p"] <= MAX_SCRYPT_P
             )

@@ -13,7 +13,7 @@ import contextlib
 import os
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ...errors import ConfigurationError, IntegrityError, KeyNotFoundError, KeyRevokedError, VaultUnavailableError
@@ -21,7 +21,7 @@ from ...format import DEK_SIZE, KeyBlock, WrapAlgorithm
 from ...secret import BytesLike, Secret
 from ..base import KeyInfo, KeyProvider
 from .errors import SESSION_LOST, is_one_of, pkcs11, translate
-from .sessions import DEFAULT_MODULE, MODULE_ENV, PIN_ENV, Token, acquire, read_pin_source, release
+from .sessions import DEFAULT_MODULE, MODULE_ENV, PIN_ENV, Token, acquire, pin_secret, read_pin, release
 from .uri import KIND_OF_TYPE, PKCS11URI, parse_pkcs11_uri, quote_attribute, version_id, version_of, version_rank
 
 if TYPE_CHECKING:
@@ -53,6 +53,20 @@ class _Version:
         return bool(self.wrapper[a.WRAP]) and bool(self.unwrapper[a.UNWRAP])
 
 
+@dataclass(frozen=True)
+class _Binding:
+    """What a configured key URI bound its token to: the URI's PIN is kept only as a Secret."""
+
+    module_path: str | None
+    pin_source: str | None
+    pin: Secret | None = field(default=None, repr=False)
+
+    @classmethod
+    def of(cls, uri: PKCS11URI) -> _Binding:
+        pin = pin_secret(uri.pin_value, "the pin-value of a pkcs11: URI") if uri.pin_value else None
+        return cls(uri.module_path, uri.pin_source, pin)
+
+
 class PKCS11Provider(KeyProvider):
     """Wraps data keys with keys held in a PKCS#11 token (an HSM, SoftHSM2, ...).
 
@@ -61,18 +75,23 @@ class PKCS11Provider(KeyProvider):
     ``pin-source``, else from ``pin`` / ``pin_source`` here, else from
     ``$CMKFS_PKCS11_PIN``.  A URI with ``module-path`` or a PIN attribute binds
     its token to those settings for this provider, so files written under
-    such a URI read back through the bare key URI in their headers.
+    such a URI read back through the bare key URI in their headers.  ``pin``
+    is text or a :class:`~cmkfs.secret.Secret` holding UTF-8 (copied).
     """
 
     prefixes = ("pkcs11:",)
 
-    def __init__(self, module: str | None = None, pin: str | None = None, *, pin_source: str | None = None) -> None:
+    def __init__(
+        self, module: str | None = None, pin: str | Secret | None = None, *, pin_source: str | None = None
+    ) -> None:
+        # Into Secrets first: from here on no frame holds a PIN as str or bytes.
+        self._pin = pin_secret(pin) if pin is not None else None
+        del pin
+        self._env_pin = pin_secret(os.environ[PIN_ENV], f"${PIN_ENV}") if PIN_ENV in os.environ else None
         pkcs11()  # fail early, with the install hint
         self._module = module or os.environ.get(MODULE_ENV) or DEFAULT_MODULE
-        self._pin = pin
         self._pin_source = pin_source
-        self._env_pin = os.environ.get(PIN_ENV)
-        self._bindings: dict[str, PKCS11URI] = {}
+        self._bindings: dict[str, _Binding] = {}
         self._tokens: dict[tuple[str, str], Token] = {}
         self._lock = threading.Lock()
 
@@ -81,21 +100,24 @@ class PKCS11Provider(KeyProvider):
 
     # -- configuration --------------------------------------------------
 
-    def _settings(self, uri: PKCS11URI, *, trusted: bool) -> tuple[str, str]:
+    def _settings(self, uri: PKCS11URI, *, trusted: bool) -> tuple[str, Secret]:
         """(module path, PIN) for ``uri``'s token."""
+        bound = _Binding.of(uri)
         if trusted and uri.has_options:
             with self._lock:
-                self._bindings[uri.token] = uri
-        bound = self._bindings.get(uri.token) or uri
+                self._bindings[uri.token] = bound
+        else:
+            bound = self._bindings.get(uri.token) or bound
         module = bound.module_path or self._module
-        if bound.pin_value:
-            pin = bound.pin_value
+        pin: Secret
+        if bound.pin is not None:
+            pin = bound.pin
         elif bound.pin_source:
-            pin = read_pin_source(bound.pin_source)
+            pin = read_pin(bound.pin_source)
         elif self._pin is not None:
             pin = self._pin
         elif self._pin_source:
-            pin = read_pin_source(self._pin_source)
+            pin = read_pin(self._pin_source)
         elif self._env_pin is not None:
             pin = self._env_pin
         else:

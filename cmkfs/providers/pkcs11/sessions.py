@@ -2,7 +2,8 @@
 
 PKCS#11 logins belong to the whole process, so every provider shares the one
 session of a token (guarded by its lock): that way one provider's ``close``
-cannot log another out.
+cannot log another out.  A PIN travels in a :class:`~cmkfs.secret.Secret`
+from where it is read to the one call that hands it to python-pkcs11.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from ...errors import ConfigurationError, KeyNotFoundError
+from ...secret import Secret
 from .errors import PIN_REJECTED, is_one_of, pkcs11, translated
 
 if TYPE_CHECKING:
@@ -27,7 +29,9 @@ __all__ = [
     "acquire",
     "release",
     "close_sessions",
+    "read_pin",
     "read_pin_source",
+    "pin_secret",
     "MODULE_ENV",
     "PIN_ENV",
     "DEFAULT_MODULE",
@@ -47,7 +51,7 @@ _REJECTED_PINS: set[tuple[str, str, bytes]] = set()
 _INITIALISED_IN: dict[str, int] = {}  # module path -> the process that initialised it
 
 
-def read_pin_source(source: str) -> str:
+def read_pin(source: str) -> Secret:
     """The PIN in the file ``source`` (a path or a ``file:`` URI), without its trailing newline."""
     if source.startswith("file:"):
         path = urlparse(source).path
@@ -57,19 +61,57 @@ def read_pin_source(source: str) -> str:
         raise ConfigurationError("pin-source must be a file path or a file: URI")
     try:
         with open(path, "rb") as fh:
-            data = fh.read(MAX_PIN_FILE_SIZE + 1)
+            data = Secret(fh.read(MAX_PIN_FILE_SIZE + 1))  # never a bytes local: see cmkfs.secret
     except OSError as exc:
         raise ConfigurationError(f"cannot read the PIN file {path!r}: {exc.strerror}") from None
-    if len(data) > MAX_PIN_FILE_SIZE:
-        raise ConfigurationError(f"the PIN file {path!r} is too large")
     try:
-        return data.decode("utf-8").rstrip("\r\n")
+        if len(data) > MAX_PIN_FILE_SIZE:
+            raise ConfigurationError(f"the PIN file {path!r} is too large")
+        view = data.reveal()
+        end = len(view)
+        while end and view[end - 1] in b"\r\n":
+            end -= 1
+        pin = Secret(view[:end])
+    finally:
+        data.wipe()
+    _check_utf8(pin, f"the PIN file {path!r}")
+    return pin
+
+
+def read_pin_source(source: str) -> str:
+    """:func:`read_pin` as text, for tools; cmkfs itself keeps the PIN in a Secret."""
+    pin = read_pin(source)  # bound: a Secret dropped mid-expression wipes its buffer before the view is read
+    return str(pin.reveal(), "utf-8")
+
+
+def pin_secret(pin: str | Secret, what: str = "the PIN") -> Secret:
+    """``pin`` (text, or a Secret holding UTF-8) as a Secret of its own."""
+    if isinstance(pin, Secret):
+        secret = Secret(pin)
+        _check_utf8(secret, what)
+        return secret
+    if not isinstance(pin, str):
+        raise TypeError(f"{what} must be str or a Secret")
+    try:
+        return Secret.of_text(pin, what)
+    except ValueError:
+        pass
+    raise ConfigurationError(f"{what} is not valid Unicode text")
+
+
+def _check_utf8(pin: Secret, what: str) -> None:
+    """Refuse a PIN that is not UTF-8, before it reaches python-pkcs11 (which takes text)."""
+    try:
+        str(pin.reveal(), "utf-8")
+        return
     except UnicodeDecodeError:
-        raise ConfigurationError(f"the PIN file {path!r} is not UTF-8") from None
+        pin.wipe()
+    # Raised outside the handler: the UnicodeDecodeError holds the PIN's bytes.
+    raise ConfigurationError(f"{what} is not UTF-8")
 
 
-def _pin_mac(pin: str) -> bytes:
-    return hmac.new(_PIN_MAC_KEY, pin.encode("utf-8"), hashlib.sha256).digest()
+def _pin_mac(pin: Secret) -> bytes:
+    return hmac.new(_PIN_MAC_KEY, pin.reveal(), hashlib.sha256).digest()
 
 
 def _load_module(path: str) -> Any:  # a pkcs11.lib
@@ -105,7 +147,7 @@ class Token:
         self.users = 0
         self.aes_mechanism: Mechanism | None = None  # set by the provider once checked
 
-    def open(self, pin: str) -> Session:
+    def open(self, pin: Secret) -> Session:
         """The session, opened and logged in if needed (call with ``lock`` held)."""
         mac = _pin_mac(pin)
         where = f"token {self.label!r}"
@@ -129,7 +171,8 @@ class Token:
                 raise ConfigurationError(f"more than one PKCS#11 token is labelled {self.label!r}") from exc
             session: Session
             try:
-                session = token.open(rw=True, user_pin=pin)
+                # python-pkcs11 takes text: the one place the PIN is a str, and never bound to a name.
+                session = token.open(rw=True, user_pin=str(pin.reveal(), "utf-8"))
             except p.UserAlreadyLoggedIn:
                 # Someone else in this process (outside cmkfs) logged in: the login is shared.
                 session = token.open(rw=True)
