@@ -24,6 +24,7 @@ from cmkfs.providers.local import LocalVaultProvider
 from cmkfs.stream import DecryptingReader, EncryptingWriter, read_header
 from cmkfs.targets import azure as targets_azure
 from cmkfs.targets.azure import AzureBlobSink, AzureBlobSource, blob_metadata, set_blob_metadata
+from tests.markers import needs_pandas_chained_urls
 
 pytestmark = [pytest.mark.azurite, pytest.mark.timeout(120)]
 
@@ -564,6 +565,7 @@ def test_seek_to_end_reads_little(cmkfs, abfs_container):
     assert fetched < 2 * (DEFAULT_SEGMENT_SIZE + TAG_SIZE) + 4096
 
 
+@needs_pandas_chained_urls
 def test_pandas_parquet_round_trip_and_column_subset(azurite, abfs_container, cmk_key, cmkfs):
     np = pytest.importorskip("numpy")
     pd = pytest.importorskip("pandas")

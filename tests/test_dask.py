@@ -19,6 +19,7 @@ distributed = pytest.importorskip("distributed")
 
 from cmkfs.errors import KeyRevokedError  # noqa: E402
 from cmkfs.format import MAGIC  # noqa: E402
+from tests.markers import needs_pandas_chained_urls  # noqa: E402
 
 pytestmark = [pytest.mark.dask, pytest.mark.slow]
 
@@ -92,6 +93,7 @@ def test_partitioned_dataset_round_trip_on_workers(cluster, tmp_path):
     assert size > 0
 
 
+@needs_pandas_chained_urls
 def test_revoked_key_stops_workers_within_the_ttl(cluster, tmp_path):
     key = _create_key("one")
     url = f"cmk::file://{tmp_path}/one.parquet"

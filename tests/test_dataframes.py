@@ -19,6 +19,7 @@ from fsspec.implementations.memory import MemoryFileSystem
 from cmkfs.filesystem import CMKFileSystem
 from cmkfs.format import MAGIC
 from cmkfs.providers.local import LocalVaultProvider
+from tests.markers import needs_pandas_chained_urls
 
 
 class CountingMemoryFileSystem(MemoryFileSystem):
@@ -57,6 +58,7 @@ def frame(rows: int = 1000) -> pd.DataFrame:
     )
 
 
+@needs_pandas_chained_urls
 def test_pandas_parquet_all_columns_and_a_subset(key, memfs):
     df = frame()
     opts = {"cmk": {"key": key}}
@@ -69,6 +71,7 @@ def test_pandas_parquet_all_columns_and_a_subset(key, memfs):
     pd.testing.assert_frame_equal(subset, df[["id", "region"]])
 
 
+@needs_pandas_chained_urls
 def test_pandas_csv(key, memfs, tmp_path):
     df = frame(200)
     opts = {"cmk": {"key": key}}

@@ -25,6 +25,7 @@ from cmkfs.errors import CMKError
 from cmkfs.files import WriteState
 from cmkfs.filesystem import CMKFileSystem, TransactionError
 from cmkfs.providers.local import LocalVaultProvider
+from tests.markers import needs_pandas_chained_urls
 
 PREVIOUS = b"PREVIOUS VERSION"
 
@@ -72,6 +73,7 @@ def to_csv_zstd_missing(url, so):
 FAILING_JOBS = {"to_csv bad compression option": to_csv_bad_option, "to_csv zstd missing": to_csv_zstd_missing}
 
 
+@needs_pandas_chained_urls
 @pytest.mark.parametrize("name", sorted(FAILING_JOBS))
 def test_failed_pandas_write_is_atomic_in_a_transaction(fs, path, key, name, monkeypatch):
     monkeypatch.setitem(sys.modules, "zstandard", None)  # "zstd without zstandard", whatever is installed
