@@ -22,6 +22,7 @@ LAYERS = {
     "keys": 2,
     "providers": 2,
     "keycache": 2,
+    "policy": 2,
     "audit": 2,
     "stream": 3,
     "targets": 4,
