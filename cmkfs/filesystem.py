@@ -30,12 +30,13 @@ from fsspec.spec import make_instance
 from fsspec.utils import isfilelike
 
 from .cache_guard import check_not_cached, install_cache_guard
-from .config import default_key_uri
+from .config import ENV_KEY, default_key_uri
 from .delegation import DUCK_TYPED_HOOKS, META_METHODS, REFUSED_METHODS, ROUTED_METHODS, fail_closed
 from .errors import ConfigurationError, FormatError, UnsupportedOperationError
 from .files import CMKReadFile, CMKTextReader, CMKTextWriter, CMKWriteFile, CompressedFile, PlaintextReader, _drop
 from .format import DEFAULT_SEGMENT_SIZE, MAGIC, ContentClass, check_segment_size, looks_like_cmkfs
 from .keycache import DEFAULT_CACHE_TTL, KeyCache, check_ttl, trusted_vault_hosts
+from .policy import Policy, load_policy, policy_from_dict
 from .sizes import HeaderFacts, not_cmkfs_message
 from .stream import DecryptingReader, RangeSource, reject_append
 from .targets import PARTIAL_MARKER, is_partial_name, open_atomic_sink, open_range_source
@@ -151,13 +152,15 @@ class CMKFileSystem(ChainedFileSystem):  # type: ignore[misc]  # fsspec is untyp
         target_options: dict[str, Any] | None = None,
         fs: Any = None,
         key: str | None = None,
-        cache_ttl: float = DEFAULT_CACHE_TTL,
+        cache_ttl: float | None = None,
         segment_size: int = DEFAULT_SEGMENT_SIZE,
         content_class: ContentClass | str | int | None = None,
         allow_plaintext_read: bool = False,
         threads: int | None = None,
         fsync: bool = True,
         trusted_vaults: Iterable[str] | None = None,
+        policy: dict[str, Any] | None = None,
+        override_policy: bool = False,
         **kwargs: Any,
     ) -> None:
         install_cache_guard()  # refuses to run if this fsspec cannot be guarded
@@ -169,6 +172,18 @@ class CMKFileSystem(ChainedFileSystem):  # type: ignore[misc]  # fsspec is untyp
         if key is not None and (not isinstance(key, str) or not key):
             # Only URIs travel in options: they end up in tokens, pickles and JSON.
             raise ConfigurationError("key must be a key URI string such as 'local://NAME'")
+        if policy is None:
+            self._policy = load_policy()
+            default = os.environ.get(ENV_KEY) or self._policy.default_key
+        else:
+            # A snapshot that travelled with this filesystem (a pickle to a
+            # Dask worker): the same keys there as here, whatever that
+            # machine's own configuration says.
+            self._policy = policy_from_dict(policy)
+            default = self._policy.default_key
+        self.override_policy = bool(override_policy)
+        if cache_ttl is None:
+            cache_ttl = self._policy.cache_ttl if self._policy.cache_ttl is not None else DEFAULT_CACHE_TTL
         self.cache_ttl = check_ttl(cache_ttl)
         try:
             check_segment_size(segment_size)
@@ -181,16 +196,16 @@ class CMKFileSystem(ChainedFileSystem):  # type: ignore[misc]  # fsspec is untyp
         self.threads = threads
         self.allow_plaintext_read = bool(allow_plaintext_read)
         self.fsync = bool(fsync)
-        # Hosts only (plain strings): they travel in tokens and pickles.
-        self.trusted_vaults = tuple(trusted_vault_hosts(trusted_vaults)) if trusted_vaults else ()
+        # Hosts only (plain strings): they travel in tokens and pickles.  The
+        # policy's vaults (and those of its capacities' keys) are trusted too.
+        vaults = list(trusted_vaults or ()) + list(self._policy.trusted_vaults)
+        vaults += [k for k in self._policy_keys() if k.startswith("https://")]
+        self.trusted_vaults = tuple(trusted_vault_hosts(vaults)) if vaults else ()
         _refuse_pin_in_uri(key)
-        if key is None:
-            try:
-                key = default_key_uri()
-            except ConfigurationError:
-                key = None  # read-only until a key is configured; writes say how to set one
-            _refuse_pin_in_uri(key)  # the resolved default travels in pickles too
-        self.key_uri = key
+        _refuse_pin_in_uri(default)  # the resolved default travels in pickles too
+        self._explicit_key = key
+        # None: read-only until a key is configured; writes say how to set one.
+        self.key_uri = key or default
         self.fs = fs if fs is not None else fsspec.filesystem(target_protocol, **(target_options or {}))
         self.target_protocol = (
             target_protocol
@@ -198,7 +213,7 @@ class CMKFileSystem(ChainedFileSystem):  # type: ignore[misc]  # fsspec is untyp
             else (self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0])
         )
         self._key_lock = threading.Lock()
-        self._key_cache: KeyCache | None = None
+        self._key_caches: dict[str | None, KeyCache] = {}
         self._sizes = HeaderFacts(self.fs, allow_plaintext=self.allow_plaintext_read)
 
         strip_cmk = super()._strip_protocol
@@ -216,17 +231,27 @@ class CMKFileSystem(ChainedFileSystem):  # type: ignore[misc]  # fsspec is untyp
 
     def _public_options(self) -> dict[str, Any]:
         opts = dict(self.storage_options)
-        if opts.get("key") is None and self.key_uri:
-            opts["key"] = self.key_uri  # the resolved default travels, so workers use the same key
+        if opts.get("policy") is None:
+            # The policy travels (key URIs and names only), so a worker writes
+            # each path under the same key as this process would.
+            opts["policy"] = self._policy_snapshot()
         return opts
+
+    def _policy_snapshot(self) -> dict[str, Any]:
+        snapshot = self._policy.to_json()
+        if not self._policy.capacities:
+            del snapshot["capacities"]
+        if self.key_uri and not self._explicit_key:
+            snapshot["default_key"] = self.key_uri  # the default resolved here ($CMKFS_KEY included)
+        return snapshot
 
     def __reduce__(self) -> tuple[Any, ...]:
         return make_instance, (type(self), self.storage_args, self._public_options())
 
     def to_dict(self, *, include_password: bool = True) -> dict[str, Any]:
         out: dict[str, Any] = super().to_dict(include_password=include_password)
-        if out.get("key") is None and self.key_uri:
-            out["key"] = self.key_uri
+        if out.get("policy") is None:
+            out["policy"] = self._policy_snapshot()
         return out
 
     def start_transaction(self) -> CMKTransaction:
@@ -242,14 +267,51 @@ class CMKFileSystem(ChainedFileSystem):  # type: ignore[misc]  # fsspec is untyp
 
     @property
     def keys(self) -> KeyCache:
-        """This instance's key cache, created on first use (never pickled)."""
-        cache = self._key_cache
+        """The key cache of this instance's key, created on first use (never
+        pickled).  It reads files under any key; writes under a capacity's own
+        key go through that key's cache (:meth:`keys_for`)."""
+        return self.keys_for(self.key_uri)
+
+    def keys_for(self, key_uri: str | None) -> KeyCache:
+        """The key cache that writes under ``key_uri`` (one per key, per instance)."""
+        cache = self._key_caches.get(key_uri)
         if cache is None:
             with self._key_lock:
-                if self._key_cache is None:
-                    self._key_cache = KeyCache(self.key_uri, ttl=self.cache_ttl, trusted_vaults=self.trusted_vaults)
-                cache = self._key_cache
+                cache = self._key_caches.get(key_uri)
+                if cache is None:
+                    cache = KeyCache(key_uri, ttl=self.cache_ttl, trusted_vaults=self.trusted_vaults)
+                    self._key_caches[key_uri] = cache
         return cache
+
+    @property
+    def policy(self) -> Policy:
+        """The key policy this instance follows (loaded once, at construction)."""
+        return self._policy
+
+    def _policy_keys(self) -> list[str]:
+        keys = [self._policy.key_for(c) for c in self._policy.capacities.values()]
+        return [k for k in keys if k]
+
+    def key_for_path(self, path: str) -> str | None:
+        """The key a new file at ``path`` is written under: this filesystem's
+        ``key`` if given, else its capacity's key (byok) or the tenant key.  A
+        given key that contradicts the capacity's is refused unless
+        ``override_policy=True``."""
+        if not self._policy.capacities:
+            return self.key_uri
+        url = str(self.fs.unstrip_protocol(path))
+        capacity = self._policy.capacity_for(url)
+        if capacity is None:
+            return self.key_uri
+        wanted = capacity.key if self._policy.mode == "byok" and capacity.key else self.key_uri
+        if not self._explicit_key:
+            return wanted
+        if wanted and self._explicit_key != wanted and not self.override_policy:
+            raise ConfigurationError(
+                f"{path} is in capacity {capacity.name}, whose key is {wanted}, not {self._explicit_key}: "
+                "drop key= to follow the policy, or pass override_policy=True to write under it anyway"
+            )
+        return self._explicit_key
 
     @property
     def fsid(self) -> str:
@@ -389,7 +451,8 @@ class CMKFileSystem(ChainedFileSystem):  # type: ignore[misc]  # fsspec is untyp
     ) -> CMKWriteFile:
         """The one way a writer is made: inside a transaction it is sealed on
         close and handed to the transaction to publish."""
-        if self.key_uri is None:
+        key_uri = self.key_for_path(path)
+        if key_uri is None:
             default_key_uri()  # raises the message that says how to configure a key
         if autocommit is None:
             autocommit = not self._intrans
@@ -400,7 +463,7 @@ class CMKFileSystem(ChainedFileSystem):  # type: ignore[misc]  # fsspec is untyp
             self,
             path,
             sink,
-            self.keys,
+            self.keys_for(key_uri),
             segment_size=self.segment_size,
             content_class=cls,
             threads=self.threads,

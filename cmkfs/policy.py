@@ -21,7 +21,7 @@ from typing import Any
 from .config import CONFIG_FILE, cmkfs_home, load_config
 from .errors import ConfigurationError
 
-__all__ = ["Capacity", "Policy", "load_policy", "MODES", "normalize_url"]
+__all__ = ["Capacity", "Policy", "load_policy", "policy_from_dict", "MODES", "normalize_url"]
 
 MODES = ("cmk", "byok")
 # Capacity names: what a person types on a command line and reads in a report.
@@ -179,8 +179,16 @@ def check_name(name: str) -> str:
 def load_policy(home: str | os.PathLike[str] | None = None) -> Policy:
     """The policy in ``home`` (default ``$CMKFS_HOME``); an empty one if there is no file."""
     where = cmkfs_home(home)
-    data = load_config(where)
+    return policy_from_dict(load_config(where), where)
+
+
+def policy_from_dict(data: Mapping[str, Any], home: str | os.PathLike[str] | None = None) -> Policy:
+    """A policy from the contents of a ``config.json`` (or a snapshot that
+    travelled with a filesystem to another process), validated."""
+    where = cmkfs_home(home)
     path = where / CONFIG_FILE
+    if not isinstance(data, Mapping):
+        raise ConfigurationError(f"{path}: a policy is a JSON object")
     policy = Policy(home=where, extra={k: v for k, v in data.items() if k not in _KEYS})
     default_key = data.get("default_key")
     if default_key is not None and (not isinstance(default_key, str) or not default_key):

@@ -522,7 +522,7 @@ def test_pickle_json_repr_carry_the_key_uri_only(fs, root):
     assert json.loads(text)["key"] == fs.key_uri
     assert b"KeyCache" not in blob and b"DataKey" not in blob
     clone = pickle.loads(blob)
-    assert clone.key_uri == fs.key_uri and clone._key_cache is None
+    assert clone.key_uri == fs.key_uri and clone._key_caches == {}
     assert clone.cat_file(f"{root}/p") == b"secret payload"
     assert fsspec.AbstractFileSystem.from_json(text).cat_file(f"{root}/p") == b"secret payload"
     with pytest.raises(TypeError):

@@ -88,3 +88,104 @@ def test_bad_policy_is_a_configuration_error_naming_the_file(isolated_cmkfs_home
 def test_normalize_url():
     assert normalize_url("cmk::file:///data/sales/") == "file:///data/sales"
     assert normalize_url("ABFS://container/x") == "abfs://container/x"
+
+
+# -- the filesystem follows the policy --------------------------------------------------
+
+
+def _two_capacities(home, root, mode="byok"):
+    from cmkfs.providers.local import LocalVaultProvider
+
+    vault = LocalVaultProvider()
+    for name in ("tenant", "sales", "hr"):
+        vault.create(name)
+    for folder in ("sales/ws1", "hr/ws", "elsewhere"):
+        (root / folder).mkdir(parents=True)
+    write(
+        home,
+        {
+            "default_key": "local://tenant",
+            "mode": mode,
+            "cache_ttl": 60,
+            "capacities": {
+                "sales": {"url": str(root / "sales"), "key": "local://sales"},
+                "hr": {"url": str(root / "hr"), "key": "local://hr"},
+            },
+        },
+    )
+    return vault
+
+
+def _key_of(path):
+    from cmkfs.stream import BytesSource, read_header
+
+    with open(path, "rb") as f:
+        return read_header(BytesSource(f.read())).key_block.key_uri
+
+
+def test_byok_writes_each_capacity_under_its_key(isolated_cmkfs_home, tmp_path):
+    from cmkfs.filesystem import CMKFileSystem
+
+    _two_capacities(isolated_cmkfs_home, tmp_path)
+    fs = CMKFileSystem(target_protocol="file", skip_instance_cache=True)
+    assert fs.cache_ttl == 60  # from the policy
+    for where in ("sales/ws1/a.parquet", "hr/ws/b.csv", "elsewhere/c.bin"):
+        fs.pipe_file(str(tmp_path / where), b"x")
+    assert _key_of(tmp_path / "sales/ws1/a.parquet") == "local://sales"
+    assert _key_of(tmp_path / "hr/ws/b.csv") == "local://hr"
+    assert _key_of(tmp_path / "elsewhere/c.bin") == "local://tenant"
+
+
+def test_cmk_mode_writes_every_capacity_under_the_tenant_key(isolated_cmkfs_home, tmp_path):
+    from cmkfs.filesystem import CMKFileSystem
+
+    _two_capacities(isolated_cmkfs_home, tmp_path, mode="cmk")
+    fs = CMKFileSystem(target_protocol="file", skip_instance_cache=True)
+    fs.pipe_file(str(tmp_path / "sales/a"), b"x")
+    assert _key_of(tmp_path / "sales/a") == "local://tenant"
+
+
+def test_revoking_one_capacitys_key_leaves_the_other_readable(isolated_cmkfs_home, tmp_path):
+    from cmkfs.errors import KeyRevokedError
+    from cmkfs.filesystem import CMKFileSystem
+
+    vault = _two_capacities(isolated_cmkfs_home, tmp_path)
+    fs = CMKFileSystem(target_protocol="file", skip_instance_cache=True)
+    fs.pipe_file(str(tmp_path / "sales/a"), b"sales data")
+    fs.pipe_file(str(tmp_path / "hr/b"), b"hr data")
+    vault.disable("hr")
+    fresh = CMKFileSystem(target_protocol="file", skip_instance_cache=True)  # nothing cached yet
+    assert fresh.cat_file(str(tmp_path / "sales/a")) == b"sales data"
+    with pytest.raises(KeyRevokedError):
+        fresh.cat_file(str(tmp_path / "hr/b"))
+
+
+def test_an_explicit_key_that_contradicts_the_policy_is_refused(isolated_cmkfs_home, tmp_path):
+    from cmkfs.filesystem import CMKFileSystem
+
+    _two_capacities(isolated_cmkfs_home, tmp_path)
+    fs = CMKFileSystem(target_protocol="file", key="local://tenant", skip_instance_cache=True)
+    with pytest.raises(ConfigurationError, match="capacity sales"):
+        fs.pipe_file(str(tmp_path / "sales/a"), b"x")
+    fs.pipe_file(str(tmp_path / "outside"), b"x")  # no capacity there: the given key
+    forced = CMKFileSystem(target_protocol="file", key="local://tenant", override_policy=True, skip_instance_cache=True)
+    forced.pipe_file(str(tmp_path / "sales/a"), b"x")
+    assert _key_of(tmp_path / "sales/a") == "local://tenant"
+
+
+def test_the_policy_travels_with_a_pickled_filesystem(isolated_cmkfs_home, tmp_path, monkeypatch):
+    """A Dask worker with no configuration of its own writes under the same keys."""
+    import pickle
+
+    from cmkfs.filesystem import CMKFileSystem
+
+    _two_capacities(isolated_cmkfs_home, tmp_path)
+    blob = pickle.dumps(CMKFileSystem(target_protocol="file", skip_instance_cache=True))
+    empty = tmp_path / "worker-home"
+    empty.mkdir()
+    (empty / "vault").symlink_to(isolated_cmkfs_home / "vault")  # same vault, no config.json
+    monkeypatch.setenv("CMKFS_HOME", str(empty))
+    CMKFileSystem.clear_instance_cache()
+    worker = pickle.loads(blob)
+    worker.pipe_file(str(tmp_path / "sales/w"), b"from a worker")
+    assert _key_of(tmp_path / "sales/w") == "local://sales"
