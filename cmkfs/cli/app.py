@@ -10,7 +10,7 @@ import click
 
 from .. import __version__
 from ..errors import CMKError
-from . import demo, keys, rewrap
+from . import capacity, demo, keys, rewrap
 from .output import EXIT_ERROR, CommandError, exit_code_for
 from .state import CliState
 
@@ -51,6 +51,8 @@ def cli(ctx: click.Context, home: Path | None) -> None:
 
 
 cli.add_command(keys.command)
+cli.add_command(capacity.init)
+cli.add_command(capacity.capacity)
 cli.add_command(demo.command)
 cli.add_command(rewrap.command)
 
