@@ -34,6 +34,7 @@ LAYERS = {
     "cache_guard": 5,
     "sizes": 5,
     "rewrap": 5,
+    "admin": 5,
     "cli": 6,
 }
 # Cross-cutting: the fork hook may be imported by anyone and import anything;
