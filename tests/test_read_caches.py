@@ -40,7 +40,7 @@ def clock():
 @pytest.fixture
 def fs(vault, tmp_path, clock):
     fs = CMKFileSystem(target_protocol="file", key="local://reads", segment_size=SEG, skip_instance_cache=True)
-    fs._key_cache = KeyCache("local://reads", ttl=60, clock=clock)  # the same cache, on a clock we move
+    fs._key_caches["local://reads"] = KeyCache("local://reads", ttl=60, clock=clock)  # on a clock we move
     return fs
 
 
