@@ -14,6 +14,8 @@ __all__ = [
     "VaultUnavailableError",
     "ConfigurationError",
     "UnsupportedOperationError",
+    "INTEGRITY_MESSAGE",
+    "integrity_error_at",
 ]
 
 # One text whatever the check that failed: the message tells an attacker nothing.
@@ -37,6 +39,9 @@ class IntegrityError(CMKError):
     Deliberately not an ``OSError``: no generic "retry on I/O error" path may
     swallow evidence of tampering.
     """
+
+    #: The file, where the layer that raised it knew one (see :func:`integrity_error_at`).
+    path: str | None = None
 
     def __init__(self, message: str = INTEGRITY_MESSAGE) -> None:
         super().__init__(message)
@@ -64,3 +69,18 @@ class ConfigurationError(CMKError, ValueError):
 class UnsupportedOperationError(CMKError, NotImplementedError):
     """The operation cannot be done safely on encrypted files (append mode,
     seeking while writing, a filesystem method cmkfs does not delegate)."""
+
+
+def integrity_error_at(path: str, exc: IntegrityError | None = None) -> IntegrityError:
+    """An :class:`IntegrityError` naming the user's ``path`` before the reason.
+
+    For the boundary where the path is known (``raise integrity_error_at(path, exc) from None``): the
+    reason stays the engine's fixed text, so the path is all it adds.  An error that already names a
+    path is returned as it is.
+    """
+    if exc is not None and exc.path is not None:
+        return exc
+    reason = str(exc) if exc is not None and str(exc) else INTEGRITY_MESSAGE
+    named = IntegrityError(f"{path}: {reason}")
+    named.path = path
+    return named

@@ -38,7 +38,7 @@ from typing import Any, NoReturn, Protocol
 from fsspec.caching import MMapCache, caches
 from fsspec.spec import AbstractBufferedFile
 
-from .errors import ConfigurationError, UnsupportedOperationError
+from .errors import ConfigurationError, IntegrityError, UnsupportedOperationError, integrity_error_at
 from .format import DEFAULT_SEGMENT_SIZE, ContentClass
 from .keys import KeySource, register_key_holder
 from .stream import DecryptingReader, EncryptingWriter, RangeSource
@@ -264,7 +264,11 @@ class CMKReadFile(AbstractBufferedFile):  # type: ignore[misc]  # fsspec is unty
         return getattr(self._reader, "content_class", None)
 
     def _fetch_range(self, start: int, end: int) -> bytes:
-        return self._reader.read(start, end - start)
+        try:
+            return self._reader.read(start, end - start)
+        except IntegrityError as exc:
+            # Every read (through any cache) comes here: a dataset reader learns which file failed.
+            raise integrity_error_at(self.path, exc) from None
 
     def confirm_key(self) -> int:
         """Re-confirm the key if its TTL passed (raises if revoked): for

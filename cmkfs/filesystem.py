@@ -32,7 +32,7 @@ from fsspec.utils import isfilelike
 from .cache_guard import check_not_cached, install_cache_guard
 from .config import ENV_KEY, default_key_uri
 from .delegation import DUCK_TYPED_HOOKS, META_METHODS, REFUSED_METHODS, ROUTED_METHODS, fail_closed
-from .errors import ConfigurationError, FormatError, UnsupportedOperationError
+from .errors import ConfigurationError, FormatError, IntegrityError, UnsupportedOperationError, integrity_error_at
 from .files import CMKReadFile, CMKTextReader, CMKTextWriter, CMKWriteFile, CompressedFile, PlaintextReader, _drop
 from .format import DEFAULT_SEGMENT_SIZE, MAGIC, ContentClass, check_segment_size, looks_like_cmkfs
 from .keycache import DEFAULT_CACHE_TTL, KeyCache, check_ttl, trusted_vault_hosts
@@ -486,6 +486,8 @@ class CMKFileSystem(ChainedFileSystem):  # type: ignore[misc]  # fsspec is untyp
                 if looks_like_cmkfs(head):
                     raise
                 raise FormatError(not_cmkfs_message(path)) from None
+            except IntegrityError as exc:
+                raise integrity_error_at(path, exc) from None  # the fixed reason, and which file
         except BaseException:
             source.close()
             raise
@@ -500,6 +502,8 @@ class CMKFileSystem(ChainedFileSystem):  # type: ignore[misc]  # fsspec is untyp
             start = 0 if start is None else (max(0, size + start) if start < 0 else start)
             end = size if end is None else (max(0, size + end) if end < 0 else min(end, size))
             return reader.read(start, end - start) if end > start else b""
+        except IntegrityError as exc:
+            raise integrity_error_at(path, exc) from None
         finally:
             reader.close()
             source.close()
@@ -572,6 +576,8 @@ class CMKFileSystem(ChainedFileSystem):  # type: ignore[misc]  # fsspec is untyp
                 except FileNotFoundError:
                     pass
                 raise
+        except IntegrityError as exc:
+            raise integrity_error_at(rpath, exc) from None
         finally:
             reader.close()
             source.close()
@@ -608,10 +614,11 @@ class CMKFileSystem(ChainedFileSystem):  # type: ignore[misc]  # fsspec is untyp
     def rewrap(
         self, path: str, key: str | None = None, recursive: bool = False, dry_run: bool = False
     ) -> RewrapResult | list[RewrapResult]:
-        """Re-wrap the data key of ``path`` under ``key`` (default: this
-        filesystem's key) without re-encrypting it; see :mod:`cmkfs.rewrap`.
-        Returns a :class:`~cmkfs.rewrap.RewrapResult`, or with ``recursive``
-        a list of them (failed files carry ``error``)."""
+        """Re-wrap the data key of ``path`` without re-encrypting it; see :mod:`cmkfs.rewrap`.
+        Without ``key`` each file moves to the current version of the key it
+        already names (never to this filesystem's key); ``key`` moves it to
+        that key.  Returns a :class:`~cmkfs.rewrap.RewrapResult`, or with
+        ``recursive`` a list of them (failed files carry ``error``)."""
         from .rewrap import rewrap_file, rewrap_tree
 
         if recursive:

@@ -237,3 +237,66 @@ def test_vault_text_is_escaped_on_the_terminal(run, isolated_cmkfs_home):
     shown = run("keys", "show", "k").stdout
     assert "2026-01-05\\x1b]0;pwned\\x07" in shown and "2026\\x1b[2J" in shown and "\\u202eevil" in shown
     assert json.loads(run("keys", "show", "k", "--json").stdout)["created"] == meta["created"]  # JSON stays exact
+
+
+# -- messages users meet ---------------------------------------------------------------
+
+
+def test_a_missing_home_is_an_error_naming_it(run, isolated_cmkfs_home, tmp_path):
+    missing = tmp_path / "nonexistent"
+    for args in (("keys", "list"), ("keys", "list", "--json"), ("keys", "show", "k"), ("keys", "rotate", "k")):
+        result = run("--home", str(missing), *args)
+        assert result.exit_code == 7, (args, result.output)
+        assert str(missing) in result.stderr and "does not exist" in result.stderr and result.stdout == ""
+        assert result.stderr.count("\n") == 1
+    assert not missing.exists()  # looking did not create it
+    rewrap = run("--home", str(missing), "rewrap", str(tmp_path), "-r")
+    assert rewrap.exit_code == 7 and str(missing) in rewrap.stderr
+    assert run("--home", str(missing), "keys", "create", "k").exit_code == 0  # create makes the home
+    assert run("--home", str(missing), "keys", "list").exit_code == 0
+
+
+def test_show_gives_each_versions_state_under_a_disabled_key(run, isolated_cmkfs_home):
+    run("keys", "create", "k")
+    run("keys", "rotate", "k")
+    run("keys", "destroy", "k", "--version", "1", "--yes")
+    run("keys", "disable", "k")
+    shown = run("keys", "show", "k").stdout
+    versions = [line.split() for line in shown.split("versions:\n", 1)[1].splitlines()]
+    assert [v[:2] for v in versions] == [["1", "destroyed"], ["2", "disabled"]]
+    assert "enabled" not in shown
+    details = json.loads(run("keys", "show", "k", "--json").stdout)
+    assert [(v["version"], v["state"]) for v in details["versions"]] == [("1", "destroyed"), ("2", "disabled")]
+    listed = json.loads(run("keys", "list", "--json").stdout)[0]
+    assert [v["state"] for v in listed["versions"]] == ["destroyed", "disabled"]
+    run("keys", "enable", "k")
+    assert "  2  enabled" in run("keys", "show", "k").stdout
+
+
+def test_no_key_configured_is_told_in_the_cli_form(isolated_cmkfs_home):
+    # The root group's own error mapping, around a command that needs the default key.
+    group = type(cli)(name="cmkfs")
+
+    @group.command("needs-key")
+    def needs_key() -> None:
+        default_key_uri()
+
+    result = CliRunner().invoke(group, ["needs-key"])
+    assert result.exit_code == 7
+    assert "cmkfs keys create NAME --default" in result.stderr and "--key" in result.stderr
+    assert "key='" not in result.stderr and "Traceback" not in result.output
+
+
+def test_the_core_install_names_the_azure_extra(isolated_cmkfs_home, tmp_path):
+    # adlfs made unimportable: what an install without the azure extra sees.
+    code = "import sys; sys.modules['adlfs'] = None; from cmkfs.cli import main; sys.exit(main())"
+    proc = subprocess.run(
+        [sys.executable, "-c", code, "rewrap", "cmk::abfs://container/dir", "-r"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 7, proc.stderr
+    assert "pip install 'cmkfs[azure]'" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stderr.count("\n") == 1

@@ -8,6 +8,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 
@@ -18,7 +20,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from cmkfs import rewrap as rewrap_module
 from cmkfs.cli import cli
-from cmkfs.cli.output import EXIT_FORMAT, EXIT_REVOKED
+from cmkfs.cli.output import EXIT_FORMAT, EXIT_INTEGRITY, EXIT_REVOKED
 from cmkfs.errors import FormatError, IntegrityError, KeyNotFoundError, KeyRevokedError
 from cmkfs.filesystem import CMKFileSystem
 from cmkfs.format import Header
@@ -434,9 +436,9 @@ def test_cli_recursive_json(vault, tmp_path, run):
     vault.rotate("k")
     url = f"cmk::file://{root}"
 
-    dry = run("rewrap", url, "--recursive", "--dry-run", "--key", "local://k")
-    assert dry.exit_code == 0 and "would re-wrap local://k v1 -> v2" in dry.stdout
-    assert "would re-wrap 3, unchanged 0, failed 0" in dry.stdout
+    dry = run("rewrap", url, "--recursive", "--dry-run", "--key", "local://k", "--verbose")
+    assert dry.exit_code == 0 and "would re-wrap local://k v1 -> v2, authenticated" in dry.stdout
+    assert "would re-wrap 3, unchanged 0, failed 0; 3 file(s) unwrapped and authenticated" in dry.stdout
 
     result = run("rewrap", url, "--recursive", "--json", "--key", "local://k")
     assert result.exit_code == 0, result.stderr
@@ -451,7 +453,7 @@ def test_cli_recursive_json(vault, tmp_path, run):
     }
     assert {(r["old_version"], r["new_version"], r["changed"]) for r in doc["files"]} == {("1", "2", True)}
 
-    again = run("rewrap", str(root), "-r", "--key", "local://k")  # a plain path is a local one
+    again = run("rewrap", str(root), "-r", "--key", "local://k", "-v")  # a plain path is a local one
     assert again.exit_code == 0 and "unchanged 3" in again.stdout and "unchanged (local://k v2)" in again.stdout
 
     not_dir = run("rewrap", url, "--key", "local://k")
@@ -500,3 +502,192 @@ def test_cli_subprocess(vault, tmp_path, isolated_cmkfs_home):
     assert doc["summary"]["rewrapped"] == 2 and {r["new_version"] for r in doc["files"]} == {"2"}
     vault.destroy("k", version="1")
     assert all(new_fs().cat_file(p) == plain for p, plain in files.items())
+
+
+# -- which key: the file's own, unless --key says otherwise -----------------------------------
+
+
+def _key_of(path) -> tuple[str, str]:
+    block = split(raw(path))[0].key_block
+    return block.key_uri, block.key_version
+
+
+def test_cli_rewrap_keeps_each_file_with_its_own_key(vault, tmp_path, run, isolated_cmkfs_home):
+    # The recipe after `cmkfs keys rotate bulk`: files under bulk move to bulk's new version, never to the
+    # default key (sales), and the output is a summary, not one line per file.
+    vault.create("sales")
+    vault.set_default("sales")
+    vault.create("bulk")
+    root = tmp_path / "store"
+    bulk = write_files(new_fs(key="local://bulk"), str(root / "bulk"), [0, 10, SEG + 1])
+    sales = write_files(new_fs(key="local://sales"), str(root / "sales"), [5])
+    vault.rotate("bulk")
+
+    result = run("rewrap", str(root), "-r")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "re-wrapped 3, unchanged 1, failed 0\n"
+    assert {_key_of(p) for p in bulk} == {("local://bulk", "2")}
+    assert {_key_of(p) for p in sales} == {("local://sales", "1")}
+    for path, plain in {**bulk, **sales}.items():
+        assert new_fs().cat_file(path) == plain
+
+    vault.rotate("sales")
+    verbose = run("rewrap", str(root), "-r", "-v")
+    assert verbose.exit_code == 0 and "local://sales v1 -> v2" in verbose.stdout
+    assert verbose.stdout.count("unchanged (local://bulk v2)") == 3
+    doc = json.loads(run("rewrap", str(root), "-r", "--json").stdout)
+    assert [f["path"] for f in doc["files"]] == sorted([*bulk, *sales])
+    assert {f["outcome"] for f in doc["files"]} == {"unchanged"}
+
+    # Another key only when asked, by bare name as in `cmkfs keys`.
+    moved = run("rewrap", str(root / "bulk"), "-r", "--key", "sales")
+    assert moved.exit_code == 0 and moved.stdout.startswith("re-wrapped 3,")
+    assert {_key_of(p) for p in bulk} == {("local://sales", "2")}
+    assert run("rewrap", str(root), "-r", "--key", "nope").exit_code == 3
+
+
+def test_python_rewrap_without_key_uses_the_files_key(vault, tmp_path):
+    vault.create("bulk")
+    path = str(tmp_path / "b.bin")
+    new_fs(key="local://bulk").pipe_file(path, b"bulk data")
+    vault.rotate("bulk")
+    fs = new_fs(key="local://k")  # the filesystem's own key is not where the file goes
+    result = fs.rewrap(path)
+    assert (result.old_key_uri, result.new_key_uri, result.new_version) == ("local://bulk", "local://bulk", "2")
+    assert _key_of(path) == ("local://bulk", "2")
+    assert [r.outcome for r in fs.rewrap(str(tmp_path), recursive=True)] == ["unchanged"]
+
+
+# -- dry run proves every file ------------------------------------------------------------
+
+
+def test_cli_dry_run_authenticates_every_file(vault, tmp_path, run):
+    fs = new_fs()
+    root = tmp_path / "dry"
+    files = write_files(fs, str(root), [10, 3 * SEG + 5])
+    good, big = f"{root}/f10.bin", f"{root}/f{3 * SEG + 5}.bin"
+    before = {p: raw(p) for p in files}
+
+    ok = run("rewrap", str(root), "-r", "--dry-run")
+    assert ok.exit_code == 0 and ok.stdout.startswith("would re-wrap 0, unchanged 2, failed 0;")
+
+    # A vault that cannot unwrap the files: not "unchanged".
+    vault.disable("k")
+    refused = run("rewrap", str(root), "-r", "--dry-run")
+    assert refused.exit_code == EXIT_REVOKED and "failed 2" in refused.stdout
+    assert refused.stderr.count("cmkfs: error:") == 3  # each file, then the summary
+    vault.enable("k")
+
+    # A damaged payload (a middle segment, not the header or the final segment): not "would re-wrap".
+    vault.rotate("k")
+    blob = bytearray(before[big])
+    blob[read_header(BytesSource(bytes(blob))).length + SEG + 100] ^= 1
+    with open(big, "wb") as f:
+        f.write(blob)
+    damaged = run("rewrap", str(root), "-r", "--dry-run", "--json")
+    assert damaged.exit_code == EXIT_INTEGRITY
+    outcome = {f["path"]: f for f in json.loads(damaged.stdout)["files"]}
+    assert outcome[good]["outcome"] == "would_rewrap" and outcome[good]["verified"] is True
+    assert outcome[big]["outcome"] == "failed" and outcome[big]["error"]["type"] == "IntegrityError"
+    assert big in damaged.stderr and "failed authentication" in damaged.stderr
+    assert raw(good) == before[good] and raw(big) == bytes(blob)  # a dry run writes nothing
+
+
+# -- killed part-way: every file readable, the next run finishes ----------------------------
+
+
+@pytest.mark.timeout(120)
+def test_a_killed_rewrap_leaves_files_readable_and_a_second_run_finishes(vault, tmp_path, isolated_cmkfs_home):
+    fs = new_fs()
+    root = tmp_path / "many"
+    files: dict[str, bytes] = {}
+    root.mkdir()
+    for i in range(400):
+        path = f"{root}/part-{i:04d}.bin"
+        files[path] = payload(100 + i, i)
+    for path, plain in files.items():
+        fs.pipe_file(path, plain)
+    vault.rotate("k")
+    env = dict(os.environ, CMKFS_HOME=str(isolated_cmkfs_home))
+    argv = [sys.executable, "-m", "cmkfs", "rewrap", str(root), "-r", "--storage-options", '{"cmk": {"cache_ttl": 0}}']
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        done = 0
+        while done < 20 and proc.poll() is None:
+            done = sum(1 for p in sorted(files)[:40] if _key_of(p)[1] == "2")
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "the walk finished before it could be killed"
+    versions = {p: _key_of(p)[1] for p in files}
+    assert 20 <= sum(v == "2" for v in versions.values()) < len(files)
+    reader = new_fs()
+    for path, plain in files.items():
+        assert reader.cat_file(path) == plain  # old or new form, never torn
+
+    again = subprocess.run([*argv, "--json"], env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    summary = json.loads(again.stdout)["summary"]
+    assert summary["failed"] == 0 and summary["files"] == len(files)
+    assert summary["unchanged"] == sum(v == "2" for v in versions.values())
+    vault.destroy("k", version="1")
+    reader = new_fs()
+    assert all(reader.cat_file(p) == plain for p, plain in files.items())
+    assert sorted(n for n in os.listdir(root) if not is_partial_name(n)) == sorted(os.path.basename(p) for p in files)
+
+
+# -- errors name the user's path ----------------------------------------------------------
+
+
+def test_integrity_errors_name_the_file(vault, tmp_path):
+    fs = new_fs()
+    root = tmp_path / "dataset"
+    write_files(fs, str(root), [10, 3 * SEG + 5])
+    damaged = f"{root}/f{3 * SEG + 5}.bin"
+    blob = bytearray(raw(damaged))
+    blob[read_header(BytesSource(bytes(blob))).length + SEG + 100] ^= 1  # a middle segment
+    with open(damaged, "wb") as f:
+        f.write(blob)
+    reader = new_fs()
+    for read in (
+        lambda: reader.cat_file(damaged),
+        lambda: reader.open(damaged, "rb").read(),
+        lambda: reader.get_file(damaged, str(tmp_path / "out.bin")),
+    ):
+        with pytest.raises(IntegrityError) as info:
+            read()
+        assert str(info.value).startswith(f"{damaged}: encrypted file failed authentication")
+        assert info.value.path == damaged
+    assert not (tmp_path / "out.bin").exists()
+    head = bytearray(raw(damaged))
+    head[60] ^= 1  # the header: refused at open
+    with open(damaged, "wb") as f:
+        f.write(head)
+    with pytest.raises(IntegrityError, match=f"^{re.escape(damaged)}: encrypted file failed"):
+        new_fs().open(damaged, "rb")
+
+
+def test_write_errors_name_the_path_not_the_temp_file(vault, tmp_path):
+    path = str(tmp_path / "no-such-dir" / "sales.parquet")
+    with pytest.raises(FileNotFoundError) as info:
+        new_fs().pipe_file(path, b"data")
+    assert info.value.filename == path and PARTIAL_MARKER not in str(info.value)
+
+
+def test_a_partitioned_dataset_names_its_damaged_file(vault, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    fs = new_fs()
+    root = tmp_path / "sales"
+    fs.makedirs(str(root), exist_ok=True)
+    for i in range(3):
+        with fs.open(f"{root}/part-{i}.parquet", "wb") as f:
+            pq.write_table(pa.table({"a": list(range(20_000))}), f)
+    damaged = f"{root}/part-1.parquet"
+    blob = bytearray(raw(damaged))
+    blob[len(blob) // 2] ^= 1
+    with open(damaged, "wb") as f:
+        f.write(blob)
+    with pytest.raises(IntegrityError, match=f"^{re.escape(damaged)}: encrypted file failed authentication"):
+        pq.read_table(str(root), filesystem=new_fs())

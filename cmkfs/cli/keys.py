@@ -7,16 +7,20 @@ printed.
 from __future__ import annotations
 
 import os
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from ..config import default_key_uri
+from ..config import cmkfs_home, default_key_uri
 from ..errors import ConfigurationError
 from .output import emit_json, fail, printable
 from .state import CliState, pass_state
 
-__all__ = ["command"]
+if TYPE_CHECKING:
+    from ..providers.local import LocalVaultProvider
+
+__all__ = ["command", "existing_home", "key_uri_option"]
 
 _PASSPHRASE_HELP = "Read the vault passphrase from this environment variable (default: $CMKFS_PASSPHRASE)."
 
@@ -43,6 +47,37 @@ def _name(value: str) -> str:
     if "://" in value or ":" in value:
         raise ConfigurationError("cmkfs keys manages the embedded vault only: use NAME or local://NAME")
     return value
+
+
+def key_uri_option(value: str | None) -> str | None:
+    """A ``--key`` value: a bare ``NAME`` means ``local://NAME``, as everywhere in ``cmkfs keys``."""
+    if value is None or "://" in value or ":" in value:
+        return value  # a key URI (local://, https://, pkcs11:): the provider checks it
+    from ..providers.local import PREFIX
+
+    return PREFIX + value
+
+
+def existing_home(state: CliState) -> Path:
+    """The state directory, which must exist: a mistyped ``--home`` is an error, not an empty vault."""
+    home = cmkfs_home(state.home)
+    if not home.is_dir():
+        raise ConfigurationError(
+            f"{home} does not exist (or is not a directory): no cmkfs vault there; check --home and "
+            f"$CMKFS_HOME, or create a key with `cmkfs --home {home} keys create NAME --default`"
+        )
+    return home
+
+
+def _vault(state: CliState, passphrase: str | None = None) -> LocalVaultProvider:
+    """The embedded vault of an existing state directory (every command but ``create`` needs one)."""
+    existing_home(state)
+    return state.vault(passphrase)
+
+
+def _version_state(key_state: str, version_state: str) -> str:
+    """What a version can do: a disabled or destroyed key disables every version it has."""
+    return key_state if version_state == "enabled" and key_state != "enabled" else version_state
 
 
 def _default_uri(state: CliState) -> str | None:
@@ -94,12 +129,14 @@ def create(state: CliState, name: str, make_default: bool, passphrase_env: str |
 @pass_state
 def list_keys(state: CliState, as_json: bool) -> None:
     """List the keys in the vault (destroyed ones included)."""
-    vault = state.vault()
+    vault = _vault(state)
     default = _default_uri(state)
     rows: list[dict[str, Any]] = []
     for name in vault.list_keys():
         details = vault.details(name)
         details["default"] = details["key_uri"] == default
+        for v in details["versions"]:
+            v["state"] = _version_state(details["state"], v["state"])
         rows.append(details)
     if as_json:
         emit_json(rows)
@@ -125,8 +162,10 @@ def list_keys(state: CliState, as_json: bool) -> None:
 def show(state: CliState, name: str, as_json: bool) -> None:
     """Show a key's state and versions (never its material)."""
     name = _name(name)
-    details = state.vault().details(name)
+    details = _vault(state).details(name)
     details["default"] = details["key_uri"] == _default_uri(state)
+    for v in details["versions"]:
+        v["state"] = _version_state(details["state"], v["state"])
     if as_json:
         emit_json(details)
         return
@@ -153,7 +192,7 @@ def rotate(state: CliState, name: str, passphrase_env: str | None, as_json: bool
     within its cache TTL); older versions keep unwrapping existing files.
     """
     name = _name(name)
-    version = state.vault(passphrase_from_env(passphrase_env)).rotate(name)
+    version = _vault(state, passphrase_from_env(passphrase_env)).rotate(name)
     if as_json:
         emit_json({"key_uri": f"local://{name}", "current_version": version})
     else:
@@ -170,7 +209,7 @@ def disable(state: CliState, name: str) -> None:
     cache TTL (15 minutes by default, never more than one hour).
     """
     name = _name(name)
-    state.vault().disable(name)
+    _vault(state).disable(name)
     _note(f"local://{name} disabled: running processes stop using it within their cache TTL (at most 1 hour)")
 
 
@@ -180,7 +219,7 @@ def disable(state: CliState, name: str) -> None:
 def enable(state: CliState, name: str) -> None:
     """Restore a disabled key."""
     name = _name(name)
-    state.vault().enable(name)
+    _vault(state).enable(name)
     _note(f"local://{name} enabled")
 
 
@@ -195,7 +234,7 @@ def destroy(state: CliState, name: str, version: str | None, yes: bool) -> None:
     Everything the key (or the version) protects becomes unreadable for good.
     """
     name = _name(name)
-    vault = state.vault()
+    vault = _vault(state)
     vault.details(name)  # fail on a missing key before asking
     what = f"version {version} of local://{name}" if version else f"local://{name}"
     if not yes:
@@ -213,4 +252,4 @@ def destroy(state: CliState, name: str, version: str | None, yes: bool) -> None:
 def default(state: CliState, name: str) -> None:
     """Make NAME the default key (written to config.json as "default_key")."""
     name = _name(name)
-    _out(state.vault().set_default(name))
+    _out(_vault(state).set_default(name))

@@ -34,7 +34,9 @@ __all__ = [
     "emit_json",
     "exit_code_for",
     "fail",
+    "message_for",
     "printable",
+    "NO_KEY_ADVICE",
 ]
 
 EXIT_OK = 0
@@ -46,6 +48,13 @@ EXIT_VAULT = 5
 EXIT_INTEGRITY = 6
 EXIT_CONFIG = 7
 EXIT_FORMAT = 8
+
+# The library's "no key configured" says how to pass a key in Python; a command-line user gets the CLI's ways.
+NO_KEY_PREFIX = "no key configured"
+NO_KEY_ADVICE = (
+    "no key configured: pass --key NAME (a key of the embedded vault) or --key KEY_URI, set $CMKFS_KEY, "
+    "or make a key the default with `cmkfs keys create NAME --default` (or `cmkfs keys default NAME`)"
+)
 
 #: Error class -> exit code; the first match wins (the classes are disjoint).
 EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
@@ -75,6 +84,14 @@ def printable(text: str) -> str:
     return "".join(ch if ch.isprintable() and ch != "\\" else ascii(ch)[1:-1] for ch in str(text))
 
 
+def message_for(exc: BaseException) -> str:
+    """What the command line says for a library error (the library's text, in the CLI's terms)."""
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, ConfigurationError) and text.startswith(NO_KEY_PREFIX):
+        return NO_KEY_ADVICE
+    return text
+
+
 class CommandError(click.ClickException):
     """An expected failure: one line on stderr, no traceback, a distinct exit code."""
 
@@ -85,7 +102,11 @@ class CommandError(click.ClickException):
 
     def show(self, file: IO[Any] | None = None) -> None:
         # Messages quote paths and header fields: escape them here, once, for every command.
-        click.echo(f"cmkfs: error: {printable(self.format_message())}", err=True, file=file)
+        message = self.format_message()
+        cause = self.__cause__
+        if cause is not None and message == str(cause):
+            message = message_for(cause)  # a library error passed on as it is: in the CLI's terms
+        click.echo(f"cmkfs: error: {printable(message)}", err=True, file=file)
 
 
 def fail(message: str, exit_code: int = EXIT_ERROR) -> NoReturn:

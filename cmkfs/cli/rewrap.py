@@ -1,21 +1,27 @@
-"""``cmkfs rewrap``: move existing files to a key's current version, or to another key (:mod:`cmkfs.rewrap`).
+"""``cmkfs rewrap``: move existing files to their key's current version, or to another key (:mod:`cmkfs.rewrap`).
 
-Results go to stdout, one line per file and a summary (or one JSON document with ``--json``); per-file errors go
-to stderr.  Paths, key URIs, versions and messages come from storage and headers: every line goes through
-:func:`.output.printable`.  The exit code is 0 when every file was re-wrapped or already current; otherwise the
-code of the failures' error class if they share one, else 1.
+Results go to stdout: a summary of the outcomes (one line per file too with ``--verbose``), or one JSON document
+listing every file with ``--json``; per-file errors go to stderr, one line each; a progress bar goes to stderr when
+it is a terminal.  Paths, key URIs, versions and messages come from storage and headers: every line goes through
+:func:`.output.printable`.  The exit code is 0 when every file was re-wrapped or already current (in a dry run:
+proved readable); otherwise the code of the failures' error class if they share one, else 1.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import click
 
 from ..config import ENV_HOME
 from ..errors import CMKError, ConfigurationError
+from .keys import existing_home, key_uri_option
 from .output import EXIT_ERROR, emit_json, exit_code_for, fail, printable
 from .state import CliState, pass_state
 
@@ -43,7 +49,10 @@ def open_url(url: str, storage_options: StorageOptions | None = None) -> tuple[C
         url = "cmk::file://" + os.path.abspath(url)
     elif not url.startswith(("cmk::", "cmk://")):
         url = "cmk::" + url
-    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    try:
+        fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    except ImportError as exc:  # a backend this install lacks: the message says what to install
+        raise ConfigurationError(f"{url}: {exc}") from exc
     if not isinstance(fs, CMKFileSystem):
         raise ConfigurationError(f"{url} does not lead to a cmk filesystem")
     return fs, str(path)
@@ -71,10 +80,11 @@ def _describe(result: RewrapResult) -> str:
     new = f"v{result.new_version}"
     if result.new_key_uri != result.old_key_uri:
         new = f"{result.new_key_uri} {new}"
+    proved = ", authenticated" if result.verified else ""
     if not result.changed:
-        return f"{result.path}: unchanged ({old})"
+        return f"{result.path}: unchanged ({old}{proved})"
     if result.dry_run:
-        return f"{result.path}: would re-wrap {old} -> {new}"
+        return f"{result.path}: would re-wrap {old} -> {new}{proved}"
     return f"{result.path}: {old} -> {new}"
 
 
@@ -83,13 +93,17 @@ def _describe(result: RewrapResult) -> str:
 @click.option(
     "--key",
     "key",
-    metavar="KEY_URI",
+    metavar="KEY",
     default=None,
-    help="Key to re-wrap under (default: the filesystem's key, i.e. $CMKFS_KEY or the default key). "
-    "Another key than the files' moves them to it.",
+    help="Move the files to this key (NAME for local://NAME, or a key URI).  Default: each file stays with "
+    "the key it names and moves to that key's current version.",
 )
 @click.option("--recursive", "-r", is_flag=True, help="Re-wrap every file under a directory URL.")
-@click.option("--dry-run", is_flag=True, help="Read headers and unwrap the data keys, change nothing.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Change nothing, but unwrap every data key and authenticate every file (reads all of it).",
+)
 @click.option(
     "--storage-options",
     "storage_options",
@@ -98,7 +112,8 @@ def _describe(result: RewrapResult) -> str:
     help='fsspec options keyed by protocol, e.g. \'{"abfs": {"connection_string": "..."}}\' '
     "(prefer environment variables for credentials).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of lines.")
+@click.option("--verbose", "-v", is_flag=True, help="Print one line per file, not only the summary.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document listing every file.")
 @pass_state
 def command(
     state: CliState,
@@ -107,43 +122,51 @@ def command(
     recursive: bool,
     dry_run: bool,
     storage_options: str | None,
+    verbose: bool,
     as_json: bool,
 ) -> None:
     """Re-wrap the data keys of encrypted files without re-encrypting them.
 
     URL is an fsspec URL such as cmk::file:///data/store or
-    cmk::abfs://container/dir, or a local path.  Files already under the
-    key's current version are left untouched.
+    cmk::abfs://container/dir, or a local path.  Each file moves to the
+    current version of the key it already uses; files already there are
+    left untouched.  Only --key moves files to another key.  A killed run
+    leaves every file readable; run it again to finish.
     """
     from ..rewrap import RewrapResult, rewrap_tree
 
     options = _parse_options(storage_options)
     if state.home is not None:
+        existing_home(state)  # a mistyped --home is an error, not "key not found" for every file
         os.environ[ENV_HOME] = str(state.home)  # the vault and default key of --home, for this process
+    key = key_uri_option(key)
     results: list[RewrapResult] = []
+
+    def record(result: RewrapResult) -> None:
+        results.append(result)
+        _report(result, verbose and not as_json)
+
     for url in urls:
         fs, path = open_url(url, options)
         if not recursive and fs.isdir(path):
             exc = IsADirectoryError(f"{path} is a directory; pass --recursive to re-wrap the files under it")
-            results.append(RewrapResult(path, None, None, None, None, False, dry_run=dry_run, error=exc))
-            _report(results[-1], as_json)
+            record(RewrapResult(path, None, None, None, None, False, dry_run=dry_run, error=exc))
             continue
         try:
-            for result in rewrap_tree(fs, path, key=key, dry_run=dry_run):
-                results.append(result)
-                _report(result, as_json)
+            with _progress(url) as progress:
+                for result in rewrap_tree(fs, path, key=key, dry_run=dry_run, progress=progress):
+                    record(result)
         except FileNotFoundError as exc:  # only the URL itself: the walk reports missing files as results
-            results.append(RewrapResult(path, None, None, None, None, False, dry_run=dry_run, error=exc))
-            _report(results[-1], as_json)
+            record(RewrapResult(path, None, None, None, None, False, dry_run=dry_run, error=exc))
 
-    errors = [r.error for r in results if r.error is not None]
-    changed = sum(1 for r in results if r.changed)
-    unchanged = len(results) - changed - len(errors)
+    counts = Counter(r.outcome for r in results)
+    failed = counts["failed"]
+    changed = counts["would_rewrap" if dry_run else "rewrapped"]
     summary = {
         "files": len(results),
         "rewrapped" if not dry_run else "would_rewrap": changed,
-        "unchanged": unchanged,
-        "failed": len(errors),
+        "unchanged": counts["unchanged"],
+        "failed": failed,
         "dry_run": dry_run,
         "bytes_written": sum(r.bytes_written for r in results),
     }
@@ -151,25 +174,50 @@ def command(
         emit_json({"files": [r.to_dict() for r in results], "summary": summary})
     else:
         verb = "would re-wrap" if dry_run else "re-wrapped"
-        click.echo(f"{verb} {changed}, unchanged {unchanged}, failed {len(errors)}")
-    if errors:
-        codes = {_code(e) for e in errors}
-        fail(
-            f"{len(errors)} of {len(results)} file(s) could not be re-wrapped",
-            codes.pop() if len(codes) == 1 else EXIT_ERROR,
-        )
+        proved = f"; {len(results) - failed} file(s) unwrapped and authenticated" if dry_run else ""
+        click.echo(f"{verb} {changed}, unchanged {counts['unchanged']}, failed {failed}{proved}")
+    if failed:
+        codes = {_code(r.error) for r in results if r.error is not None}
+        what = "proved readable" if dry_run else "re-wrapped"
+        fail(f"{failed} of {len(results)} file(s) could not be {what}", codes.pop() if len(codes) == 1 else EXIT_ERROR)
 
 
-def _code(exc: BaseException) -> int:
+@contextmanager
+def _progress(url: str) -> Iterator[Callable[[int, int], None] | None]:
+    """A done/total bar on stderr while the walk runs, only when stderr is a terminal."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as bar:
+        task = bar.add_task(escape(printable(url)), total=None)  # a URL is text, not rich markup
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
+
+
+def _code(exc: BaseException | None) -> int:
     return exit_code_for(exc) if isinstance(exc, CMKError) else EXIT_ERROR
 
 
-def _report(result: RewrapResult, as_json: bool) -> None:
+def _report(result: RewrapResult, verbose: bool) -> None:
     if result.error is not None:
         message = _message(result.error)
         where = "" if result.path in message else f"{result.path}: "
         click.echo(f"cmkfs: error: {printable(where + message)}", err=True)
-    elif not as_json:
+    elif verbose:
         click.echo(printable(_describe(result)))
 
 

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 from fsspec.implementations.dirfs import DirFileSystem
 from fsspec.implementations.local import LocalFileSystem
 from fsspec.implementations.memory import MemoryFileSystem
+from fsspec.registry import known_implementations, register_implementation
 from fsspec.spec import AbstractFileSystem
 
 from ..secret import BytesLike
@@ -60,6 +61,12 @@ METADATA_PREFIX = "cmkfs_"
 LAZY_TARGET_MODULES = {"abfs": "cmkfs.targets.azure", "az": "cmkfs.targets.azure", "abfss": "cmkfs.targets.azure"}
 # dir:: inside dir:: inside ...: followed this deep, no further.
 MAX_DIRFS_DEPTH = 8
+# What a core install says for abfs:// (fsspec's own text names adlfs, not the extra that pins it).
+AZURE_EXTRA_HINT = "Azure Blob Storage (abfs://, az://, abfss://) needs the azure extra: pip install 'cmkfs[azure]'"
+for _name in LAZY_TARGET_MODULES:
+    _entry = known_implementations.get(_name)
+    if _entry is not None and _entry.get("class") == "adlfs.AzureBlobFileSystem":
+        register_implementation(_name, _entry["class"], clobber=True, errtxt=AZURE_EXTRA_HINT)
 
 
 class AtomicSink(Protocol):

@@ -43,7 +43,10 @@ class LocalSink:
         self._tmp = os.path.join(directory, f".{name}{PARTIAL_MARKER}{secrets.token_hex(8)}")
         # O_EXCL: never follow or reuse somebody else's file.  It holds ciphertext
         # only, so a new file gets the permissions a plain open() would give.
-        fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+        try:
+            fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+        except OSError as exc:
+            raise self._named(exc) from None
         self._file = io.FileIO(fd, "wb", closefd=True)
         self._done = False
         if not exclusive:
@@ -56,9 +59,18 @@ class LocalSink:
     def write(self, data: BytesLike) -> int:
         view = memoryview(data)
         total = 0
-        while total < len(view):
-            total += self._file.write(view[total:])
+        try:
+            while total < len(view):
+                total += self._file.write(view[total:])
+        except OSError as exc:
+            raise self._named(exc) from None
         return total
+
+    def _named(self, exc: OSError) -> OSError:
+        """``exc`` about the path the user wrote, not the hidden temp file (which is gone or going)."""
+        if exc.errno is None or exc.filename not in (None, self._tmp):
+            return exc
+        return OSError(exc.errno, exc.strerror, self.path)  # OSError() picks the subclass for the errno
 
     def commit(self) -> None:
         if self._done:
@@ -77,6 +89,9 @@ class LocalSink:
                 os.replace(self._tmp, self.path)
             if self._fsync:
                 _fsync_dir(os.path.dirname(self.path))
+        except OSError as exc:
+            self.discard()
+            raise self._named(exc) from None
         except BaseException:
             self.discard()
             raise
