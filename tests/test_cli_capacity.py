@@ -77,3 +77,17 @@ def test_the_real_entry_point(isolated_cmkfs_home, tmp_path):
         timeout=120,
     )
     assert bad.returncode == 7 and "capacity name" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_unexpected_errors_are_one_line_unless_debug(isolated_cmkfs_home, monkeypatch):
+    import cmkfs.cli.capacity as capacity_cli
+
+    def broken(home=None):
+        raise RuntimeError("something unexpected")
+
+    monkeypatch.setattr(capacity_cli, "load_policy", broken)
+    result = CliRunner().invoke(cli, ["capacity", "list"])
+    assert result.exit_code == 1 and "RuntimeError: something unexpected" in result.stderr
+    assert "--debug" in result.stderr and "Traceback" not in result.stderr
+    debug = CliRunner().invoke(cli, ["--debug", "capacity", "list"])
+    assert isinstance(debug.exception, RuntimeError)  # re-raised: click's runner shows the traceback

@@ -21,13 +21,27 @@ class _Root(click.Group):
     """Maps library errors to messages and exit codes, for every subcommand."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        debug = bool(ctx.params.get("debug"))
         try:
             return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
         except CMKError as exc:
+            if debug:
+                raise
             raise CommandError(str(exc), exit_code_for(exc)) from exc
         except OSError as exc:
             # Storage errors (missing file, permission denied) are expected, not bugs.
+            if debug:
+                raise
             raise CommandError(_os_message(exc), EXIT_ERROR) from exc
+        except Exception as exc:
+            # Anything else is a bug (or a library we call failing its own way):
+            # one line, and the traceback when asked for.
+            if debug:
+                raise
+            message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            raise CommandError(f"{message} (run with --debug for the traceback)", EXIT_ERROR) from exc
 
 
 def _os_message(exc: OSError) -> str:
@@ -43,9 +57,10 @@ def _os_message(exc: OSError) -> str:
     default=None,
     help="State directory holding the embedded key vault and config.json (default: $CMKFS_HOME or ~/.cmkfs).",
 )
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
 @click.version_option(__version__, "--version", prog_name="cmkfs")
 @click.pass_context
-def cli(ctx: click.Context, home: Path | None) -> None:
+def cli(ctx: click.Context, home: Path | None, debug: bool) -> None:
     """cmkfs: customer-managed-key encryption for fsspec filesystems."""
     ctx.obj = CliState(home=home)
 
