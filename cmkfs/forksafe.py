@@ -47,6 +47,7 @@ MODULE_LOCKS = (
     ("cmkfs.providers.base", "_LOCK"),
     ("cmkfs.providers.pkcs11.sessions", "_LIBS_LOCK"),
     ("cmkfs.testing.fake_keyvault", "_POOL_LOCK"),
+    ("cmkfs.azure_preflight", "_lock"),
 )
 # What the child rebuilds, in this order: pools first (nothing below needs
 # them), open handles before key caches (a handle another thread was inside is

@@ -23,6 +23,7 @@ LAYERS = {
     "providers": 2,
     "keycache": 2,
     "policy": 2,
+    "azure_preflight": 2,
     "audit": 2,
     "stream": 3,
     "targets": 4,

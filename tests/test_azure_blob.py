@@ -13,11 +13,12 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
 from cmkfs import targets
-from cmkfs.errors import IntegrityError
+from cmkfs.errors import ConfigurationError, IntegrityError
 from cmkfs.format import DEFAULT_SEGMENT_SIZE, TAG_SIZE, ContentClass
 from cmkfs.keycache import KeyCache
 from cmkfs.providers.local import LocalVaultProvider
@@ -609,3 +610,76 @@ def test_concurrent_writers_never_mix(abfs, abfs_container, keys):
     encrypt_to(later, keys, slow_data)
     later.commit()  # writers that do not overlap: the last one wins
     assert decrypt_from(abfs, path, keys) == slow_data
+
+
+# -- failing fast: the preflight before the first storage request --------------------------------
+
+from tests.azure_isolation import closed_port, no_azure_credentials  # noqa: E402,F401 - closed_port; a fixture
+
+
+def _account_fs(azurite, port=None, **options):
+    from adlfs import AzureBlobFileSystem
+
+    host = f"127.0.0.1:{port or azurite.port}"
+    return AzureBlobFileSystem(
+        account_name=azurite.account_name, account_host=host, skip_instance_cache=True, **options
+    )
+
+
+@pytest.mark.usefixtures("no_azure_credentials")
+def test_no_credential_fails_within_seconds_in_one_line(azurite, abfs_container):
+    fs = _account_fs(azurite)  # an account name and nothing to sign in with: DefaultAzureCredential
+    start = time.monotonic()
+    with pytest.raises(ConfigurationError) as info:
+        targets.open_range_source(fs, f"{abfs_container}/data.bin")
+    assert time.monotonic() - start < 10
+    message = str(info.value)
+    assert "\n" not in message and "Azure Storage account devstoreaccount1" in message
+    assert "az login" in message and "AZURE_CLIENT_ID" in message
+
+
+@pytest.mark.usefixtures("no_azure_credentials")
+def test_no_credential_fails_fast_for_writers_too(azurite, abfs_container):
+    fs = _account_fs(azurite)
+    start = time.monotonic()
+    with pytest.raises(ConfigurationError, match="could not get an Azure access token"):
+        targets.open_atomic_sink(fs, f"{abfs_container}/data.bin")
+    assert time.monotonic() - start < 10
+
+
+@pytest.mark.usefixtures("no_azure_credentials")
+def test_unreachable_account_fails_within_seconds(azurite):
+    from adlfs import AzureBlobFileSystem
+
+    elsewhere = azurite.connection_string.replace(f":{azurite.port}/", f":{closed_port()}/")
+    fs = AzureBlobFileSystem(connection_string=elsewhere, skip_instance_cache=True)
+    start = time.monotonic()
+    with pytest.raises(ConnectionError, match="cannot reach Azure Storage account devstoreaccount1") as info:
+        targets.open_range_source(fs, "container/data.bin")
+    assert time.monotonic() - start < 10
+    assert info.value.filename == "container/data.bin"
+
+
+@pytest.mark.usefixtures("no_azure_credentials")
+def test_wrong_account_key_is_a_configuration_error(azurite, abfs_container):
+    from adlfs import AzureBlobFileSystem
+
+    wrong = azurite.connection_string.replace(azurite.account_key, "d3Jvbmcga2V5" * 8)
+    fs = AzureBlobFileSystem(connection_string=wrong, skip_instance_cache=True)
+    with pytest.raises(ConfigurationError, match="refused the credentials"):
+        targets.open_range_source(fs, f"{abfs_container}/data.bin")
+
+
+@pytest.mark.usefixtures("no_azure_credentials")
+def test_no_account_at_all_says_how_to_name_one():
+    with pytest.raises(ConfigurationError, match="set AZURE_STORAGE_ACCOUNT_NAME or pass abfs="):
+        targets_azure.open_blob_filesystem("abfs")
+
+
+@pytest.mark.usefixtures("no_azure_credentials")
+def test_open_blob_filesystem_with_azurite_works(azurite, abfs_container, keys):
+    fs = targets_azure.open_blob_filesystem("abfs", connection_string=azurite.connection_string)
+    sink = targets.open_atomic_sink(fs, f"{abfs_container}/ok.bin")
+    encrypt_to(sink, keys, b"rows" * 1000)
+    sink.commit()
+    assert decrypt_from(fs, f"{abfs_container}/ok.bin", keys) == b"rows" * 1000

@@ -606,3 +606,163 @@ def test_unparsable_configured_vault_url_is_a_configuration_error(uri):
         parse_key_uri(uri)
     with pytest.raises(ConfigurationError):
         KeyCache(uri)
+
+
+# -- failing fast: the preflight before the first vault call --------------------------------------
+
+from tests.azure_isolation import closed_port, no_azure_credentials  # noqa: E402,F401 - closed_port; a fixture
+
+
+@pytest.mark.usefixtures("no_azure_credentials")
+def test_no_credential_fails_within_seconds_in_one_line(keyvault):
+    keyvault.create_key("sales")
+    # DefaultAzureCredential, with nothing to sign in with: every source fails on this machine.
+    provider = AzureKeyVaultProvider(connection_verify=keyvault.verify, verify_challenge_resource=False)
+    start = time.monotonic()
+    try:
+        with pytest.raises(ConfigurationError) as info:
+            provider.describe(keyvault.key_uri("sales"))
+    finally:
+        provider.close()
+    assert time.monotonic() - start < 10
+    message = str(info.value)
+    assert "\n" not in message
+    assert keyvault.url in message and "az login" in message and "AZURE_CLIENT_ID" in message
+    assert keyvault.operations("sales") == []  # refused before the first real request
+
+
+@pytest.mark.usefixtures("no_azure_credentials")
+@pytest.mark.parametrize("kind", ["cli", "environment", "managed_identity"])
+def test_named_credentials_fail_fast_too(keyvault, kind):
+    keyvault.create_key("sales")
+    provider = AzureKeyVaultProvider(kind, connection_verify=keyvault.verify, verify_challenge_resource=False)
+    start = time.monotonic()
+    try:
+        with pytest.raises(ConfigurationError, match="could not get an Azure access token"):
+            provider.wrap(keyvault.key_uri("sales"), os.urandom(32))
+    finally:
+        provider.close()
+    assert time.monotonic() - start < 10
+
+
+def test_unknown_credential_name_is_refused():
+    with pytest.raises(ConfigurationError, match="managed_identity"):
+        AzureKeyVaultProvider("magic")
+
+
+@pytest.mark.usefixtures("no_azure_credentials")
+def test_unreachable_vault_is_unavailable_within_seconds():
+    provider = AzureKeyVaultProvider(credential=StaticTokenCredential("x"))
+    uri = f"https://127.0.0.1:{closed_port()}/keys/sales"
+    start = time.monotonic()
+    with pytest.raises(VaultUnavailableError, match="cannot reach Azure Key Vault https://127.0.0.1"):
+        provider.describe(uri)
+    assert time.monotonic() - start < 10
+
+
+# -- provider options from configuration ---------------------------------------------------------
+
+
+@pytest.fixture
+def injected_credential(keyvault):
+    """Serve https:// keys with the fake vault's token: every other option comes from configuration."""
+    from cmkfs.providers.base import register_provider
+
+    seen: list[dict] = []
+
+    def factory(**options):
+        seen.append(options)
+        return AzureKeyVaultProvider(credential=keyvault.credential, **options)
+
+    register_provider("https://", factory)
+    yield seen
+    register_provider("https://", "cmkfs.providers.azure_keyvault:AzureKeyVaultProvider")
+
+
+def test_policy_and_filesystem_options_reach_the_provider(keyvault, injected_credential):
+    from cmkfs.providers.base import configure_providers, provider_factory
+
+    keyvault.create_key("sales")
+    configure_providers({"azure": {"client_options": {"read_timeout": 7}, "min_key_size": 1024}})
+    try:
+        providers = provider_factory(
+            {"azure": {"verify_challenge_resource": False}},
+            policy_azure={"connection_verify": keyvault.verify, "min_key_size": 2048},
+        )
+        info = providers(keyvault.key_uri("sales")).describe(keyvault.key_uri("sales"))
+    finally:
+        configure_providers(None)
+    assert info.enabled
+    assert injected_credential[-1] == {
+        "client_options": {"read_timeout": 7},
+        "min_key_size": 2048,  # the policy's wins over the process default
+        "connection_verify": keyvault.verify,
+        "verify_challenge_resource": False,  # the filesystem's option
+    }
+
+
+def test_without_the_configured_ca_the_vault_is_not_trusted(keyvault, injected_credential):
+    from cmkfs.providers.base import provider_factory
+
+    keyvault.create_key("sales")
+    providers = provider_factory({"azure": {"verify_challenge_resource": False, "client_options": {"x": 1}}})
+    with pytest.raises(VaultUnavailableError):
+        providers(keyvault.key_uri("sales")).describe(keyvault.key_uri("sales"))
+
+
+@pytest.mark.parametrize("bad", [{"azure": {"credential": object()}}, {"azure": "cli"}, {"azure": {"x": [1]}}])
+def test_only_plain_values_travel_in_provider_options(bad):
+    from cmkfs.providers.base import provider_factory
+
+    with pytest.raises(ConfigurationError):
+        provider_factory(bad)
+
+
+# -- key management: rotate, disable, enable, list -----------------------------------------------
+
+
+def test_rotate_creates_a_new_version_in_the_vault(keyvault, provider):
+    first = keyvault.create_key("sales")
+    uri = keyvault.key_uri("sales")
+    block = provider.wrap(uri, b"k" * 32)
+    version = provider.rotate(uri)
+    assert version != first
+    info = provider.describe(uri)
+    assert info.current_version == version and info.versions == (first, version) and info.size_bits == 2048
+    assert provider.wrap(uri, b"k" * 32).key_version == version
+    assert bytes(provider.unwrap(block)) == b"k" * 32  # the old version still unwraps
+
+
+def test_disable_and_enable_every_version_in_the_vault(keyvault, provider):
+    keyvault.create_key("sales")
+    keyvault.rotate("sales")
+    uri = keyvault.key_uri("sales")
+    block = provider.wrap(uri, b"k" * 32)
+    assert len(provider.set_enabled(uri, False)) == 2
+    with pytest.raises(KeyRevokedError):
+        provider.unwrap(block)
+    assert not provider.describe(uri).enabled
+    provider.set_enabled(uri, True)
+    assert bytes(provider.unwrap(block)) == b"k" * 32
+
+
+def test_disable_one_version(keyvault, provider):
+    old = keyvault.create_key("sales")
+    keyvault.rotate("sales")
+    assert provider.set_enabled(keyvault.key_uri("sales", old), False) == (old,)
+    assert provider.describe(keyvault.key_uri("sales")).enabled  # the current version is untouched
+
+
+def test_list_keys(keyvault, provider):
+    keyvault.create_key("sales")
+    keyvault.create_key("hr")
+    assert provider.list_keys(keyvault.url) == [keyvault.key_uri("hr"), keyvault.key_uri("sales")]
+
+
+def test_local_jwks_cannot_be_managed(keyvault):
+    keyvault.create_key("sales")
+    local = AzureKeyVaultProvider.from_jwk(keyvault.private_jwk("sales"))
+    from cmkfs.errors import UnsupportedOperationError
+
+    with pytest.raises(UnsupportedOperationError):
+        local.rotate(keyvault.key_uri("sales"))

@@ -14,6 +14,7 @@ import click
 
 from ..config import cmkfs_home, default_key_uri
 from ..errors import ConfigurationError
+from ..providers.base import KeyProvider, provider_factory, redact_key_uri
 from .output import emit_json, fail, printable
 from .state import CliState, pass_state
 
@@ -161,6 +162,8 @@ def list_keys(state: CliState, as_json: bool) -> None:
 @pass_state
 def show(state: CliState, name: str, as_json: bool) -> None:
     """Show a key's state and versions (never its material)."""
+    if _remote(name):
+        return _remote_show(state, name, as_json)
     name = _name(name)
     details = _vault(state).details(name)
     details["default"] = details["key_uri"] == _default_uri(state)
@@ -191,6 +194,8 @@ def rotate(state: CliState, name: str, passphrase_env: str | None, as_json: bool
     New files use it at once (after each process's cached data key rolls,
     within its cache TTL); older versions keep unwrapping existing files.
     """
+    if _remote(name):
+        return _remote_rotate(state, name, as_json)
     name = _name(name)
     version = _vault(state, passphrase_from_env(passphrase_env)).rotate(name)
     if as_json:
@@ -208,6 +213,8 @@ def disable(state: CliState, name: str) -> None:
     New processes are refused at once; running processes within their key
     cache TTL (15 minutes by default, never more than one hour).
     """
+    if _remote(name):
+        return _remote_set_enabled(state, name, False)
     name = _name(name)
     _vault(state).disable(name)
     _note(f"local://{name} disabled: running processes stop using it within their cache TTL (at most 1 hour)")
@@ -218,6 +225,8 @@ def disable(state: CliState, name: str) -> None:
 @pass_state
 def enable(state: CliState, name: str) -> None:
     """Restore a disabled key."""
+    if _remote(name):
+        return _remote_set_enabled(state, name, True)
     name = _name(name)
     _vault(state).enable(name)
     _note(f"local://{name} enabled")
@@ -253,3 +262,66 @@ def default(state: CliState, name: str) -> None:
     """Make NAME the default key (written to config.json as "default_key")."""
     name = _name(name)
     _out(_vault(state).set_default(name))
+
+
+# -- keys in Azure Key Vault and PKCS#11 tokens (https://..., pkcs11:...) ------------------------
+
+_REMOTE_PREFIXES = ("https://", "pkcs11:")
+
+
+def _remote(value: str) -> bool:
+    return value.startswith(_REMOTE_PREFIXES)
+
+
+def _remote_provider(state: CliState, key_uri: str) -> KeyProvider:
+    """The provider of ``key_uri`` with the policy's provider options (config.json "azure")."""
+    from ..policy import load_policy
+
+    return provider_factory(policy_azure=load_policy(state.home).azure)(key_uri)
+
+
+def _remote_show(state: CliState, key_uri: str, as_json: bool) -> None:
+    info = _remote_provider(state, key_uri).describe(key_uri)
+    details = {
+        "key_uri": redact_key_uri(info.key_uri),
+        "state": "enabled" if info.enabled else "disabled",
+        "current_version": info.current_version,
+        "algorithm": info.algorithm,
+        "size_bits": info.size_bits,
+        "versions": list(info.versions),
+        "warnings": list(info.warnings),
+        "default": info.key_uri == _default_uri(state),
+    }
+    if as_json:
+        emit_json(details)
+        return
+    _out(f"key:             {details['key_uri']}{'  (default)' if details['default'] else ''}")
+    _out(f"state:           {details['state']}")
+    _out(f"current version: {details['current_version'] or '-'}")
+    _out(f"algorithm:       {info.algorithm}" + (f" (RSA-{info.size_bits})" if info.size_bits else ""))
+    _out("versions:")
+    for version in info.versions:
+        _out(f"  {version}")
+    for warning in info.warnings:
+        _note(f"warning: {warning}")
+
+
+def _remote_rotate(state: CliState, key_uri: str, as_json: bool) -> None:
+    provider = _remote_provider(state, key_uri)
+    version = provider.rotate(key_uri)
+    if as_json:
+        emit_json({"key_uri": redact_key_uri(provider.canonical_uri(key_uri)), "current_version": version})
+    else:
+        _out(version)
+
+
+def _remote_set_enabled(state: CliState, key_uri: str, enabled: bool) -> None:
+    versions = _remote_provider(state, key_uri).set_enabled(key_uri, enabled)
+    shown = redact_key_uri(key_uri)
+    if enabled:
+        _note(f"{shown} enabled ({len(versions)} version(s))")
+    else:
+        _note(
+            f"{shown} disabled ({len(versions)} version(s)): running processes stop using it within their "
+            "cache TTL (at most 1 hour)"
+        )

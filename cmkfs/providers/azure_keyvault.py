@@ -21,6 +21,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 from urllib.parse import urlsplit
 
+from ..azure_preflight import CREDENTIAL_KINDS, check_reachable, check_token, make_credential, once
 from ..errors import (
     CMKError,
     ConfigurationError,
@@ -28,6 +29,7 @@ from ..errors import (
     IntegrityError,
     KeyNotFoundError,
     KeyRevokedError,
+    UnsupportedOperationError,
     VaultUnavailableError,
 )
 from ..format import DEK_SIZE, KeyBlock, WrapAlgorithm
@@ -105,12 +107,14 @@ def _sdk() -> _SDK:
     return _SDK(core_exceptions, KeyClient, CryptographyClient, KeyWrapAlgorithm)
 
 
-def _default_credential() -> TokenCredential:
-    try:
-        from azure.identity import DefaultAzureCredential
-    except ImportError as exc:
-        raise ConfigurationError(INSTALL_HINT) from exc
-    return DefaultAzureCredential()
+def _token_scope(vault: str) -> str:
+    """The OAuth scope of ``vault``: ``https://vault.azure.net/.default`` in the public cloud,
+    the Managed HSM or sovereign-cloud equivalent elsewhere (what the SDK's challenge would ask)."""
+    host = urlsplit(vault).hostname or ""
+    _, _, domain = host.partition(".")
+    if domain.startswith(("vault.", "managedhsm.")):
+        return f"https://{domain}/.default"
+    return "https://vault.azure.net/.default"
 
 
 def parse_key_uri(key_uri: str) -> tuple[str, str, str | None]:
@@ -216,9 +220,14 @@ class _LocalKey:
 class AzureKeyVaultProvider(KeyProvider):
     """Wraps data keys with RSA keys held in Azure Key Vault or Managed HSM.
 
-    ``credential`` is any ``azure.core`` token credential; by default a
-    ``DefaultAzureCredential`` (environment, workload/managed identity, Azure
-    CLI, ...) created on first use.  ``connection_verify`` (a CA bundle path)
+    ``credential`` is any ``azure.core`` token credential, or the name of one
+    (``"default"``, ``"cli"``, ``"environment"``, ``"managed_identity"``,
+    ``"workload_identity"``; ``managed_identity_client_id`` picks a user-assigned
+    identity); by default a ``DefaultAzureCredential`` (environment,
+    workload/managed identity, Azure CLI, ...) created on first use.
+    Before the first call to a vault, ``preflight`` (on by default) checks,
+    within a few seconds (``preflight_timeout``), that the vault answers and the
+    credential gives a token, and says in one line what is missing.  ``connection_verify`` (a CA bundle path)
     and ``verify_challenge_resource`` are passed to the SDK clients, as is
     ``client_options`` (e.g. ``{"retry_total": 3, "read_timeout": 10}``).
 
@@ -229,15 +238,30 @@ class AzureKeyVaultProvider(KeyProvider):
 
     def __init__(
         self,
-        credential: TokenCredential | None = None,
+        credential: TokenCredential | str | None = None,
         *,
         connection_verify: str | bool | None = None,
         verify_challenge_resource: bool = True,
         client_options: Mapping[str, Any] | None = None,
         min_key_size: int = MIN_RECOMMENDED_KEY_SIZE,
+        managed_identity_client_id: str | None = None,
+        preflight: bool = True,
+        preflight_timeout: float | None = None,
     ) -> None:
-        self._credential = credential
+        self._credential_kind = "default"
+        if isinstance(credential, str):
+            if credential not in CREDENTIAL_KINDS:
+                raise ConfigurationError(
+                    f"azure credential must be one of {', '.join(CREDENTIAL_KINDS)}, not {credential!r}"
+                )
+            self._credential_kind, credential = credential, None
+        self._credential: TokenCredential | None = credential
         self._own_credential = credential is None
+        self._mi_client_id = managed_identity_client_id
+        self._preflight = bool(preflight)
+        self._preflight_timeout = preflight_timeout
+        if connection_verify is not None and not isinstance(connection_verify, (str, bool)):
+            raise ConfigurationError("connection_verify is true, false or the path of a CA bundle")
         options = dict(DEFAULT_CLIENT_OPTIONS)
         options.update(client_options or {})
         if connection_verify is not None:
@@ -372,6 +396,58 @@ class AzureKeyVaultProvider(KeyProvider):
             warnings=self._warnings(key),
         )
 
+    # -- key management (cmkfs keys) -----------------------------------------------
+
+    def rotate(self, key_uri: str) -> str:
+        """Create a new version of the key in the vault (same type, size and operations as the
+        current one) and return it; it is current at once, and older versions keep unwrapping."""
+        vault, name, version = parse_key_uri(key_uri)
+        if version is not None:
+            raise ConfigurationError("name a key, not a key version, to rotate it")
+        self._refuse_local("rotate")
+        client = self._key_client(vault)
+        current = _sdk_call(lambda: client.get_key(name), "get", vault, name, None)
+        key_type = current.key_type
+        size = _key_size(current.key)
+        ops = current.key_operations
+        created = _sdk_call(
+            lambda: client.create_key(name, key_type, size=size, key_operations=ops), "create", vault, name, None
+        )
+        return created.properties.version or ""
+
+    def set_enabled(self, key_uri: str, enabled: bool) -> tuple[str, ...]:
+        """Enable or disable one version (a versioned URI) or every version of the key; returns the
+        versions changed.  A disabled version refuses wrap and unwrap in the vault itself."""
+        vault, name, version = parse_key_uri(key_uri)
+        self._refuse_local("enable" if enabled else "disable")
+        client = self._key_client(vault)
+        if version is not None:
+            versions = [version]
+        else:
+            listed = _sdk_call(lambda: list(client.list_properties_of_key_versions(name)), "list", vault, name, None)
+            versions = [p.version for p in listed if p.version]
+        for item in versions:
+            _sdk_call(
+                lambda item=item: client.update_key_properties(name, item, enabled=bool(enabled)),  # type: ignore[misc]
+                "update",
+                vault,
+                name,
+                item,
+            )
+        return tuple(versions)
+
+    def list_keys(self, vault_url: str) -> list[str]:
+        """The key URIs in the vault at ``vault_url`` (needs the "list" permission)."""
+        vault, _, _ = parse_key_uri(vault_url.rstrip("/") + "/keys/x")
+        self._refuse_local("list")
+        client = self._key_client(vault)
+        listed = _sdk_call(lambda: list(client.list_properties_of_keys()), "list", vault, "*", None)
+        return sorted(f"{vault}/keys/{p.name}" for p in listed if p.name)
+
+    def _refuse_local(self, operation: str) -> None:
+        if self._local is not None:
+            raise UnsupportedOperationError(f"local JWKs cannot {operation}: manage the key in its vault")
+
     def close(self) -> None:
         with self._lock:
             clients: list[KeyClient | CryptographyClient] = [*self._key_clients.values()]
@@ -450,8 +526,22 @@ class AzureKeyVaultProvider(KeyProvider):
         with self._lock:
             self._forget_parent_clients()
             if self._credential is None:
-                self._credential = _default_credential()
+                self._credential = make_credential(self._credential_kind, managed_identity_client_id=self._mi_client_id)
             return self._credential
+
+    def _check_vault(self, vault: str) -> None:
+        """Once per process per (vault, credential): the vault answers and the credential gives a token."""
+        if not self._preflight:
+            return
+        _sdk()  # a missing extra says what to install before anything touches the network
+        credential = self._credential_for_use()
+        where = f"Azure Key Vault {vault}"
+
+        def check() -> None:
+            check_reachable(vault, where, unreachable=VaultUnavailableError)
+            check_token(credential, _token_scope(vault), where, timeout=self._preflight_timeout)
+
+        once(("keyvault", vault, str(id(credential))), credential, check)
 
     def _key_client(self, vault: str) -> KeyClient:
         with self._lock:
@@ -459,6 +549,7 @@ class AzureKeyVaultProvider(KeyProvider):
             client = self._key_clients.get(vault)
         if client is not None:
             return client
+        self._check_vault(vault)
         client = _sdk().KeyClient(vault, self._credential_for_use(), **self._options)
         with self._lock:
             return self._key_clients.setdefault(vault, client)
@@ -470,6 +561,7 @@ class AzureKeyVaultProvider(KeyProvider):
             client = self._crypto_clients.get(marker)
         if client is not None:
             return client
+        self._check_vault(vault)
         client = _sdk().CryptographyClient(
             f"{vault}/keys/{name}/{version}", self._credential_for_use(), **self._options
         )

@@ -26,16 +26,27 @@ from __future__ import annotations
 import abc
 import importlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import NoReturn, cast
+from typing import Any, NoReturn, cast
 from urllib.parse import unquote, urlsplit
 
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, UnsupportedOperationError
 from ..format import KeyBlock
 from ..secret import BytesLike, Secret
 
-__all__ = ["KeyInfo", "KeyProvider", "register_provider", "provider_for", "split_key_uri", "redact_key_uri"]
+__all__ = [
+    "KeyInfo",
+    "KeyProvider",
+    "register_provider",
+    "provider_for",
+    "split_key_uri",
+    "redact_key_uri",
+    "PROVIDER_KINDS",
+    "configure_providers",
+    "provider_options",
+    "provider_factory",
+]
 
 # Key URI attributes that are secrets (RFC 7512 PIN attributes) or point at them.
 _SECRET_ATTRIBUTES = ("pin-value", "pin-source")
@@ -90,6 +101,17 @@ class KeyProvider(abc.ABC):
     def close(self) -> None:  # noqa: B027 - optional: a provider without sessions has nothing to release
         """Release sessions and connections."""
 
+    # -- key management: optional, for ``cmkfs keys`` ----------------------------
+
+    def rotate(self, key_uri: str) -> str:
+        """Add a new version of the key in its vault, make it current, and return it."""
+        raise UnsupportedOperationError(f"{type(self).__name__} cannot rotate {redact_key_uri(key_uri)}")
+
+    def set_enabled(self, key_uri: str, enabled: bool) -> tuple[str, ...]:
+        """Enable or disable the key (every version) or the URI's version in the vault; returns the versions."""
+        verb = "enable" if enabled else "disable"
+        raise UnsupportedOperationError(f"{type(self).__name__} cannot {verb} {redact_key_uri(key_uri)}")
+
 
 _FACTORIES: dict[str, str | Callable[..., KeyProvider]] = {
     "local://": "cmkfs.providers.local:LocalVaultProvider",
@@ -98,6 +120,9 @@ _FACTORIES: dict[str, str | Callable[..., KeyProvider]] = {
 }
 _INSTANCES: dict[tuple[str, tuple[tuple[str, object], ...]], KeyProvider] = {}
 _LOCK = threading.Lock()
+#: Built-in prefix -> the name its options go under (``{"azure": {...}}``).
+PROVIDER_KINDS = {"local://": "local", "https://": "azure", "pkcs11:": "pkcs11"}
+_CONFIGURED: dict[str, dict[str, Any]] = {}  # kind -> process-wide options (configure_providers)
 
 
 def register_provider(prefix: str, factory: str | Callable[..., KeyProvider]) -> None:
@@ -129,6 +154,69 @@ def _load(factory: str | Callable[..., KeyProvider]) -> Callable[..., KeyProvide
     return cast(Callable[..., KeyProvider], getattr(importlib.import_module(module), name))
 
 
+def _frozen(value: object) -> object:
+    if isinstance(value, Mapping):
+        return tuple(sorted((str(k), _frozen(v)) for k, v in value.items()))
+    if isinstance(value, (list, tuple)):
+        return tuple(_frozen(v) for v in value)
+    return value if isinstance(value, (str, int, float, type(None))) else ("id", id(value))
+
+
+def configure_providers(options: Mapping[str, Mapping[str, Any]] | None) -> None:
+    """Process-wide provider options by kind, e.g. ``{"azure": {"credential": "cli"}}``.
+
+    They apply under the options a filesystem or a policy gives (:func:`provider_options`).
+    Values are strings, booleans, numbers and objects of those; ``None`` clears everything.
+    """
+    from ..azure_preflight import options_of
+
+    checked = {kind: options_of(value, f"key_provider_options.{kind}") for kind, value in (options or {}).items()}
+    with _LOCK:
+        if options is None:
+            _CONFIGURED.clear()
+        _CONFIGURED.update(checked)
+
+
+def provider_options(key_uri: str, *layers: Mapping[str, Mapping[str, Any]] | None) -> dict[str, Any]:
+    """The options for ``key_uri``'s provider: :func:`configure_providers`, then each layer in
+    order (later wins), each keyed by kind (``"azure"``, ``"pkcs11"``, ``"local"``)."""
+    from ..azure_preflight import options_of
+
+    kind = PROVIDER_KINDS.get(_prefix_of(key_uri))
+    if kind is None:
+        return {}
+    with _LOCK:
+        merged = dict(_CONFIGURED.get(kind, {}))
+    for layer in layers:
+        if layer:
+            merged.update(options_of(layer.get(kind), f"key_provider_options.{kind}"))
+    return merged
+
+
+def provider_factory(
+    key_provider_options: Mapping[str, Mapping[str, Any]] | None = None,
+    *,
+    policy_azure: Mapping[str, Any] | None = None,
+) -> Callable[[str], KeyProvider]:
+    """``key URI -> provider`` for a :class:`~cmkfs.keycache.KeyCache` (its ``providers=``).
+
+    Options come from :func:`configure_providers`, then the policy's ``azure`` section
+    (``Policy.azure``), then ``key_provider_options`` (a filesystem's option).  The options are
+    checked here, so a bad value fails when the filesystem is made, not at the first read.
+    """
+    from ..azure_preflight import options_of
+
+    layers = ({"azure": policy_azure} if policy_azure else None, key_provider_options)
+    for layer in layers:
+        for kind, value in (layer or {}).items():
+            options_of(value, f"key_provider_options.{kind}")
+
+    def providers(key_uri: str) -> KeyProvider:
+        return provider_for(key_uri, **provider_options(key_uri, *layers))
+
+    return providers
+
+
 def provider_for(key_uri: str, **options: object) -> KeyProvider:
     """The provider for ``key_uri``, shared per process and per option set.
 
@@ -137,12 +225,7 @@ def provider_for(key_uri: str, **options: object) -> KeyProvider:
     part of the sharing key so two configurations never mix.
     """
     prefix = _prefix_of(key_uri)
-    marker = (
-        prefix,
-        tuple(
-            sorted((k, id(v) if not isinstance(v, (str, int, float, type(None))) else v) for k, v in options.items())
-        ),
-    )
+    marker = (prefix, tuple(sorted((k, _frozen(v)) for k, v in options.items())))
     with _LOCK:
         provider = _INSTANCES.get(marker)
         if provider is None:

@@ -35,6 +35,7 @@ from urllib.parse import quote, unquote
 
 from fsspec.spec import AbstractFileSystem
 
+from ..azure_preflight import STORAGE_ACCOUNT_FIX, check_reachable, check_token, once
 from ..errors import ConfigurationError, FormatError, IntegrityError
 from ..format import MAX_HEADER_SIZE, Header, plaintext_size
 from ..secret import BytesLike
@@ -58,9 +59,15 @@ __all__ = [
     "header_metadata",
     "decode_metadata",
     "blob_client_for",
+    "check_blob_filesystem",
+    "open_blob_filesystem",
 ]
 
 PROTOCOLS = ("abfs", "az", "abfss")
+STORAGE_SCOPE = "https://storage.azure.com/.default"
+PREFLIGHT_REQUEST_TIMEOUT = 5  # seconds for the one authenticated request of the preflight
+# What adlfs reads from the environment when no option names the account.
+_ACCOUNT_ENV = ("AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_ACCOUNT_NAME")
 DEFAULT_BLOCK_SIZE = 4 * 1024 * 1024
 MIN_BLOCK_SIZE = 64 * 1024
 MAX_BLOCK_SIZE = 256 * 1024 * 1024  # the service takes up to 4000 MiB; memory is the real bound
@@ -634,6 +641,104 @@ class AzureBlobSource:
         self.close()
 
 
+# -- failing fast --------------------------------------------------------------
+
+
+def open_blob_filesystem(protocol: str = "abfs", **options: Any) -> AbstractFileSystem:
+    """``fsspec.filesystem(protocol, **options)`` for Azure Blob Storage, checked up front.
+
+    No account named anywhere is a ConfigurationError saying how to name one (adlfs says
+    ``ValueError`` with a traceback); then :func:`check_blob_filesystem`.
+    """
+    import fsspec
+
+    if not (options.get("connection_string") or options.get("account_name")) and not any(
+        os.environ.get(v) for v in _ACCOUNT_ENV
+    ):
+        raise ConfigurationError(f"no Azure Storage account for {protocol}://: {STORAGE_ACCOUNT_FIX}")
+    try:
+        fs = fsspec.filesystem(protocol, **options)
+    except ValueError as exc:
+        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        message = f"cannot use Azure Storage for {protocol}:// ({reason}): {STORAGE_ACCOUNT_FIX}"
+        raise ConfigurationError(message) from exc
+    check_blob_filesystem(fs)
+    return fs
+
+
+def check_blob_filesystem(fs: AbstractFileSystem, path: str | None = None) -> None:
+    """Once per process per (account, credential): the account answers and accepts the credentials.
+
+    Within a few seconds, before the first real request (whose SDK retries would take minutes):
+    the account's host resolves and answers, a token credential gives a token, and one request
+    without retries is not refused.  Raises ConfigurationError (what is missing and how to
+    supply it) or ConnectionError (the account does not answer), naming ``path`` when given.
+    """
+    if not _is_adlfs(fs):
+        return
+    service = _service_for(fs)
+    if service is None:
+        return  # only an asynchronous credential: adlfs' own client reports what it finds
+    credential = getattr(service, "credential", None)
+    name = getattr(fs, "account_name", None) or getattr(service, "account_name", None) or "?"
+    where = f"Azure Storage account {name}"
+    container = None
+    if path:
+        try:
+            container = fs.split_path(path)[0] or None
+        except (ValueError, TypeError):
+            container = None
+
+    def unreachable(message: str) -> Exception:
+        return ConnectionError(ECONNREFUSED, message, path) if path else ConnectionError(ECONNREFUSED, message)
+
+    def check() -> None:
+        check_reachable(service.url, where, unreachable=unreachable)
+        if (
+            credential is not None
+            and callable(getattr(credential, "get_token", None))
+            and not _is_async_credential(credential)
+        ):
+            check_token(credential, STORAGE_SCOPE, where)
+        _check_accepted(service, container, where, unreachable)
+
+    once(("blob", service.primary_endpoint, str(id(credential))), credential, check)
+
+
+def _check_accepted(
+    service: BlobServiceClient, container: str | None, where: str, unreachable: Callable[[str], Exception]
+) -> None:
+    """One request, no retries: is this client let in?  (Not found is fine: that is for the real call.)"""
+    from azure.storage.blob import BlobServiceClient
+
+    sdk = _azure_errors()
+    probe = BlobServiceClient(
+        service.url,
+        credential=service.credential,
+        retry_total=0,
+        connection_timeout=PREFLIGHT_REQUEST_TIMEOUT,
+        read_timeout=PREFLIGHT_REQUEST_TIMEOUT,
+    )
+    try:
+        with probe:
+            if container:
+                probe.get_container_client(container).get_container_properties(timeout=PREFLIGHT_REQUEST_TIMEOUT)
+            else:
+                next(iter(probe.list_containers(results_per_page=1, timeout=PREFLIGHT_REQUEST_TIMEOUT)), None)
+    except sdk.ResourceNotFoundError:
+        return
+    except sdk.HttpResponseError as exc:
+        if isinstance(exc, sdk.ClientAuthenticationError) or exc.status_code in (401, 403):
+            code = getattr(exc, "error_code", None) or exc.status_code or "no token"
+            raise ConfigurationError(
+                f"{where} refused the credentials ({getattr(code, 'value', code)}): check the account key, "
+                "SAS token, or the identity's role on the account (e.g. Storage Blob Data Contributor)"
+            ) from exc
+        # Anything else (a SAS scoped to one container, throttling): the real request decides.
+    except (sdk.ServiceRequestError, sdk.ServiceResponseError) as exc:
+        raise unreachable(f"{where} did not answer within {PREFLIGHT_REQUEST_TIMEOUT} s") from exc
+
+
 # -- registration --------------------------------------------------------------
 
 
@@ -651,6 +756,7 @@ def open_blob_sink(
     """Sink factory for :func:`cmkfs.targets.register_target`."""
     if not _is_adlfs(fs):
         return FsspecSink(fs, path, metadata=metadata, exclusive=exclusive)
+    check_blob_filesystem(fs, path)
     return AzureBlobSink(fs, path, metadata, exclusive=exclusive, **options)
 
 
@@ -658,6 +764,7 @@ def open_blob_source(fs: AbstractFileSystem, path: str, size: int | None = None,
     """Source factory for :func:`cmkfs.targets.register_target`."""
     if not _is_adlfs(fs):
         return CatFileSource(fs, path, size=size)
+    check_blob_filesystem(fs, path)
     return AzureBlobSource(fs, path, size=size, **options)
 
 

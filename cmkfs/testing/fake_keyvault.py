@@ -7,6 +7,9 @@ serves the REST calls cmkfs makes, the way Key Vault answers them:
 * ``GET  /keys/{name}/versions``            the versions' properties
 * ``POST /keys/{name}/{version}/wrapkey``   RSA-OAEP-256 or RSA-OAEP with the key's private half
 * ``POST /keys/{name}/{version}/unwrapkey``
+* ``GET  /keys``                            the keys' properties
+* ``POST /keys/{name}/create``              a new key, or a new version of one (RSA only)
+* ``PATCH /keys/{name}/{version}``          enable or disable a version (``attributes.enabled``)
 
 A request without the expected bearer token gets ``401`` and a ``WWW-Authenticate`` challenge; a
 disabled key ``403`` ("Operation wrapKey is not allowed on a disabled key."); an unknown key or
@@ -399,6 +402,12 @@ class FakeKeyVault:
             if self._failure is not None:
                 return self._failure, _error("ServiceUnavailable", "The service is unavailable."), {}
         parts = [p for p in path.split("/") if p]
+        if method == "GET" and parts == ["keys"]:
+            with self._lock:
+                items = [self._item(k, k.current) | {"kid": f"{self.url}/keys/{k.name}"} for k in self._keys.values()]
+            return 200, {"value": items, "nextLink": None}, {}
+        if len(parts) == 3 and parts[0] == "keys" and method in ("POST", "PATCH"):
+            return self._manage(method, parts[1], parts[2], body)
         if len(parts) < 2 or parts[0] != "keys":
             return 400, _error("BadParameter", "Unsupported request path."), {}
         name, rest = parts[1], parts[2:]
@@ -422,6 +431,35 @@ class FakeKeyVault:
             if not found.enabled and self.strict_disabled_get:
                 return 403, _disabled("get"), {}
             return 200, self._bundle(key, found), {}
+
+    def _manage(self, method: str, name: str, what: str, body: bytes) -> Reply:
+        try:
+            request = json.loads(body or b"{}")
+            if not isinstance(request, dict):
+                raise TypeError
+        except (ValueError, TypeError):
+            return 400, _error("BadParameter", "The request body is invalid."), {}
+        if method == "POST" and what == "create":
+            kty = request.get("kty")
+            if kty not in ("RSA", "RSA-HSM"):
+                return 400, _error("BadParameter", "Only RSA keys can be created here."), {}
+            ops = request.get("key_ops") or RSA_OPS
+            version = self.create_key(name, int(request.get("key_size") or 2048), kty=kty, key_ops=ops)
+        elif method == "PATCH":
+            enabled = (request.get("attributes") or {}).get("enabled")
+            with self._lock:
+                key = self._keys.get(name)
+                found = key.versions.get(what) if key else None
+                if key is None or found is None:
+                    return 404, _key_not_found(f"{name}/{what}"), {}
+                if isinstance(enabled, bool):
+                    found.enabled = enabled
+            version = what
+        else:
+            return 400, _error("BadParameter", "Unsupported request."), {}
+        with self._lock:
+            key = self._keys[name]
+            return 200, self._bundle(key, key.versions[version]), {}
 
     def _crypto(self, key: _Key, version: _Version, op: str, body: bytes) -> Reply:
         operation = "wrapKey" if op == "wrapkey" else "unwrapKey"

@@ -438,16 +438,22 @@ class PKCS11Provider(KeyProvider):
         with token.lock:
             yield token.open(pin)
 
-    def _set_enabled(self, key_uri: str, enabled: bool) -> None:
+    def set_enabled(self, key_uri: str, enabled: bool) -> tuple[str, ...]:
+        """:meth:`enable` or :meth:`disable`; returns the versions changed."""
+        return self._set_enabled(key_uri, enabled)
+
+    def _set_enabled(self, key_uri: str, enabled: bool) -> tuple[str, ...]:
         uri = parse_pkcs11_uri(key_uri)
 
-        def op(tok: Token, session: Session) -> None:
+        def op(tok: Token, session: Session) -> tuple[str, ...]:
             a = pkcs11().Attribute
-            for v in self._find(session, uri, uri.version):
+            found = self._find(session, uri, uri.version)
+            for v in found:
                 v.wrapper[a.WRAP] = enabled
                 v.unwrapper[a.UNWRAP] = enabled
+            return tuple(v.version for v in found)
 
-        self._run(uri, op)
+        return self._run(uri, op)
 
     @staticmethod
     def _generate(session: Session, uri: PKCS11URI, version: str, kind: str, rsa_bits: int) -> None:
