@@ -7,13 +7,20 @@ from ``config.json``'s ``"default_key"``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows: edits are not serialised there
+    fcntl = None  # type: ignore[assignment]
 
 from .errors import ConfigurationError
 
-__all__ = ["cmkfs_home", "default_key_uri", "load_config", "ENV_HOME", "ENV_KEY", "ENV_AUDIT"]
+__all__ = ["config_lock", "cmkfs_home", "default_key_uri", "load_config", "ENV_HOME", "ENV_KEY", "ENV_AUDIT"]
 
 ENV_HOME = "CMKFS_HOME"
 ENV_KEY = "CMKFS_KEY"
@@ -65,3 +72,18 @@ def default_key_uri(home: str | os.PathLike[str] | None = None) -> str:
             f"set ${ENV_KEY}, or create one with `cmkfs keys create NAME --default`"
         )
     return str(uri)
+
+
+@contextlib.contextmanager
+def config_lock(home: str | os.PathLike[str] | None = None) -> Iterator[Path]:
+    """Hold ``$CMKFS_HOME/config.lock`` for a read-modify-write of config.json,
+    so two commands editing the policy at once cannot lose each other's change."""
+    where = cmkfs_home(home)
+    where.mkdir(parents=True, exist_ok=True)
+    fd = os.open(where / "config.lock", os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield where
+    finally:
+        os.close(fd)  # closing releases the lock

@@ -204,6 +204,7 @@ class CMKFileSystem(ChainedFileSystem):  # type: ignore[misc]  # fsspec is untyp
         _refuse_pin_in_uri(key)
         _refuse_pin_in_uri(default)  # the resolved default travels in pickles too
         self._explicit_key = key
+        self._default_key = default
         # None: read-only until a key is configured; writes say how to set one.
         self.key_uri = key or default
         self.fs = fs if fs is not None else fsspec.filesystem(target_protocol, **(target_options or {}))
@@ -303,7 +304,9 @@ class CMKFileSystem(ChainedFileSystem):  # type: ignore[misc]  # fsspec is untyp
         capacity = self._policy.capacity_for(url)
         if capacity is None:
             return self.key_uri
-        wanted = capacity.key if self._policy.mode == "byok" and capacity.key else self.key_uri
+        # What the policy gives this path, whatever key= says: the capacity's
+        # own key (byok) or the tenant key.
+        wanted = capacity.key if self._policy.mode == "byok" and capacity.key else self._default_key
         if not self._explicit_key:
             return wanted
         if wanted and self._explicit_key != wanted and not self.override_policy:

@@ -9,19 +9,20 @@ file a person can read and edit; :func:`load_policy` validates it, and
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import CONFIG_FILE, cmkfs_home, load_config
+from .config import CONFIG_FILE, cmkfs_home, config_lock, load_config
 from .errors import ConfigurationError
 
-__all__ = ["Capacity", "Policy", "load_policy", "policy_from_dict", "MODES", "normalize_url"]
+__all__ = ["Capacity", "Policy", "edit_policy", "load_policy", "policy_from_dict", "MODES", "normalize_url"]
 
 MODES = ("cmk", "byok")
 # Capacity names: what a person types on a command line and reads in a report.
@@ -39,8 +40,14 @@ def normalize_url(url: str) -> str:
     if "://" not in url:
         url = "file://" + os.path.abspath(os.path.expanduser(url))
     protocol, _, path = url.partition("://")
-    path = path.rstrip("/")
-    return f"{protocol.lower()}://{path}"
+    protocol = protocol.lower()
+    if protocol in ("file", "local"):
+        # One spelling per place on disk: symlinks and ".." resolved, so a path
+        # reached another way still finds its capacity (and its key).
+        return "file://" + os.path.realpath(os.path.normpath(path or "/"))
+    if any(part in (".", "..") for part in path.split("/")):
+        raise ConfigurationError(f"{url}: '.' and '..' are not allowed in a storage URL")
+    return f"{protocol}://{path.rstrip('/')}"
 
 
 @dataclass(frozen=True)
@@ -180,6 +187,16 @@ def load_policy(home: str | os.PathLike[str] | None = None) -> Policy:
     """The policy in ``home`` (default ``$CMKFS_HOME``); an empty one if there is no file."""
     where = cmkfs_home(home)
     return policy_from_dict(load_config(where), where)
+
+
+@contextlib.contextmanager
+def edit_policy(home: str | os.PathLike[str] | None = None) -> Iterator[Policy]:
+    """Load, let the caller change, and save the policy, holding the config
+    lock throughout (nothing is saved if the block raises)."""
+    with config_lock(home) as where:
+        policy = load_policy(where)
+        yield policy
+        policy.save()
 
 
 def policy_from_dict(data: Mapping[str, Any], home: str | os.PathLike[str] | None = None) -> Policy:

@@ -91,3 +91,26 @@ def test_unexpected_errors_are_one_line_unless_debug(isolated_cmkfs_home, monkey
     assert "--debug" in result.stderr and "Traceback" not in result.stderr
     debug = CliRunner().invoke(cli, ["--debug", "capacity", "list"])
     assert isinstance(debug.exception, RuntimeError)  # re-raised: click's runner shows the traceback
+
+
+def test_concurrent_edits_lose_nothing(isolated_cmkfs_home, tmp_path):
+    env = {**os.environ, "CMKFS_HOME": str(isolated_cmkfs_home)}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "cmkfs", "capacity", "add", f"c{i}", str(tmp_path / f"c{i}")],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for i in range(12)
+    ]
+    for p in procs:
+        assert p.wait(timeout=120) == 0, p.stderr.read()
+    assert sorted(load_policy().capacities) == sorted(f"c{i}" for i in range(12))
+
+
+def test_list_separates_fields_with_real_tabs(isolated_cmkfs_home, tmp_path):
+    run("init")
+    run("capacity", "add", "sales", str(tmp_path / "sales"))
+    line = run("capacity", "list").stdout.strip()
+    assert line.split("\t") == ["sales", f"file://{tmp_path}/sales", "local://tenant"]

@@ -189,3 +189,43 @@ def test_the_policy_travels_with_a_pickled_filesystem(isolated_cmkfs_home, tmp_p
     worker = pickle.loads(blob)
     worker.pipe_file(str(tmp_path / "sales/w"), b"from a worker")
     assert _key_of(tmp_path / "sales/w") == "local://sales"
+
+
+# -- found in review: other spellings of a path, explicit keys in cmk mode ---------------
+
+
+def test_a_capacity_reached_through_a_symlink_or_dotdot_keeps_its_key(isolated_cmkfs_home, tmp_path):
+    from cmkfs.filesystem import CMKFileSystem
+
+    _two_capacities(isolated_cmkfs_home, tmp_path)
+    (tmp_path / "alias").symlink_to(tmp_path / "sales")
+    fs = CMKFileSystem(target_protocol="file", skip_instance_cache=True)
+    fs.pipe_file(str(tmp_path / "alias" / "ws1" / "a"), b"x")
+    fs.pipe_file(f"{tmp_path}/elsewhere/../sales/ws1/b", b"x")
+    assert _key_of(tmp_path / "sales/ws1/a") == "local://sales"
+    assert _key_of(tmp_path / "sales/ws1/b") == "local://sales"
+
+
+def test_an_explicit_key_is_checked_in_cmk_mode_too(isolated_cmkfs_home, tmp_path):
+    from cmkfs.filesystem import CMKFileSystem
+
+    _two_capacities(isolated_cmkfs_home, tmp_path, mode="cmk")
+    rogue = CMKFileSystem(target_protocol="file", key="local://sales", skip_instance_cache=True)
+    with pytest.raises(ConfigurationError, match="capacity sales"):
+        rogue.pipe_file(str(tmp_path / "sales/ws1/a"), b"x")
+    same = CMKFileSystem(target_protocol="file", key="local://tenant", skip_instance_cache=True)
+    same.pipe_file(str(tmp_path / "sales/ws1/a"), b"x")  # the key the policy gives: fine
+
+
+def test_remote_urls_with_dot_segments_are_refused(isolated_cmkfs_home):
+    with pytest.raises(ConfigurationError, match="not allowed"):
+        normalize_url("abfs://container/other/../sales")
+    write(isolated_cmkfs_home, {"capacities": {"x": {"url": "abfs://c/zz/../c1"}}})
+    with pytest.raises(ConfigurationError):
+        load_policy()
+
+
+def test_local_capacity_urls_are_canonical(tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    assert normalize_url(f"{tmp_path}/link/") == normalize_url(f"file://{tmp_path}/x/../real")

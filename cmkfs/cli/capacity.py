@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from ..errors import ConfigurationError
-from ..policy import MODES, Capacity, Policy, load_policy
+from ..policy import MODES, Capacity, Policy, edit_policy, load_policy
 from .output import emit_json, printable
 from .state import CliState, pass_state
 
@@ -51,22 +51,22 @@ def _note(message: str) -> None:
 @pass_state
 def init(state: CliState, mode: str | None, key: str | None, as_json: bool) -> None:
     """Set up cmkfs here: the embedded vault, a tenant key and the key policy."""
-    policy = load_policy(state.home)
     done: list[str] = []
-    tenant = _key_uri(key) or policy.default_key or f"local://{TENANT_KEY}"
-    if tenant.startswith("local://"):
-        vault = state.vault()
-        name = tenant[len("local://") :]
-        if name not in vault.list_keys():
-            vault.create(name)
-            done.append(f"created key {tenant} in the embedded vault {vault.root}")
-    if policy.default_key != tenant:
-        policy.default_key = tenant
-        done.append(f"tenant key: {tenant}")
-    if mode is not None and policy.mode != mode:
-        policy.mode = mode
-        done.append(f"mode: {mode}")
-    path = policy.save()
+    with edit_policy(state.home) as policy:
+        tenant = _key_uri(key) or policy.default_key or f"local://{TENANT_KEY}"
+        if tenant.startswith("local://"):
+            vault = state.vault()
+            name = tenant[len("local://") :]
+            if name not in vault.list_keys():
+                vault.create(name)
+                done.append(f"created key {tenant} in the embedded vault {vault.root}")
+        if policy.default_key != tenant:
+            policy.default_key = tenant
+            done.append(f"tenant key: {tenant}")
+        if mode is not None and policy.mode != mode:
+            policy.mode = mode
+            done.append(f"mode: {mode}")
+    path = policy.home / "config.json"
     if as_json:
         emit_json({"policy": str(path), **policy.to_json()})
         return
@@ -93,9 +93,8 @@ def capacity() -> None:
 @pass_state
 def add(state: CliState, name: str, url: str, key: str | None, as_json: bool) -> None:
     """Add capacity NAME for the storage root URL."""
-    policy = load_policy(state.home)
-    added = policy.add(name, url, _key_uri(key))
-    policy.save()
+    with edit_policy(state.home) as policy:
+        added = policy.add(name, url, _key_uri(key))
     if as_json:
         emit_json(_describe(policy, added))
     else:
@@ -117,7 +116,7 @@ def list_capacities(state: CliState, as_json: bool) -> None:
     if not rows:
         _note("no capacities yet: cmkfs capacity add NAME URL")
     for row in rows:
-        click.echo(printable(f"{row['name']}\t{row['url']}\t{row['key'] or '-'}"))
+        click.echo("\t".join(printable(str(v)) for v in (row["name"], row["url"], row["key"] or "-")))
 
 
 @capacity.command("show")
@@ -141,12 +140,11 @@ def show(state: CliState, name: str, as_json: bool) -> None:
 @pass_state
 def assign(state: CliState, name: str, key: str) -> None:
     """Give capacity NAME its own KEY for new writes (existing files move with rewrap)."""
-    policy = load_policy(state.home)
     uri = _key_uri(key)
     if uri is None:
         raise ConfigurationError("name a key")
-    assigned = policy.assign(name, uri)
-    policy.save()
+    with edit_policy(state.home) as policy:
+        assigned = policy.assign(name, uri)
     _note(f"capacity {assigned.name}: new files under {policy.key_for(assigned)}")
     if policy.mode == "cmk":
         _note("the policy is in cmk mode: the tenant key still applies (cmkfs init --mode byok to change)")
@@ -158,7 +156,6 @@ def assign(state: CliState, name: str, key: str) -> None:
 @pass_state
 def remove(state: CliState, name: str) -> None:
     """Forget capacity NAME (its files stay as they are)."""
-    policy = load_policy(state.home)
-    removed = policy.remove(name)
-    policy.save()
+    with edit_policy(state.home) as policy:
+        removed = policy.remove(name)
     _note(f"removed capacity {removed.name} ({removed.url}); its files are untouched")

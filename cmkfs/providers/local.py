@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from ..audit import audit_log
-from ..config import CONFIG_FILE, MAX_CONFIG_SIZE, cmkfs_home, load_config
+from ..config import CONFIG_FILE, MAX_CONFIG_SIZE, cmkfs_home, config_lock, load_config
 from ..errors import (
     CMKError,
     ConfigurationError,
@@ -602,12 +602,13 @@ def set_default_key(key_uri: str, home: str | os.PathLike[str] | None = None) ->
     """Record ``key_uri`` as ``"default_key"`` in ``$CMKFS_HOME/config.json`` (atomically)."""
     home = cmkfs_home(home)
     _make_private_dir(home, ours=False)
-    config = load_config(home)
-    config["default_key"] = key_uri
-    data = json.dumps(config, indent=1, sort_keys=True).encode("utf-8")
-    if len(data) > MAX_CONFIG_SIZE:
-        raise ConfigurationError("the configuration file would be too large")
-    _atomic_write(home / CONFIG_FILE, data)
+    with config_lock(home):  # one read-modify-write at a time: the policy lives in the same file
+        config = load_config(home)
+        config["default_key"] = key_uri
+        data = json.dumps(config, indent=1, sort_keys=True).encode("utf-8")
+        if len(data) > MAX_CONFIG_SIZE:
+            raise ConfigurationError("the configuration file would be too large")
+        _atomic_write(home / CONFIG_FILE, data)
     return key_uri
 
 
