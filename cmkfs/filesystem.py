@@ -37,6 +37,7 @@ from .files import CMKReadFile, CMKTextReader, CMKTextWriter, CMKWriteFile, Comp
 from .format import DEFAULT_SEGMENT_SIZE, MAGIC, ContentClass, check_segment_size, looks_like_cmkfs
 from .keycache import DEFAULT_CACHE_TTL, KeyCache, check_ttl, trusted_vault_hosts
 from .policy import Policy, load_policy, policy_from_dict
+from .providers.base import provider_factory
 from .sizes import HeaderFacts, not_cmkfs_message
 from .stream import DecryptingReader, RangeSource, reject_append
 from .targets import PARTIAL_MARKER, is_partial_name, open_atomic_sink, open_range_source
@@ -161,6 +162,7 @@ class CMKFileSystem(ChainedFileSystem):  # type: ignore[misc]  # fsspec is untyp
         trusted_vaults: Iterable[str] | None = None,
         policy: dict[str, Any] | None = None,
         override_policy: bool = False,
+        key_provider_options: dict[str, dict[str, Any]] | None = None,
         **kwargs: Any,
     ) -> None:
         install_cache_guard()  # refuses to run if this fsspec cannot be guarded
@@ -182,6 +184,8 @@ class CMKFileSystem(ChainedFileSystem):  # type: ignore[misc]  # fsspec is untyp
             self._policy = policy_from_dict(policy)
             default = self._policy.default_key
         self.override_policy = bool(override_policy)
+        # Plain values only (they travel in pickles), checked now rather than at the first read.
+        self._providers = provider_factory(key_provider_options, policy_azure=self._policy.azure)
         if cache_ttl is None:
             cache_ttl = self._policy.cache_ttl if self._policy.cache_ttl is not None else DEFAULT_CACHE_TTL
         self.cache_ttl = check_ttl(cache_ttl)
@@ -207,7 +211,18 @@ class CMKFileSystem(ChainedFileSystem):  # type: ignore[misc]  # fsspec is untyp
         self._default_key = default
         # None: read-only until a key is configured; writes say how to set one.
         self.key_uri = key or default
-        self.fs = fs if fs is not None else fsspec.filesystem(target_protocol, **(target_options or {}))
+        if fs is not None:
+            self.fs = fs
+            if _is_azure_protocol(fs.protocol):
+                from .targets.azure import check_blob_filesystem
+
+                check_blob_filesystem(fs)  # no credentials or account: seconds and one line, not minutes
+        elif _is_azure_protocol(target_protocol):
+            from .targets.azure import open_blob_filesystem
+
+            self.fs = open_blob_filesystem(str(target_protocol), **(target_options or {}))
+        else:
+            self.fs = fsspec.filesystem(target_protocol, **(target_options or {}))
         self.target_protocol = (
             target_protocol
             if isinstance(target_protocol, str)
@@ -280,7 +295,9 @@ class CMKFileSystem(ChainedFileSystem):  # type: ignore[misc]  # fsspec is untyp
             with self._key_lock:
                 cache = self._key_caches.get(key_uri)
                 if cache is None:
-                    cache = KeyCache(key_uri, ttl=self.cache_ttl, trusted_vaults=self.trusted_vaults)
+                    cache = KeyCache(
+                        key_uri, ttl=self.cache_ttl, trusted_vaults=self.trusted_vaults, providers=self._providers
+                    )
                     self._key_caches[key_uri] = cache
         return cache
 
@@ -710,6 +727,11 @@ class CMKFileSystem(ChainedFileSystem):  # type: ignore[misc]  # fsspec is untyp
     def invalidate_cache(self, path: str | None = None) -> None:
         self.fs.invalidate_cache(None if path is None else self._strip_protocol(path))
         self._sizes.forget()
+
+
+def _is_azure_protocol(protocol: object) -> bool:
+    names = (protocol,) if isinstance(protocol, str) else tuple(protocol or ())  # type: ignore[arg-type]
+    return any(name in ("abfs", "az", "abfss") for name in names)
 
 
 def _refuse_pin_in_uri(key: str | None) -> None:
