@@ -83,7 +83,7 @@ COPY_CHUNK = 8 * 1024 * 1024
 # Files in flight at once on a remote store (each is a few round trips); local disk goes one by one.
 REMOTE_WORKERS = 8
 #: What can happen to a file, in the order summaries list them.
-OUTCOMES = ("rewrapped", "would_rewrap", "unchanged", "failed")
+OUTCOMES = ("rewrapped", "would_rewrap", "unchanged", "skipped_symlink", "failed")
 # Keys of a target's info dict that change when a file is replaced.
 _IDENTITY_KEYS = (
     "size",
@@ -120,6 +120,7 @@ class RewrapResult:
     dry_run: bool = False
     error: BaseException | None = field(default=None, compare=False)
     verified: bool = False
+    skipped_symlink: bool = False  # a symbolic link: left as it is (its target is re-wrapped where it lives)
 
     @property
     def ok(self) -> bool:
@@ -130,6 +131,8 @@ class RewrapResult:
         """One of :data:`OUTCOMES`."""
         if self.error is not None:
             return "failed"
+        if self.skipped_symlink:
+            return "skipped_symlink"
         if not self.changed:
             return "unchanged"
         return "would_rewrap" if self.dry_run else "rewrapped"
@@ -240,6 +243,9 @@ def rewrap_file(
 def _rewrap(fs: CMKFileSystem, path: str, targets: _Targets, dry_run: bool) -> RewrapResult:
     inner: AbstractFileSystem = fs.fs
     before = _identity(inner, path)
+    if before.get("islink"):
+        # Publishing through the link's name would replace the link with a regular file.
+        return RewrapResult(path, None, None, None, None, changed=False, dry_run=dry_run, skipped_symlink=True)
     source = open_range_source(inner, path)
     dek: Secret | None = None  # the DEK never leaves a Secret: no frame here shows it in an error report
     try:
@@ -424,7 +430,7 @@ def _identity(inner: AbstractFileSystem, path: str) -> dict[str, Any]:
     """What identifies the current version of ``path`` on the target."""
     inner.invalidate_cache(path)
     info: dict[str, Any] = inner.info(path)
-    if info.get("type") not in (None, "file"):
+    if not info.get("islink") and info.get("type") not in (None, "file"):
         raise IsADirectoryError(errno.EISDIR, "not a file", path)
     return info
 

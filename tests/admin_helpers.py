@@ -12,7 +12,7 @@ import fsspec
 from click.testing import CliRunner
 
 from cmkfs.cli import cli
-from cmkfs.format import HEADER_PREFIX_SIZE, Header, header_length_from_prefix
+from cmkfs.format import HEADER_PREFIX_SIZE, MAGIC, Header, header_length_from_prefix
 
 PARTIAL = ".late.bin.cmkfs-partial-0123456789abcdef"
 
@@ -86,6 +86,6 @@ def make_store(run, tmp_path: Path) -> Store:
     (root / "raw" / "plain.csv").write_text("region,amount\nnorth,12\n")
     cmk_fs().pipe_file(str(root / "raw" / "damaged.bin"), os.urandom(5_000))
     flip(root / "raw" / "damaged.bin", 40)  # inside the header: its checksum fails
-    (root / "raw" / PARTIAL).write_bytes(os.urandom(1000))
+    (root / "raw" / PARTIAL).write_bytes(MAGIC + os.urandom(992))  # a killed writer's: the magic, then whatever
     age(root / "raw" / PARTIAL, 3 * 86400)
     return Store(root, root / "finance", root / "raw")

@@ -11,7 +11,7 @@ import pytest
 
 from cmkfs.admin.clean import clean_partials
 from cmkfs.cli.status import parse_duration
-from cmkfs.format import DEFAULT_SEGMENT_SIZE
+from cmkfs.format import DEFAULT_SEGMENT_SIZE, MAGIC
 from tests.admin_helpers import PARTIAL, age, as_json, cli_runner, cmk_fs, make_store
 
 
@@ -31,7 +31,7 @@ def partials(directory) -> list[str]:
 
 def test_clean_removes_only_old_partial_files(run, store):
     young = store.finance / ".young.bin.cmkfs-partial-00000000000000aa"
-    young.write_bytes(b"x" * 10)
+    young.write_bytes(MAGIC + b"x" * 10)  # a writer's temp file starts with the magic
     age(young, 3600)  # an hour: within the default day
     old_plain = store.raw / "plain.csv"
     age(old_plain, 30 * 86400)  # old, but not a partial file: never touched
@@ -102,3 +102,16 @@ def test_clean_in_a_real_process(store):
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["summary"]["removed"] == 1 and partials(store.raw) == []
+
+
+def test_clean_keeps_a_plaintext_file_named_like_a_partial(run, store):
+    named = store.finance / ".ledger.cmkfs-partial-0123456789abcdef"
+    named.write_bytes(b"customer plaintext\n")
+    age(named, 3 * 86400)
+    real = store.finance / ".real.bin.cmkfs-partial-00000000000000bb"
+    real.write_bytes(MAGIC + b"\x01rest")
+    age(real, 3 * 86400)
+    result = run("clean", str(store.finance))
+    assert result.exit_code == 0, result.output
+    assert named.read_bytes() == b"customer plaintext\n"
+    assert not real.exists()

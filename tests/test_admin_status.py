@@ -188,3 +188,12 @@ def test_status_in_a_real_process(store):
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["stores"][0]["total"]["sync"] == "NotInSyncWithWorkspace"
     assert result.stderr == ""  # not a terminal: no progress drawn
+
+
+def test_a_plaintext_file_named_like_a_partial_is_plaintext_not_partial(run, store):
+    named = store.finance / ".ledger.cmkfs-partial-0123456789abcdef"
+    named.write_bytes(b"customer plaintext\n")
+    (report,) = as_json(run("status", "--json"))["stores"]
+    finance = workspaces(report)["finance"]
+    assert finance["plaintext"] == 1 and finance["partial"] == 0 and finance["sync"] == "NotInSyncWithWorkspace"
+    assert str(named) not in {p["path"] for p in report["partial_files"]}

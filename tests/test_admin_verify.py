@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from cmkfs.format import DEFAULT_SEGMENT_SIZE, MAGIC
-from tests.admin_helpers import cli_runner, cmk_fs, flip, header_length, make_store
+from tests.admin_helpers import PARTIAL, cli_runner, cmk_fs, flip, header_length, make_store
 
 
 @pytest.fixture
@@ -145,3 +145,12 @@ def test_verify_in_a_real_process(sound):
     assert result.returncode == 6
     assert "big.bin: integrity failure" in result.stdout
     assert result.stderr == "cmkfs: error: 1 of 3 file(s) failed verification\n"
+
+
+def test_a_plaintext_file_named_like_a_partial_is_verified(run, store):
+    named = store.finance / ".ledger.cmkfs-partial-0123456789abcdef"
+    named.write_bytes(b"customer plaintext\n")
+    result = run("verify", "sales", "--json")
+    files = results(result)
+    assert files[named.name]["outcome"] == "plaintext"
+    assert PARTIAL not in files  # a real temp file (the magic, then ciphertext) is still skipped

@@ -338,3 +338,80 @@ def test_encrypt_and_decrypt_on_azure_blob(run, key, azurite, abfs, abfs_contain
     for path, data in plain.items():
         assert (out / path.split("/sales/", 1)[1]).read_bytes() == data
     assert (out / "ws0" / "already.bin").read_bytes() == b"already"
+
+
+# -- review fixes: links below DEST, symlinked folders, hard links, partial-named files -------------------------
+
+
+@pytest.mark.parametrize("into", ["capacity", "source"])
+def test_decrypt_writes_nothing_through_a_symbolic_link_below_dest(run, encrypted_tree, tmp_path, into):
+    root, _ = encrypted_tree
+    target = tmp_path / "hr"
+    target.mkdir()
+    assert run("capacity", "add", "hr", target).exit_code == EXIT_OK
+    out = tmp_path / "out"
+    out.mkdir()
+    # A folder below DEST named like the source's ws/, leading into a capacity or back onto the source.
+    (out / "ws").symlink_to(target if into == "capacity" else root / "ws")
+    before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+    result = run("decrypt", root, out, "-r", "--force", "--json")
+    assert result.exit_code == EXIT_CONFIG, result.output
+    assert f"{out / 'ws'} is a symbolic link" in result.stderr
+    assert sorted(os.listdir(target)) == []
+    assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
+    refused = {r["path"] for r in json.loads(result.stdout)["files"] if r["error"]}
+    assert refused == {str(root / "ws" / "b.bin"), str(root / "ws" / "deep" / "c.txt")}
+    assert (out / "a.csv").is_file()  # the safe file still went out
+
+
+def test_get_refuses_a_destination_that_is_a_symbolic_link(run, encrypted_tree, tmp_path):
+    root, _ = encrypted_tree
+    out = tmp_path / "out"
+    out.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep")
+    (out / "a.csv").symlink_to(victim)
+    result = run("get", root / "a.csv", out, "--force")
+    assert result.exit_code == EXIT_CONFIG, result.output
+    assert (out / "a.csv").is_symlink() and victim.read_text() == "keep"
+
+
+def test_encrypt_skips_a_symbolic_link_to_a_folder(run, key, tmp_path):
+    root = tmp_path / "data"
+    (root / "ws").mkdir(parents=True)
+    (root / "ws" / "a.csv").write_bytes(b"a\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (root / "ws" / "link").symlink_to(elsewhere)
+    result = run("encrypt", root, "--json")
+    assert result.exit_code == EXIT_OK, result.output
+    summary = json.loads(result.stdout)["summary"]
+    assert summary["skipped_symlink"] == 1 and summary["failed"] == 0 and summary["encrypted"] == 1
+
+
+def test_encrypt_warns_that_other_hard_links_still_hold_plaintext(run, key, tmp_path):
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "h.csv").write_bytes(b"hard\n")
+    outside = tmp_path / "h-link.csv"
+    os.link(root / "h.csv", outside)
+    result = run("encrypt", root, "--json")
+    assert result.exit_code == EXIT_OK, result.output
+    doc = json.loads(result.stdout)
+    assert [f["outcome"] for f in doc["files"]] == ["encrypted_other_links_plaintext"]
+    assert "other hard links" in result.stderr and "h.csv" in result.stderr
+    assert outside.read_bytes() == b"hard\n"  # the warning's point
+    assert key_of(root / "h.csv") == key
+
+
+def test_a_plaintext_file_named_like_a_partial_is_not_hidden_from_encrypt(run, key, tmp_path):
+    root = tmp_path / "data"
+    root.mkdir()
+    named = root / ".ledger.cmkfs-partial-0123456789abcdef"
+    named.write_bytes(b"customer plaintext\n")
+    result = run("encrypt", root, "--json")
+    # Refused, not hidden: once encrypted it could not be told from a killed writer's temp file.
+    assert result.exit_code == EXIT_CONFIG, result.output
+    assert "named like a writer's temp file" in result.stderr
+    assert named.read_bytes() == b"customer plaintext\n"

@@ -447,6 +447,7 @@ def test_cli_recursive_json(vault, tmp_path, run):
         "files": 3,
         "rewrapped": 3,
         "unchanged": 0,
+        "skipped_symlink": 0,
         "failed": 0,
         "dry_run": False,
         "bytes_written": sum(r["bytes_written"] for r in doc["files"]),
@@ -691,3 +692,44 @@ def test_a_partitioned_dataset_names_its_damaged_file(vault, tmp_path):
         f.write(blob)
     with pytest.raises(IntegrityError, match=f"^{re.escape(damaged)}: encrypted file failed authentication"):
         pq.read_table(str(root), filesystem=new_fs())
+
+
+def test_cli_rewrap_skips_symbolic_links(vault, tmp_path, run):
+    fs = new_fs()
+    target = tmp_path / "hr" / "file.bin"
+    target.parent.mkdir()
+    fs.pipe_file(str(target), b"hr data")
+    (tmp_path / "sales").mkdir()
+    link = tmp_path / "sales" / "link.bin"
+    link.symlink_to(target)
+    vault.rotate("k")
+    result = run("rewrap", str(tmp_path / "sales"), "-r", "--json")
+    assert result.exit_code == 0, result.output
+    (entry,) = json.loads(result.stdout)["files"]
+    assert entry["outcome"] == "skipped_symlink" and json.loads(result.stdout)["summary"]["skipped_symlink"] == 1
+    assert link.is_symlink() and _key_of(target) == ("local://k", "1")  # the link and its target as they were
+
+
+def test_cli_rewrap_key_must_be_the_capacitys_unless_overridden(vault, tmp_path, run, isolated_cmkfs_home):
+    from cmkfs.policy import load_policy
+
+    vault.create("sales")
+    vault.create("rogue")
+    root = tmp_path / "sales"
+    root.mkdir()
+    policy = load_policy()
+    policy.mode = "byok"
+    policy.add("sales", str(root), "local://sales")
+    policy.save()
+    path = root / "own.bin"
+    new_fs(key="local://sales").pipe_file(str(path), b"own")
+
+    refused = run("rewrap", str(path), "--key", "rogue")
+    assert refused.exit_code == 7, refused.output
+    assert "cmkfs capacity assign sales local://rogue" in refused.stderr and "--override-policy" in refused.stderr
+    assert _key_of(path) == ("local://sales", "1")
+    assert run("rewrap", str(root), "-r", "--key", "sales").exit_code == 0  # the policy's own key is fine
+
+    forced = run("rewrap", str(path), "--key", "rogue", "--override-policy")
+    assert forced.exit_code == 0, forced.output
+    assert _key_of(path) == ("local://rogue", "1")

@@ -25,8 +25,7 @@ from typing import Any
 
 from fsspec.spec import AbstractFileSystem
 
-from ..targets import is_partial_name
-from .walk import FileEntry, list_files, mtime_of
+from .walk import FileEntry, is_partial_file, list_files, mtime_of
 
 __all__ = ["DEFAULT_GRACE", "CleanResult", "clean_partials"]
 
@@ -72,8 +71,8 @@ def clean_partials(
     if older_than < 0:
         raise ValueError("the grace period cannot be negative")
     for entry in list_files(fs, root):
-        if not is_partial_name(entry.path):
-            continue
+        if not is_partial_file(fs, entry.path, entry.size):
+            continue  # named like a temp file but holding other bytes: someone's file, never removed
         yield _clean_one(fs, entry, older_than, dry_run, now)
 
 
@@ -97,6 +96,8 @@ def _clean_one(
         age = _age(mtime_of(fs.info(entry.path)), now)
         if age is None or age < older_than:
             return CleanResult(entry.path, entry.size, age, "kept")
+        if not is_partial_file(fs, entry.path):
+            return CleanResult(entry.path, entry.size, age, "kept", "no longer a writer's temp file")
         fs.rm_file(entry.path)
     except FileNotFoundError:
         return CleanResult(entry.path, entry.size, age, "gone")

@@ -23,7 +23,9 @@ from __future__ import annotations
 import errno
 import os
 import posixpath
-from collections.abc import Callable, Iterable, Iterator, Mapping
+import secrets
+import stat
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,8 +37,9 @@ from ..errors import CMKError, ConfigurationError
 from ..filesystem import CMKFileSystem
 from ..format import MAGIC, looks_like_cmkfs
 from ..policy import Capacity, Policy, normalize_url
-from ..targets import is_partial_name, kept_metadata
+from ..targets import PARTIAL_MARKER, is_partial_name, kept_metadata
 from ..wipe import wipe
+from .walk import is_partial_file
 
 __all__ = [
     "WORKERS",
@@ -48,6 +51,7 @@ __all__ = [
     "encrypt_file",
     "encrypt_files",
     "check_export_destination",
+    "export_roots",
     "plan_transfer",
     "export_files",
     "copy_files",
@@ -65,6 +69,8 @@ _SAME_STORE = {"az": "abfs", "abfss": "abfs", "local": "file"}
 
 # Outcomes of one file.
 ENCRYPTED = "encrypted"
+# Encrypted, but the file had other hard links: those names still hold the plaintext.
+ENCRYPTED_LINKED = "encrypted_other_links_plaintext"
 WOULD_ENCRYPT = "would_encrypt"
 ALREADY_ENCRYPTED = "already_encrypted"
 CHANGED = "changed"
@@ -109,6 +115,11 @@ class FileResult:
         """One line naming the user's path, never a temp name."""
         if self.outcome == CHANGED:
             return f"{self.path}: changed while it was being encrypted; left as it was (run again)"
+        if self.outcome == ENCRYPTED_LINKED:
+            return (
+                f"{self.path}: encrypted, but the file had other hard links and those names still hold "
+                "the plaintext: find and remove them"
+            )
         if self.error is None:
             return f"{self.path}: {self.outcome}"
         exc = self.error
@@ -179,7 +190,8 @@ def files_under(loc: Location, *, recursive: bool = True) -> list[str]:
         return [loc.path]
     if not recursive:
         raise IsADirectoryError(errno.EISDIR, "is a directory (pass --recursive)", loc.given)
-    return sorted(n for n in inner.find(loc.path) if not is_partial_name(n))
+    # A writer's temp file is skipped; a file only named like one is converted like any other.
+    return sorted(n for n in inner.find(loc.path) if not is_partial_file(inner, n))
 
 
 def _run(
@@ -227,14 +239,20 @@ def encrypt_file(fs: CMKFileSystem, path: str, *, dry_run: bool = False) -> File
     """
     inner: AbstractFileSystem = fs.fs
     before = _identity(inner, path)
+    if before.get("islink"):
+        return FileResult(path, SKIPPED_LINK)  # replacing the link would replace it with a file (or fail, a folder)
     if before.get("type") not in (None, "file"):
         raise IsADirectoryError(errno.EISDIR, "not a file", path)
-    if before.get("islink"):
-        return FileResult(path, SKIPPED_LINK)  # replacing the link would replace it with a file
     size = int(before.get("size") or 0)
     head = bytes(inner.cat_file(path, 0, len(MAGIC))) if size else b""
     if looks_like_cmkfs(head):
         return FileResult(path, ALREADY_ENCRYPTED, size)
+    if is_partial_name(path):
+        # Encrypted, it would look exactly like a killed writer's temp file: hidden, and removed by clean.
+        raise ConfigurationError(
+            f"{path}: plaintext named like a writer's temp file (.NAME{PARTIAL_MARKER}...); "
+            "rename it, then run encrypt again"
+        )
     if dry_run:
         return FileResult(path, WOULD_ENCRYPT, size)
     buf = bytearray(max(1, min(size, COPY_CHUNK)))
@@ -256,6 +274,9 @@ def encrypt_file(fs: CMKFileSystem, path: str, *, dry_run: bool = False) -> File
     finally:
         view.release()
         wipe(buf)  # the plaintext staging buffer does not linger
+    if int(before.get("nlink") or 1) > 1:
+        # The rename gave this name a new inode; the file's other names still point at the plaintext.
+        return FileResult(path, ENCRYPTED_LINKED, size)
     return FileResult(path, ENCRYPTED, size)
 
 
@@ -300,20 +321,86 @@ def check_export_destination(src: Location, dest: str, policy: Policy) -> str:
         raise UnsafeDestinationError(f"{dest}: decrypted files are written to local paths only")
     local = dest[len("file://") :] if dest.lower().startswith("file://") else dest
     where = _store_url(local)
-    source = _store_url(src.url)
-    # The root of a single file is its folder: plaintext does not go beside the ciphertext either.
-    roots = [source if src.fs.isdir(src.path) else source.rsplit("/", 1)[0]]
-    if src.capacity is not None:
-        roots.append(_store_url(src.capacity.url))
-    for root in roots:
-        if _within(where, root) or _within(root, where):
+    for root, capacity in export_roots(src, policy):
+        if capacity is None and (_within(where, root) or _within(root, where)):
             raise UnsafeDestinationError(
                 f"{dest} overlaps the encrypted source {src.given}: plaintext is never written over or beside it"
             )
-    for capacity in policy.capacities.values():
-        if _within(where, _store_url(capacity.url)):
-            raise UnsafeDestinationError(f"{dest} is inside capacity {capacity.name}: plaintext is not written there")
+        if capacity is not None and _within(where, root):
+            raise UnsafeDestinationError(f"{dest} is inside capacity {capacity}: plaintext is not written there")
     return os.path.abspath(os.path.expanduser(local))
+
+
+def export_roots(src: Location, policy: Policy) -> list[tuple[str, str | None]]:
+    """``(store URL, capacity name or None for the source)`` of every root plaintext is never written into.
+
+    The source (a directory, or a single file's folder: plaintext does not go
+    beside the ciphertext either), its capacity's root, and every capacity's root.
+    """
+    source = _store_url(src.url)
+    roots: list[tuple[str, str | None]] = [(source if src.fs.isdir(src.path) else source.rsplit("/", 1)[0], None)]
+    if src.capacity is not None:
+        roots.append((_store_url(src.capacity.url), None))
+    roots.extend((_store_url(c.url), c.name) for c in policy.capacities.values())
+    return roots
+
+
+def _refuse_unsafe_dir(local: str, real: str, forbidden: Sequence[tuple[str, str | None]]) -> None:
+    """Raise if the folder ``real`` (resolved) that ``local`` would be written into lies in a forbidden root."""
+    where = _store_url(real)
+    for root, capacity in forbidden:
+        if _within(where, root):
+            what = f"capacity {capacity}" if capacity is not None else "the encrypted source"
+            raise UnsafeDestinationError(f"{local}: its folder lies in {what}; nothing was written there")
+
+
+def _fd_path(fd: int, fallback: str) -> str:
+    """The resolved path of the open directory ``fd`` (``fallback`` resolved where /proc is missing)."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return os.path.realpath(fallback)
+
+
+def _open_output_dir(root: str, local: str, forbidden: Sequence[tuple[str, str | None]]) -> int:
+    """An open descriptor of ``local``'s folder, created as needed below ``root`` without following links.
+
+    ``root`` itself was checked (resolved) by :func:`check_export_destination`;
+    a symbolic link (or a non-folder) anywhere below it is refused, and the
+    folder reached is checked once more against ``forbidden``.
+    """
+    parent = os.path.dirname(local)
+    base = root.rstrip(os.sep) + os.sep
+    if parent == root.rstrip(os.sep) or not local.startswith(base):
+        start, parts = parent, []
+    else:
+        start, parts = root, [p for p in parent[len(base) :].split(os.sep) if p]
+    os.makedirs(start, exist_ok=True)
+    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(start, flags)
+    try:
+        walked = start
+        for part in parts:
+            walked = os.path.join(walked, part)
+            try:
+                os.mkdir(part, 0o777, dir_fd=fd)
+            except FileExistsError:
+                pass
+            if stat.S_ISLNK(os.stat(part, dir_fd=fd, follow_symlinks=False).st_mode):
+                raise UnsafeDestinationError(f"{walked} is a symbolic link; nothing was written through it")
+            try:
+                nfd = os.open(part, flags | getattr(os, "O_NOFOLLOW", 0), dir_fd=fd)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise UnsafeDestinationError(f"{walked} is not a folder; nothing was written there") from None
+                raise
+            os.close(fd)
+            fd = nfd
+        _refuse_unsafe_dir(local, _fd_path(fd, walked), forbidden)
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def plan_transfer(
@@ -337,16 +424,54 @@ def plan_transfer(
 
 
 def export_files(
-    src: Location, pairs: Iterable[tuple[str, str]], *, overwrite: bool = False, workers: int = WORKERS
+    src: Location,
+    pairs: Iterable[tuple[str, str]],
+    *,
+    dest_root: str,
+    policy: Policy,
+    overwrite: bool = False,
+    workers: int = WORKERS,
 ) -> Iterator[FileResult]:
-    """Decrypt each ``(source path, local path)`` pair; each output appears whole or not at all."""
+    """Decrypt each ``(source path, local path)`` pair; each output appears whole or not at all.
+
+    ``dest_root`` is the destination :func:`check_export_destination` accepted.
+    Right before each write the output's folder is reached from it without
+    following a symbolic link, and its resolved path is checked against
+    :func:`export_roots`: a refused file is reported and nothing is written for it.
+    """
+    forbidden = export_roots(src, policy)
 
     def one(pair: tuple[str, str]) -> FileResult:
         path, local = pair
-        if not overwrite and os.path.lexists(local):
-            raise FileExistsError(errno.EEXIST, "destination exists (pass --force to overwrite)", local)
-        src.fs.get_file(path, local)
-        return FileResult(path, DONE, os.path.getsize(local), dest=local)
+        dfd = _open_output_dir(dest_root, local, forbidden)
+        try:
+            name = os.path.basename(local)
+            try:
+                st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+            except FileNotFoundError:
+                pass
+            else:
+                if stat.S_ISLNK(st.st_mode):
+                    raise UnsafeDestinationError(f"{local} is a symbolic link; nothing was written through it")
+                if not overwrite:
+                    raise FileExistsError(errno.EEXIST, "destination exists (pass --force to overwrite)", local)
+            tmp = f".{name}{PARTIAL_MARKER}{secrets.token_hex(8)}"
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+            tfd = os.open(tmp, flags, 0o666, dir_fd=dfd)
+            try:
+                with os.fdopen(tfd, "wb") as out:
+                    src.fs.get_file(path, out)
+                    size = out.tell()
+                os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+            except BaseException:
+                try:
+                    os.unlink(tmp, dir_fd=dfd)
+                except FileNotFoundError:
+                    pass
+                raise
+        finally:
+            os.close(dfd)
+        return FileResult(path, DONE, size, dest=local)
 
     return _pairs(one, pairs, workers)
 

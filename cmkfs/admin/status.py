@@ -30,9 +30,9 @@ from fsspec.spec import AbstractFileSystem
 from ..errors import CMKError, FormatError, IntegrityError
 from ..format import MAGIC, SUITE_AES256GCM_HKDF_SHA256, VERSION, KeyBlock, looks_like_cmkfs, plaintext_size
 from ..stream import read_header
-from ..targets import is_partial_name, open_range_source
+from ..targets import open_range_source
 from .keystate import KeyState
-from .walk import DEFAULT_WORKERS, FileEntry, Progress, list_files, run_bounded, workspace_of
+from .walk import DEFAULT_WORKERS, FileEntry, Progress, is_partial_file, list_files, run_bounded, workspace_of
 
 __all__ = [
     "STATES",
@@ -250,9 +250,10 @@ def store_status(
             return report
     listed = list(entries)
     now = time.time() if now is None else now
-    files = [e for e in listed if not is_partial_name(e.path)]
+    partial = {e.path for e in listed if is_partial_file(fs, e.path, e.size)}
+    files = [e for e in listed if e.path not in partial]
     for entry in listed:
-        if is_partial_name(entry.path):
+        if entry.path in partial:
             age = None if entry.mtime is None else max(0.0, now - entry.mtime)
             report.partials.append(PartialFile(entry.path, entry.size, age))
             report.total.partial += 1

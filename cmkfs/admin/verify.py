@@ -47,7 +47,7 @@ from ..errors import (
 from ..format import KeyBlock
 from .keystate import KeyState
 from .status import classify
-from .walk import DEFAULT_WORKERS, FileEntry, Progress, list_files, run_bounded
+from .walk import DEFAULT_WORKERS, FileEntry, Progress, is_partial_file, list_files, run_bounded
 
 if TYPE_CHECKING:
     from ..filesystem import CMKFileSystem
@@ -204,10 +204,8 @@ def verify_tree(
     Temp files of writers in progress are skipped (``status`` reports them).
     Raises ``FileNotFoundError`` when ``root`` does not exist.
     """
-    from ..targets import is_partial_name
-
     listed = entries if entries is not None else list_files(cmk.fs, cmk._strip_protocol(root))
-    files = [e for e in listed if not is_partial_name(e.path)]
+    files = [e for e in listed if not is_partial_file(cmk.fs, e.path, e.size)]
     once = _OnePerBlock(cmk)
     yield from run_bounded(
         lambda e: verify_file(cmk, e, unwrap_once=once), files, workers=workers, total=len(files), progress=progress

@@ -23,9 +23,13 @@ from typing import Any, TypeVar
 
 from fsspec.spec import AbstractFileSystem
 
+from ..format import MAGIC, looks_like_cmkfs
+from ..targets import is_partial_name
+
 __all__ = [
     "DEFAULT_WORKERS",
     "FileEntry",
+    "is_partial_file",
     "Progress",
     "list_files",
     "mtime_of",
@@ -83,6 +87,26 @@ def list_files(fs: AbstractFileSystem, root: str) -> list[FileEntry]:
         if info.get("type", "file") == "file"
     ]
     return sorted(entries, key=lambda e: e.path)
+
+
+def is_partial_file(fs: AbstractFileSystem, path: str, size: int | None = None) -> bool:
+    """Whether ``path`` on the target ``fs`` is the temp file of a writer (live or killed).
+
+    Its name says so (:func:`cmkfs.targets.is_partial_name`) *and* its
+    content does: a writer's temp file is empty or starts with the cmkfs
+    magic.  A file merely named like one (plaintext, say) is an ordinary
+    file: status and verify report it, encrypt converts it, clean keeps it.
+    """
+    if not is_partial_name(path):
+        return False
+    try:
+        if size is None:
+            size = int(fs.size(path) or 0)
+        if size == 0:
+            return True
+        return looks_like_cmkfs(bytes(fs.cat_file(path, 0, len(MAGIC))))
+    except (OSError, ValueError):
+        return False  # unreadable: an ordinary file, so the walk reports it
 
 
 def mtime_of(info: dict[str, Any]) -> float | None:

@@ -65,6 +65,7 @@ def encrypt_command(
         ALREADY_ENCRYPTED,
         CHANGED,
         ENCRYPTED,
+        ENCRYPTED_LINKED,
         FAILED,
         SKIPPED_LINK,
         WOULD_ENCRYPT,
@@ -82,21 +83,33 @@ def encrypt_command(
 
         default_key_uri()  # raises the message that says how to configure a key, before any file is read
     results = report_results(encrypt_files(loc.fs, files, dry_run=dry_run, workers=workers), len(files), "encrypt")
+    for r in results:
+        if r.outcome == ENCRYPTED_LINKED:  # converted, but its other names still hold the plaintext
+            click.echo(f"cmkfs: warning: {printable(r.message())}", err=True)
     counts = {
         name: sum(1 for r in results if r.outcome == name)
-        for name in (ENCRYPTED, WOULD_ENCRYPT, ALREADY_ENCRYPTED, CHANGED, SKIPPED_LINK, FAILED)
+        for name in (ENCRYPTED, ENCRYPTED_LINKED, WOULD_ENCRYPT, ALREADY_ENCRYPTED, CHANGED, SKIPPED_LINK, FAILED)
     }
     summary = {
         "files": len(results),
         "key": write_key,
         "dry_run": dry_run,
-        "bytes": sum(r.size for r in results if r.outcome in (ENCRYPTED, WOULD_ENCRYPT)),
+        "bytes": sum(r.size for r in results if r.outcome in (ENCRYPTED, ENCRYPTED_LINKED, WOULD_ENCRYPT)),
         **counts,
     }
     if as_json:
         emit_json({"files": [r.to_dict() for r in results], "summary": summary})
     else:
-        done = f"would encrypt {counts[WOULD_ENCRYPT]}" if dry_run else f"encrypted {counts[ENCRYPTED]}"
+        done = (
+            f"would encrypt {counts[WOULD_ENCRYPT]}"
+            if dry_run
+            else f"encrypted {counts[ENCRYPTED] + counts[ENCRYPTED_LINKED]}"
+            + (
+                f" ({counts[ENCRYPTED_LINKED]} with other hard links still plaintext)"
+                if counts[ENCRYPTED_LINKED]
+                else ""
+            )
+        )
         click.echo(
             f"{done}, already encrypted {counts[ALREADY_ENCRYPTED]}, changed {counts[CHANGED]}, "
             f"symlinks skipped {counts[SKIPPED_LINK]}, failed {counts[FAILED]} "

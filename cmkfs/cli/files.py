@@ -188,7 +188,11 @@ def run_export(
     pairs = plan_transfer(
         loc.path, files, local, dest_is_dir=os.path.isdir(local) or dest.endswith(("/", os.sep)), sep=os.sep
     )
-    results = report_results(export_files(loc, pairs, overwrite=force, workers=workers), len(pairs), "decrypt")
+    results = report_results(
+        export_files(loc, pairs, dest_root=local, policy=policy, overwrite=force, workers=workers),
+        len(pairs),
+        "decrypt",
+    )
     done = sum(1 for r in results if r.ok)
     if as_json:
         emit_json({"files": [r.to_dict() for r in results], "summary": {"files": len(results), "decrypted": done}})

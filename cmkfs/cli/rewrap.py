@@ -81,6 +81,8 @@ def _describe(result: RewrapResult) -> str:
     if result.new_key_uri != result.old_key_uri:
         new = f"{result.new_key_uri} {new}"
     proved = ", authenticated" if result.verified else ""
+    if result.skipped_symlink:
+        return f"{result.path}: skipped_symlink (a symbolic link is left as it is)"
     if not result.changed:
         return f"{result.path}: unchanged ({old}{proved})"
     if result.dry_run:
@@ -97,6 +99,11 @@ def _describe(result: RewrapResult) -> str:
     default=None,
     help="Move the files to this key (NAME for local://NAME, or a key URI).  Default: each file stays with "
     "the key it names and moves to that key's current version.",
+)
+@click.option(
+    "--override-policy",
+    is_flag=True,
+    help="With --key: re-wrap files of a capacity under KEY even though the policy gives the capacity another key.",
 )
 @click.option("--recursive", "-r", is_flag=True, help="Re-wrap every file under a directory URL.")
 @click.option(
@@ -119,6 +126,7 @@ def command(
     state: CliState,
     urls: tuple[str, ...],
     key: str | None,
+    override_policy: bool,
     recursive: bool,
     dry_run: bool,
     storage_options: str | None,
@@ -140,6 +148,9 @@ def command(
         existing_home(state)  # a mistyped --home is an error, not "key not found" for every file
         os.environ[ENV_HOME] = str(state.home)  # the vault and default key of --home, for this process
     key = key_uri_option(key)
+    if key is not None and not override_policy:
+        for url in urls:
+            _check_policy_key(state, url, key)  # before any file is touched
     results: list[RewrapResult] = []
 
     def record(result: RewrapResult) -> None:
@@ -166,6 +177,7 @@ def command(
         "files": len(results),
         "rewrapped" if not dry_run else "would_rewrap": changed,
         "unchanged": counts["unchanged"],
+        "skipped_symlink": counts["skipped_symlink"],
         "failed": failed,
         "dry_run": dry_run,
         "bytes_written": sum(r.bytes_written for r in results),
@@ -175,11 +187,35 @@ def command(
     else:
         verb = "would re-wrap" if dry_run else "re-wrapped"
         proved = f"; {len(results) - failed} file(s) unwrapped and authenticated" if dry_run else ""
-        click.echo(f"{verb} {changed}, unchanged {counts['unchanged']}, failed {failed}{proved}")
+        skipped = counts["skipped_symlink"]
+        links = f", symlinks skipped {skipped}" if skipped else ""
+        click.echo(f"{verb} {changed}, unchanged {counts['unchanged']}{links}, failed {failed}{proved}")
     if failed:
         codes = {_code(r.error) for r in results if r.error is not None}
         what = "proved readable" if dry_run else "re-wrapped"
         fail(f"{failed} of {len(results)} file(s) could not be {what}", codes.pop() if len(codes) == 1 else EXIT_ERROR)
+
+
+def _check_policy_key(state: CliState, url: str, key: str) -> None:
+    """Refuse ``--key`` for a URL in (or holding) a capacity whose policy key is another one."""
+    from ..policy import load_policy, normalize_url
+    from ..providers.base import split_key_uri
+
+    policy = load_policy(state.home)
+    where = normalize_url(url)
+    wanted = split_key_uri(key)[0]
+    for capacity in policy.capacities.values():
+        if not (capacity.contains(where) or where == capacity.url or capacity.url.startswith(where + "/")):
+            continue
+        given = policy.key_for(capacity)
+        if given is None or split_key_uri(given)[0] == wanted:
+            continue
+        name = capacity.name
+        raise ConfigurationError(
+            f"{url} is in capacity {name}, whose key is {given}, not {key}: to move the capacity to {key}, "
+            f"change the policy first (cmkfs capacity assign {name} {key}), or pass --override-policy "
+            "to re-wrap under it anyway"
+        )
 
 
 @contextmanager
@@ -219,6 +255,8 @@ def _report(result: RewrapResult, verbose: bool) -> None:
         click.echo(f"cmkfs: error: {printable(where + message)}", err=True)
     elif verbose:
         click.echo(printable(_describe(result)))
+    elif result.skipped_symlink:
+        click.echo(f"cmkfs: warning: {printable(result.path)}: a symbolic link, skipped", err=True)
 
 
 def _message(exc: BaseException) -> str:
