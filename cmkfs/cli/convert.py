@@ -17,11 +17,11 @@ from .files import (
     key_option,
     key_uri,
     load_policy_for,
-    parse_storage_options,
     report_results,
     run_export,
     storage_option,
 )
+from .options import parse_storage_options
 from .output import emit_json, printable
 from .state import CliState, pass_state
 

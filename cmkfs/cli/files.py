@@ -12,7 +12,6 @@ not drive the terminal any more than a hostile file name may.
 from __future__ import annotations
 
 import codecs
-import json
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
@@ -23,11 +22,12 @@ import click
 
 from ..config import ENV_HOME
 from ..errors import CMKError
+from .options import parse_storage_options
 from .output import EXIT_ERROR, emit_json, exit_code_for, fail, printable
 from .state import CliState, pass_state
 
 if TYPE_CHECKING:
-    from ..admin.convert import FileResult, Location, StorageOptions
+    from ..admin.convert import FileResult, Location
     from ..policy import Policy
 
 __all__ = [
@@ -131,21 +131,6 @@ def fail_for(results: list[FileResult], what: str) -> None:
         return
     codes = {exit_code_for(r.error) if isinstance(r.error, CMKError) else EXIT_ERROR for r in bad}
     fail(f"{len(bad)} of {len(results)} file(s) {what}", codes.pop() if len(codes) == 1 else EXIT_ERROR)
-
-
-def parse_storage_options(text: str | None) -> StorageOptions:
-    """``--storage-options``: a JSON object of fsspec options keyed by protocol."""
-    if text is None:
-        return {}
-    try:
-        options = json.loads(text)
-    except ValueError:
-        raise click.BadParameter("not valid JSON", param_hint="--storage-options") from None
-    if not isinstance(options, dict) or not all(isinstance(v, dict) for v in options.values()):
-        raise click.BadParameter(
-            'a JSON object keyed by protocol, e.g. {"abfs": {"account_name": "..."}}', param_hint="--storage-options"
-        )
-    return options
 
 
 def key_uri(value: str | None) -> str | None:

@@ -9,19 +9,19 @@ proved readable); otherwise the code of the failures' error class if they share 
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
 from ..config import ENV_HOME
 from ..errors import CMKError, ConfigurationError
 from .keys import existing_home, key_uri_option
+from .options import StorageOptions, parse_storage_options
 from .output import EXIT_ERROR, emit_json, exit_code_for, fail, printable
 from .state import CliState, pass_state
 
@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 __all__ = ["command", "open_url"]
 
 #: ``--storage-options``: fsspec options keyed by protocol.
-StorageOptions = dict[str, dict[str, Any]]
 
 
 def open_url(url: str, storage_options: StorageOptions | None = None) -> tuple[CMKFileSystem, str]:
@@ -56,22 +55,6 @@ def open_url(url: str, storage_options: StorageOptions | None = None) -> tuple[C
     if not isinstance(fs, CMKFileSystem):
         raise ConfigurationError(f"{url} does not lead to a cmk filesystem")
     return fs, str(path)
-
-
-def _parse_options(text: str | None) -> StorageOptions:
-    if text is None:
-        return {}
-    try:
-        options = json.loads(text)
-    except ValueError as exc:
-        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
-        raise click.BadParameter(f"not valid JSON ({reason})", param_hint="--storage-options") from None
-    if not isinstance(options, dict) or not all(isinstance(v, dict) for v in options.values()):
-        raise click.BadParameter(
-            'a JSON object keyed by protocol, e.g. {"cmk": {"cache_ttl": 60}, "abfs": {...}}',
-            param_hint="--storage-options",
-        )
-    return options
 
 
 def _describe(result: RewrapResult) -> str:
@@ -143,7 +126,7 @@ def command(
     """
     from ..rewrap import RewrapResult, rewrap_tree
 
-    options = _parse_options(storage_options)
+    options = parse_storage_options(storage_options)
     if state.home is not None:
         existing_home(state)  # a mistyped --home is an error, not "key not found" for every file
         os.environ[ENV_HOME] = str(state.home)  # the vault and default key of --home, for this process

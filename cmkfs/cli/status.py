@@ -7,7 +7,6 @@ terminal.  Paths, key URIs and reasons come from storage and headers: every line
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from typing import TYPE_CHECKING, Any
@@ -15,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ..config import ENV_HOME
+from .options import parse_storage_options
 from .output import (
     EXIT_CONFIG,
     EXIT_ERROR,
@@ -38,7 +38,6 @@ if TYPE_CHECKING:
 
 __all__ = ["status", "verify", "clean", "parse_duration"]
 
-StorageOptions = dict[str, dict[str, Any]]
 
 # verify's outcomes: what a person reads, and the exit code (the first code present, in this order, wins).
 _OUTCOMES = {
@@ -63,20 +62,6 @@ def parse_duration(text: str) -> float:
     if match is None:
         raise click.BadParameter(f"{text!r} is not a duration such as 90s, 30m, 24h or 7d", param_hint="--older-than")
     return float(match.group(1)) * _UNITS[match.group(2)]
-
-
-def _parse_options(text: str | None) -> StorageOptions:
-    if text is None:
-        return {}
-    try:
-        options = json.loads(text)
-    except ValueError:
-        raise click.BadParameter("not valid JSON", param_hint="--storage-options") from None
-    if not isinstance(options, dict) or not all(isinstance(v, dict) for v in options.values()):
-        raise click.BadParameter(
-            'a JSON object keyed by protocol, e.g. {"abfs": {...}}', param_hint="--storage-options"
-        )
-    return options
 
 
 def _setup(state: CliState, target: str | None) -> tuple[Policy, list[Store]]:
@@ -147,7 +132,7 @@ def status(state: CliState, target: str | None, storage_options: str | None, as_
     from ..admin.status import store_status
     from ..admin.walk import list_files, open_store, stderr_progress
 
-    options = _parse_options(storage_options)
+    options = parse_storage_options(storage_options)
     _, targets = _setup(state, target)
     reports: list[StoreStatus] = []
     for store in targets:
@@ -259,7 +244,7 @@ def verify(state: CliState, target: str | None, storage_options: str | None, as_
     from ..admin.verify import reading_filesystem, verify_tree
     from ..admin.walk import list_files, open_store, stderr_progress
 
-    options = _parse_options(storage_options)
+    options = parse_storage_options(storage_options)
     policy, targets = _setup(state, target)
     trusted = trusted_keys(policy)
     results: list[tuple[Store, VerifyResult]] = []
@@ -334,7 +319,7 @@ def clean(
     from ..admin.walk import open_store
 
     grace = parse_duration(older_than)
-    options = _parse_options(storage_options)
+    options = parse_storage_options(storage_options)
     _, targets = _setup(state, target)
     results: list[CleanResult] = []
     for store in targets:

@@ -1,0 +1,30 @@
+"""Options several commands share."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+__all__ = ["StorageOptions", "parse_storage_options"]
+
+# fsspec options keyed by protocol, as in chained URLs: {"abfs": {...}, "cmk": {...}}.
+StorageOptions = dict[str, dict[str, Any]]
+
+
+def parse_storage_options(text: str | None) -> StorageOptions:
+    """``--storage-options``: a JSON object of fsspec options keyed by protocol."""
+    if text is None:
+        return {}
+    try:
+        options = json.loads(text)
+    except ValueError as exc:  # also an integer too long to parse: a usage error, not a traceback
+        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
+        raise click.BadParameter(f"not valid JSON ({reason})", param_hint="--storage-options") from None
+    if not isinstance(options, dict) or not all(isinstance(v, dict) for v in options.values()):
+        raise click.BadParameter(
+            'a JSON object keyed by protocol, e.g. {"cmk": {"cache_ttl": 60}, "abfs": {"account_name": "..."}}',
+            param_hint="--storage-options",
+        )
+    return options
