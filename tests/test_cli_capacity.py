@@ -114,3 +114,18 @@ def test_list_separates_fields_with_real_tabs(isolated_cmkfs_home, tmp_path):
     run("capacity", "add", "sales", str(tmp_path / "sales"))
     line = run("capacity", "list").stdout.strip()
     assert line.split("\t") == ["sales", f"file://{tmp_path}/sales", "local://tenant"]
+
+
+def test_rotate_status_rewrap_by_capacity_name(isolated_cmkfs_home, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # "sales" is not a path here: it names the capacity
+    run("init", "--mode", "byok")
+    run("keys", "create", "sales")
+    run("capacity", "add", "sales", str(tmp_path / "store"), "--key", "sales")
+    (tmp_path / "store" / "ws").mkdir(parents=True)
+    CMKFileSystem(target_protocol="file", skip_instance_cache=True).pipe_file(str(tmp_path / "store/ws/f"), b"x")
+    run("keys", "rotate", "sales")
+    before = json.loads(run("status", "sales", "--json").stdout)["stores"][0]
+    assert before["total"]["older_version"] == 1
+    assert "re-wrapped 1" in run("rewrap", "sales", "-r").stdout
+    after = json.loads(run("status", "sales", "--json").stdout)["stores"][0]
+    assert after["total"]["current"] == 1 and after["total"]["older_version"] == 0

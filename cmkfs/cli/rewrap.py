@@ -57,6 +57,16 @@ def open_url(url: str, storage_options: StorageOptions | None = None) -> tuple[C
     return fs, str(path)
 
 
+def _capacity_roots(state: CliState, urls: tuple[str, ...]) -> tuple[str, ...]:
+    """A capacity name stands for its root (an existing local path of that name wins)."""
+    if all("://" in u or os.path.exists(u) for u in urls):
+        return urls
+    from ..policy import load_policy
+
+    capacities = load_policy(state.home).capacities
+    return tuple(capacities[u].url if u in capacities and not os.path.exists(u) else u for u in urls)
+
+
 def _describe(result: RewrapResult) -> str:
     """One line for a file; the caller escapes it (paths come from storage, names from headers)."""
     old = f"{result.old_key_uri} v{result.old_version}"
@@ -118,8 +128,8 @@ def command(
 ) -> None:
     """Re-wrap the data keys of encrypted files without re-encrypting them.
 
-    URL is an fsspec URL such as cmk::file:///data/store or
-    cmk::abfs://container/dir, or a local path.  Each file moves to the
+    URL is a capacity name, an fsspec URL such as cmk::file:///data/store
+    or cmk::abfs://container/dir, or a local path.  Each file moves to the
     current version of the key it already uses; files already there are
     left untouched.  Only --key moves files to another key.  A killed run
     leaves every file readable; run it again to finish.
@@ -130,6 +140,7 @@ def command(
     if state.home is not None:
         existing_home(state)  # a mistyped --home is an error, not "key not found" for every file
         os.environ[ENV_HOME] = str(state.home)  # the vault and default key of --home, for this process
+    urls = _capacity_roots(state, urls)
     key = key_uri_option(key)
     if key is not None and not override_policy:
         for url in urls:
