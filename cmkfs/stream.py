@@ -500,6 +500,16 @@ class EncryptingWriter(_Keyed):
             self.abort()
 
 
+def _drop_frames(exc: BaseException) -> None:
+    """Forget the tracebacks of ``exc``'s chain (they keep frames, and their locals, alive)."""
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        link.__traceback__ = None
+        link = link.__cause__ or link.__context__
+
+
 def _seal_batch(size: int, cipher: SegmentCipher, index: int, plain: memoryview, out: bytearray) -> None:
     """Seal consecutive whole segments of ``plain`` (none final) into ``out``, back to back."""
     seal = cipher.seal_into
@@ -715,9 +725,14 @@ class DecryptingReader(_Keyed):
             window = max(1, MAX_FETCH // (seg + TAG_SIZE))
             for i in range(first, stop, window):
                 self._open_window(i, min(stop, i + window), offset, end, view)
-        except BaseException:
+        except BaseException as exc:  # noqa: BLE001 - re-raised, with the frames dropped
             wipe(view)  # never leave a partly verified result behind
-            raise
+            # The frames below (and the exceptions chained to this one) hold
+            # slices of the result buffer: drop them here, so the buffer is
+            # released now rather than by a later garbage collection, which
+            # Python 3.13 reports as an error.
+            _drop_frames(exc)
+            raise exc.with_traceback(None) from None
         finally:
             view.release()
         return result.getvalue()

@@ -419,3 +419,25 @@ def test_a_failed_write_poisons_the_writer():
         w.close()
     with pytest.raises(CMKError):
         decrypt_bytes(sink.getvalue(), static_source())
+
+
+def test_a_failed_read_leaves_no_buffer_for_the_garbage_collector(monkeypatch):
+    """A failed multi-segment read drops the frames that hold slices of its
+    result buffer; collected later, the buffer is an error on Python 3.13."""
+    import gc
+    import sys
+
+    unraisable = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    src = static_source()
+    blob = bytearray(encrypt_bytes(pattern(4096 * 20), src, segment_size=4096))
+    blob[-4096 * 3] ^= 1
+    kept = []
+    for threads in (1, 2):
+        reader = DecryptingReader(BytesSource(bytes(blob)), src, threads=threads)
+        with pytest.raises(IntegrityError) as failure:
+            reader.read(0, -1)
+        kept.append(failure.value)  # as a test framework or an error reporter keeps it
+    kept.clear()
+    gc.collect()
+    assert unraisable == []
