@@ -11,23 +11,13 @@ import click
 
 from ..errors import ConfigurationError
 from ..policy import MODES, Capacity, Policy, edit_policy, load_policy
+from .options import key_uri_option
 from .output import emit_json, printable
 from .state import CliState, pass_state
 
 __all__ = ["capacity", "init"]
 
 TENANT_KEY = "tenant"
-
-
-def _key_uri(value: str | None) -> str | None:
-    """A key URI, or a bare NAME meaning the embedded vault's ``local://NAME``."""
-    if value is None:
-        return None
-    if ":" in value:
-        return value
-    from ..providers.local import check_name
-
-    return f"local://{check_name(value)}"
 
 
 def _describe(policy: Policy, capacity: Capacity) -> dict[str, Any]:
@@ -53,7 +43,7 @@ def init(state: CliState, mode: str | None, key: str | None, as_json: bool) -> N
     """Set up cmkfs here: the embedded vault, a tenant key and the key policy."""
     done: list[str] = []
     with edit_policy(state.home) as policy:
-        tenant = _key_uri(key) or policy.default_key or f"local://{TENANT_KEY}"
+        tenant = key_uri_option(key) or policy.default_key or f"local://{TENANT_KEY}"
         if tenant.startswith("local://"):
             vault = state.vault()
             name = tenant[len("local://") :]
@@ -94,7 +84,7 @@ def capacity() -> None:
 def add(state: CliState, name: str, url: str, key: str | None, as_json: bool) -> None:
     """Add capacity NAME for the storage root URL."""
     with edit_policy(state.home) as policy:
-        added = policy.add(name, url, _key_uri(key))
+        added = policy.add(name, url, key_uri_option(key))
     if as_json:
         emit_json(_describe(policy, added))
     else:
@@ -140,7 +130,7 @@ def show(state: CliState, name: str, as_json: bool) -> None:
 @pass_state
 def assign(state: CliState, name: str, key: str) -> None:
     """Give capacity NAME its own KEY for new writes (existing files move with rewrap)."""
-    uri = _key_uri(key)
+    uri = key_uri_option(key)
     if uri is None:
         raise ConfigurationError("name a key")
     with edit_policy(state.home) as policy:

@@ -15,13 +15,12 @@ from .files import (
     fail_for,
     json_option,
     key_option,
-    key_uri,
     load_policy_for,
     report_results,
     run_export,
     storage_option,
 )
-from .options import parse_storage_options
+from .options import key_uri_option, parse_storage_options
 from .output import emit_json, printable
 from .state import CliState, pass_state
 
@@ -75,7 +74,7 @@ def encrypt_command(
     )
 
     policy = load_policy_for(state)
-    loc = open_location(target, policy, key=key_uri(key), storage_options=parse_storage_options(storage_options))
+    loc = open_location(target, policy, key=key_uri_option(key), storage_options=parse_storage_options(storage_options))
     files = files_under(loc)
     write_key = loc.fs.key_for_path(loc.path)  # a key that contradicts the capacity's is refused here
     if not dry_run and write_key is None:

@@ -22,7 +22,7 @@ import click
 
 from ..config import ENV_HOME
 from ..errors import CMKError
-from .options import parse_storage_options
+from .options import key_uri_option, parse_storage_options
 from .output import EXIT_ERROR, emit_json, exit_code_for, fail, printable
 from .state import CliState, pass_state
 
@@ -36,9 +36,7 @@ __all__ = [
     "get_command",
     "put_command",
     "cp_command",
-    "key_uri",
     "load_policy_for",
-    "parse_storage_options",
     "progress",
     "report_results",
     "run_export",
@@ -133,20 +131,13 @@ def fail_for(results: list[FileResult], what: str) -> None:
     fail(f"{len(bad)} of {len(results)} file(s) {what}", codes.pop() if len(codes) == 1 else EXIT_ERROR)
 
 
-def key_uri(value: str | None) -> str | None:
-    """``--key``: a key URI, or a bare NAME meaning the embedded vault's ``local://NAME``."""
-    if value is None or ":" in value:
-        return value
-    return f"local://{value}"
-
-
 def _open(state: CliState, target: str, key: str | None, storage_options: str | None, *, new: bool = False) -> Location:
     from ..admin.convert import open_location
 
     return open_location(
         target,
         load_policy_for(state),
-        key=key_uri(key),
+        key=key_uri_option(key),
         storage_options=parse_storage_options(storage_options),
         new=new,
     )

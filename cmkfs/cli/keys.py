@@ -21,7 +21,7 @@ from .state import CliState, pass_state
 if TYPE_CHECKING:
     from ..providers.local import LocalVaultProvider
 
-__all__ = ["command", "existing_home", "key_uri_option"]
+__all__ = ["command", "existing_home"]
 
 _PASSPHRASE_HELP = "Read the vault passphrase from this environment variable (default: $CMKFS_PASSPHRASE)."
 
@@ -48,15 +48,6 @@ def _name(value: str) -> str:
     if "://" in value or ":" in value:
         raise ConfigurationError("cmkfs keys manages the embedded vault only: use NAME or local://NAME")
     return value
-
-
-def key_uri_option(value: str | None) -> str | None:
-    """A ``--key`` value: a bare ``NAME`` means ``local://NAME``, as everywhere in ``cmkfs keys``."""
-    if value is None or "://" in value or ":" in value:
-        return value  # a key URI (local://, https://, pkcs11:): the provider checks it
-    from ..providers.local import PREFIX
-
-    return PREFIX + value
 
 
 def existing_home(state: CliState) -> Path:

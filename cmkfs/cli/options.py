@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-__all__ = ["StorageOptions", "parse_storage_options"]
+__all__ = ["StorageOptions", "key_uri_option", "parse_storage_options"]
 
 # fsspec options keyed by protocol, as in chained URLs: {"abfs": {...}, "cmk": {...}}.
 StorageOptions = dict[str, dict[str, Any]]
@@ -28,3 +28,13 @@ def parse_storage_options(text: str | None) -> StorageOptions:
             param_hint="--storage-options",
         )
     return options
+
+
+def key_uri_option(value: str | None) -> str | None:
+    """A ``--key`` (or key argument): a key URI, or a bare NAME meaning the
+    embedded vault's ``local://NAME``, as everywhere in ``cmkfs keys``."""
+    if value is None or ":" in value:
+        return value  # a key URI (local://, https://, pkcs11:): its provider checks it
+    from ..providers.local import PREFIX, check_name
+
+    return PREFIX + check_name(value)

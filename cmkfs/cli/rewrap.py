@@ -20,8 +20,8 @@ import click
 
 from ..config import ENV_HOME
 from ..errors import CMKError, ConfigurationError
-from .keys import existing_home, key_uri_option
-from .options import StorageOptions, parse_storage_options
+from .keys import existing_home
+from .options import StorageOptions, key_uri_option, parse_storage_options
 from .output import EXIT_ERROR, emit_json, exit_code_for, fail, printable
 from .state import CliState, pass_state
 
