@@ -202,6 +202,8 @@ class _Keyed:
         """Re-confirm the key with the source if its TTL passed (raises if the
         vault refuses) and return a number that changes whenever the key was
         confirmed anew: caches layered on a handle drop what they hold then."""
+        if self._cipher is not None and not self._closed and self._data_key is self._confirmed and not self._expired():
+            return self._generation  # the usual case, on every cached read: no lock, one clock read
         with self._lock:
             self._cipher_now()
             if self._data_key is not self._confirmed:
