@@ -7,7 +7,12 @@ from __future__ import annotations
 import fsspec
 import pytest
 
-pytest_plugins: list[str] = ["tests.services.azurite", "tests.services.kv_server", "tests.services.softhsm"]
+pytest_plugins: list[str] = [
+    "tests.services.azurite",
+    "tests.services.kv_server",
+    "tests.services.softhsm",
+    "tests.cli_fixtures",
+]
 
 
 @pytest.fixture(autouse=True)

@@ -13,11 +13,9 @@ from pathlib import Path
 
 import fsspec
 import pytest
-from click.testing import CliRunner
 from fsspec.implementations.local import LocalFileSystem
 
 from cmkfs.admin.convert import CHANGED, encrypt_file
-from cmkfs.cli import cli
 from cmkfs.cli.output import EXIT_CONFIG, EXIT_OK
 from cmkfs.filesystem import CMKFileSystem
 from cmkfs.format import MAGIC
@@ -27,27 +25,6 @@ from cmkfs.stream import read_header
 from cmkfs.targets import open_range_source
 
 SEGMENT = 64 * 1024
-
-
-@pytest.fixture
-def run():
-    runner = CliRunner()
-
-    def invoke(*args, env=None):
-        result = runner.invoke(cli, [str(a) for a in args], env=env, catch_exceptions=False)
-        assert "Traceback" not in result.output
-        return result
-
-    return invoke
-
-
-@pytest.fixture
-def key(isolated_cmkfs_home):
-    LocalVaultProvider(isolated_cmkfs_home).create("tenant")
-    policy = load_policy(isolated_cmkfs_home)
-    policy.default_key = "local://tenant"
-    policy.save()
-    return "local://tenant"
 
 
 def cmk(key: str | None = None) -> CMKFileSystem:
