@@ -12,11 +12,16 @@ What it measures (medians over interleaved rounds, and ratios):
 * **small files**: write and read many 50 KB "rendered images" (files/s).
 * **listing**: ``ls(detail=True)`` of 1,000 files (sizes are plaintext sizes,
   so cmkfs reads each file's header).
+* **vertipaq**: ``write_model`` then ``read_model`` of a generated 1M-row,
+  10-column sales table (``cmkfs.workloads.vertipaq``: dictionaries plus
+  run-length / bit-packed segments, ~170 files) through ``cmk::file://``
+  against plain ``file://``: median seconds and the ratio.
 
 Usage::
 
     python benchmarks/bench_fs.py             # full run: 1 GiB files, 10,000 images
     python benchmarks/bench_fs.py --quick     # smoke run (seconds)
+    python benchmarks/bench_fs.py --only vertipaq
     python benchmarks/bench_fs.py --json results.json
 """
 
@@ -43,7 +48,8 @@ from fsspec.implementations.local import LocalFileSystem
 from fsspec.implementations.memory import MemoryFileSystem
 
 from benchmarks._common import GiB, MiB, environment, human_size, interleaved, median, ratio, save_json, table
-from cmkfs.format import DEFAULT_SEGMENT_SIZE
+from cmkfs.format import DEFAULT_SEGMENT_SIZE, ContentClass
+from cmkfs.workloads.vertipaq import read_model, write_model
 
 
 def bytes_read() -> int:
@@ -257,6 +263,78 @@ def bench_small_files(workdir: Path, key: str, count: int, rounds: int) -> list[
     return rows
 
 
+def sales_table(rows: int) -> pa.Table:
+    """A fact table shaped like a refreshed sales model: sorted keys and dates, low-cardinality
+    dimensions, a few high-cardinality measures, some nulls."""
+    rng = np.random.default_rng(17)
+    products = pa.array([f"product {i:05d}" for i in range(2000)])
+    prices = rng.uniform(1, 500, 2000).round(2)
+    product = rng.integers(0, 2000, rows)
+    return pa.table(
+        {
+            "order_id": np.arange(rows, dtype=np.int64),
+            "order_date": pa.array(np.sort(rng.integers(19_000, 20_000, rows)).astype(np.int32)).cast(pa.date32()),
+            "region": pa.array([f"region {i}" for i in range(8)]).take(pa.array(rng.integers(0, 8, rows))),
+            "channel": pa.array(["web", "store", "phone"]).take(
+                pa.array(rng.integers(0, 3, rows), mask=rng.random(rows) < 0.05)
+            ),
+            "product": products.take(pa.array(product)),
+            "customer": rng.integers(0, 50_000, rows),
+            "quantity": rng.integers(1, 21, rows).astype(np.int32),
+            "unit_price": prices[product],
+            "discount": pa.array(rng.choice([0.0, 0.05, 0.1, 0.2], rows), mask=rng.random(rows) < 0.3),
+            "amount": rng.normal(200, 80, rows).round(2),
+        }
+    )
+
+
+def bench_vertipaq(workdir: Path, key: str, rows: int, rounds: int) -> list[list]:
+    """Write then read a whole model: many small-to-medium files, encoding work in between."""
+    table_ = sales_table(rows)
+    plain = LocalFileSystem()
+    variants = {
+        "plain": (plain, None),
+        "cmk": (cmk("file", key), {"content_class": ContentClass.VERTIPAQ}),
+        "cmk-nf": (cmk("file", key, fsync=False), {"content_class": ContentClass.VERTIPAQ}),
+    }
+    infos = {}
+
+    def write(name):
+        fs, kwargs = variants[name]
+
+        def run():
+            infos[name] = write_model(fs, str(workdir / f"vpq-{name}"), table_, open_kwargs=kwargs)
+
+        return run
+
+    def read(name):
+        fs, _ = variants[name]
+
+        def run():
+            if read_model(fs, str(workdir / f"vpq-{name}")).num_rows != rows:
+                raise RuntimeError("model read back short")
+
+        return run
+
+    times = interleaved({f"{name} write": write(name) for name in variants}, rounds)
+    times.update(interleaved({f"{name} read": read(name) for name in ("plain", "cmk")}, rounds))
+    if not read_model(variants["cmk"][0], str(workdir / "vpq-cmk")).equals(table_):
+        raise RuntimeError("cmk model does not round-trip")
+    info = infos["plain"]
+    label = f"{rows:,} rows x {table_.num_columns} cols, {len(info.files)} files, {info.total_bytes / MiB:.1f} MiB"
+    out = []
+    for op, name, suffix in (
+        ("write", "cmk write", ""),
+        ("write", "cmk-nf write", " (fsync=False)"),
+        ("read", "cmk read", ""),
+    ):
+        t_plain, t_cmk = median(times[f"plain {op}"]), median(times[name])
+        out.append([f"{op} {label}{suffix}", f"{t_plain:.3f}", f"{t_cmk:.3f}", ratio(t_cmk, t_plain)])
+    for name in variants:
+        shutil.rmtree(workdir / f"vpq-{name}", ignore_errors=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run in seconds")
@@ -265,13 +343,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", default=None, help="working directory on the disk to measure (default: a temp dir)")
     parser.add_argument(
         "--only",
-        choices=["sequential", "parquet", "small"],
+        choices=["sequential", "parquet", "small", "vertipaq"],
         action="append",
         help="run only these sections (repeatable)",
     )
     args = parser.parse_args(argv)
     size = 32 * MiB if args.quick else 1 * GiB
     images = 300 if args.quick else 10_000
+    model_rows = 100_000 if args.quick else 1_000_000
     rounds = args.rounds or (2 if args.quick else 5)
 
     results: dict = {"environment": environment(), "quick": args.quick}
@@ -279,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(tmp)
         key = make_key(str(workdir / "home"))
 
-        only = set(args.only or ["sequential", "parquet", "small"])
+        only = set(args.only or ["sequential", "parquet", "small", "vertipaq"])
         if "sequential" in only:
             seq = bench_sequential(workdir, key, size, rounds)
             print("\nSequential, GB/s (limit = plain target + raw AES-GCM in series; target >= 0.80x limit)")
@@ -315,6 +394,11 @@ def main(argv: list[str] | None = None) -> int:
             print("\nSmall files and listing, files/s (target: >= 0.70x plain local disk)")
             print(table(["case", "plain", "cmk", "cmk/plain"], small), flush=True)
             results["small_files"] = small
+        if "vertipaq" in only:
+            vpq = bench_vertipaq(workdir, key, model_rows, rounds)
+            print("\nVertiPaq model (cmkfs.workloads.vertipaq), median seconds")
+            print(table(["case", "plain s", "cmk s", "cmk/plain"], vpq), flush=True)
+            results["vertipaq"] = vpq
     if args.json:
         save_json(args.json, results)
     return 0

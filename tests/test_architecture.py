@@ -37,6 +37,7 @@ LAYERS = {
     "rewrap": 5,
     "admin": 5,
     "cli": 6,
+    "workloads": 6,  # what the demo refreshes and the benchmarks measure: through any fsspec filesystem
 }
 # Cross-cutting: the fork hook may be imported by anyone and import anything;
 # the package root re-exports; testing ships fake vaults; __main__ starts the CLI.

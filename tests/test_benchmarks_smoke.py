@@ -31,8 +31,20 @@ def test_engine_benchmark_runs(tmp_path):
 
 
 def test_filesystem_benchmark_runs(tmp_path):
-    out = _run("benchmarks/bench_fs.py", "--quick", "--rounds", "1", "--only", "small", "--only", "parquet")
+    out = _run(
+        "benchmarks/bench_fs.py",
+        "--quick",
+        "--rounds",
+        "1",
+        "--only",
+        "small",
+        "--only",
+        "parquet",
+        "--only",
+        "vertipaq",
+    )
     assert "50 KB write" in out and "ls(detail=True)" in out and "footer + 1 of 8 columns" in out
+    assert "VertiPaq model" in out
 
 
 def test_key_benchmark_runs_every_provider():
