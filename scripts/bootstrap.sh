@@ -1,21 +1,25 @@
 #!/usr/bin/env bash
 # Create (or reuse) the project's virtual environment and install cmkfs into it.
-#   scripts/bootstrap.sh            core install (embedded key vault, local disk, Azure Blob)
-#   scripts/bootstrap.sh test       plus the extras and system parts the test suite uses
+#   scripts/bootstrap.sh            cmkfs and the demo extra (embedded key vault, local disk, Azure Blob, charts)
+#   scripts/bootstrap.sh test       an editable install with the extras and system parts the test suite uses
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
 VENV=${CMKFS_VENV:-.venv}
-what=${1:-core}
+what=${1:-demo}
+PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
+
+step() { printf '==> %s\n' "$*" >&2; }
 
 if [ ! -x "$VENV/bin/python" ]; then
+    step "creating the virtual environment $VENV"
     "$PYTHON" -m venv "$VENV"
 fi
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
 
 if [ "$what" = test ]; then
-    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e ".[azure,hsm,test,dev]"
+    "${PIP[@]}" install --quiet --upgrade pip
+    "${PIP[@]}" install --quiet -e ".[azure,hsm,test,dev]"
     # SoftHSM2 is the real PKCS#11 token the HSM tests run against.
     if [ ! -e /usr/lib/softhsm/libsofthsm2.so ]; then
         sudo_=""
@@ -25,5 +29,13 @@ if [ "$what" = test ]; then
     fi
     # Azurite (npm) is installed by the test session itself, into the user's cache, on first use.
 else
-    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e .
+    # A regular (not editable) install: what a user gets from pip, and no build-backend chatter.
+    if "$VENV/bin/python" -c "import cmkfs, matplotlib, pandas" 2>/dev/null; then
+        step "updating cmkfs in $VENV"
+        "${PIP[@]}" install --quiet ".[demo]"
+    else
+        step "installing cmkfs and its demo extra (pyarrow, pandas, matplotlib) into $VENV: a minute or two the first time"
+        "${PIP[@]}" install --upgrade pip | grep -v '^Requirement already satisfied' || true
+        "${PIP[@]}" install --progress-bar on ".[demo]" | grep -v '^Requirement already satisfied' || true
+    fi
 fi

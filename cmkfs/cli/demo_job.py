@@ -1,197 +1,315 @@
-"""The workload behind ``cmkfs demo``: a dataset refresh into an encrypted store, as an analytics service runs it
-for a customer who brought their own key, on local disk with the embedded vault.
+"""The workload behind ``cmkfs demo``: the refresh of two capacities of an analytics service whose customer
+holds the keys, on local disk with the embedded vault — in a scratch directory of its own.
 
-The steps are numbered in :func:`run_demo`.  It reports through ``say`` what it did to files and keys, never key
-material.  It needs no click: the demo command is its only caller, but it runs from Python as well.
+The demo never touches the user's keys or policy: it makes ``DIR/home`` (a vault with a tenant key and an
+``hr`` key, and a policy with two capacities) and ``DIR/store`` (the ciphertext), and while it runs
+``$CMKFS_HOME`` names that home.  The steps are numbered in :func:`run_demo`; it reports through ``say``
+what it did to files and keys, never key material.  It needs no click (the demo command is its caller).
 """
 
 from __future__ import annotations
 
 import os
-import struct
+import shutil
 import time
-import zlib
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import fsspec
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from ..errors import CMKError, KeyNotFoundError, KeyRevokedError
+from ..config import ENV_AUDIT, ENV_HOME, ENV_KEY
+from ..errors import ConfigurationError, KeyRevokedError
 from ..format import MAGIC, ContentClass
 
-__all__ = ["run_demo", "DemoResult"]
+__all__ = ["run_demo", "DemoResult", "MARKER", "REVOCATION_TTL"]
 
-REGIONS = ("north", "south", "east", "west")
-DRILL_TTL = 2.0  # seconds: short, so the drill shows the revocation bound in real time
+MARKER = ".cmkfs-demo"  # marks a directory the demo made, so a re-run may empty it and nothing else
+TENANT_KEY = "tenant"  # CMK: the one tenant key, for every capacity without a key of its own
+HR_KEY = "hr"  # BYOK: the hr capacity's own key
+AUDIT_LOG = "audit.log"  # in the demo's home: every key operation of the demo, one JSON line each
+REVOCATION_TTL = 3.0  # seconds: the report reader's key cache, short so revocation shows in real time
+# Byte strings that would betray plaintext on disk: file-format signatures and words of the data.
+PLAINTEXT_MARKERS = (b"PAR1", b"\x89PNG", b"ARROW1", b"road bike", b"engineering", b"Amsterdam", b"order_date")
+
+
+@dataclass
+class CapacityResult:
+    name: str
+    root: str
+    key_uri: str
+    rows: int = 0
+    dataset_files: int = 0
+    model_files: int = 0
+    images: list[str] = field(default_factory=list)
+    model_reads_back_equal: bool = False
+    refresh_seconds: float = 0.0
 
 
 @dataclass
 class DemoResult:
-    key_uri: str
     directory: str
-    files: int = 0
+    home: str
+    capacities: dict[str, CapacityResult] = field(default_factory=dict)
+    ciphertext_files: int = 0
     ciphertext_bytes: int = 0
     revenue_by_region: dict[str, float] = field(default_factory=dict)
-    refused_after_disable: bool = False
-    restored_after_enable: bool = False
+    headcount_by_department: dict[str, int] = field(default_factory=dict)
+    ttl: float = REVOCATION_TTL
+    hr_served_from_cache_after_disable: bool = False
+    hr_refused_after_seconds: float | None = None
+    sales_readable_while_hr_revoked: bool = False
+    hr_restored_after_enable: bool = False
+    seconds: float = 0.0
+
+    @property
+    def revocation_held(self) -> bool:
+        refused = self.hr_refused_after_seconds
+        return refused is not None and refused <= self.ttl + 1.0 and self.sales_readable_while_hr_revoked
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "revocation_held": self.revocation_held}
 
 
-def _ensure_key(home: str | None, say: Callable[[str], None]) -> str:
-    from ..config import default_key_uri
-    from ..errors import ConfigurationError
+# -- the scratch directory ------------------------------------------------------------------------------------------
+
+
+def prepare_directory(directory: Path) -> None:
+    """Make ``directory`` the demo's, emptied of a previous run; refuse a directory the demo did not make."""
+    if directory.exists() and any(directory.iterdir()):
+        if not (directory / MARKER).is_file():
+            raise ConfigurationError(
+                f"{directory} is not empty and was not made by cmkfs demo: pass --dir a new or empty directory"
+            )
+        for child in ("home", "store"):
+            shutil.rmtree(directory / child, ignore_errors=True)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / MARKER).write_text("made by `cmkfs demo`; a re-run empties home/ and store/\n", encoding="utf-8")
+
+
+@contextmanager
+def demo_environment(home: Path) -> Iterator[None]:
+    """``$CMKFS_HOME`` names the demo's home, its audit log is ``home/audit.log``, and no ambient key applies."""
+    saved = {var: os.environ.get(var) for var in (ENV_HOME, ENV_KEY, ENV_AUDIT)}
+    os.environ[ENV_HOME] = str(home)
+    os.environ[ENV_AUDIT] = str(home / AUDIT_LOG)
+    os.environ.pop(ENV_KEY, None)
+    try:
+        yield
+    finally:
+        for var, value in saved.items():
+            if value is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = value
+
+
+def set_up_keys_and_capacities(home: Path, store: Path) -> dict[str, str]:
+    """A tenant key (default, for every capacity: CMK) and an ``hr`` key (that capacity's own: BYOK)."""
+    from ..policy import edit_policy
     from ..providers.local import LocalVaultProvider
 
-    try:
-        uri = default_key_uri(home)
-    except ConfigurationError:
-        uri = None
-    if uri and uri.startswith("local://"):
-        return uri
     vault = LocalVaultProvider(home=home)
+    # No passphrase: scratch keys of a demo; a real tenant key would be protected (docs/KEYS.md).
+    tenant = vault.create(TENANT_KEY, protect=False).key_uri
+    hr = vault.create(HR_KEY, protect=False).key_uri
+    with edit_policy(home) as policy:
+        policy.default_key = tenant
+        policy.mode = "byok"
+        policy.add("sales", str(store / "sales"))
+        policy.add("hr", str(store / "hr"), hr)
+    return {"sales": tenant, "hr": hr}
+
+
+# -- the refresh ----------------------------------------------------------------------------------------------------
+
+
+def _refresh(fs: Any, result: CapacityResult, table: pa.Table, partition: str) -> None:
+    from ..workloads.vertipaq import read_model, write_model
+
+    t0 = time.perf_counter()
+    ds.write_dataset(
+        table,
+        f"{result.root}/dataset",
+        filesystem=fs,
+        format="parquet",
+        partitioning=[partition],
+        partitioning_flavor="hive",
+        existing_data_behavior="delete_matching",
+    )
+    model = write_model(fs, f"{result.root}/model", table, open_kwargs={"content_class": ContentClass.VERTIPAQ})
+    result.rows = table.num_rows
+    result.dataset_files = len(fs.find(f"{result.root}/dataset"))
+    result.model_files = len(model.files)
+    result.model_reads_back_equal = read_model(fs, f"{result.root}/model").equals(table)
+    result.refresh_seconds = round(time.perf_counter() - t0, 2)
+
+
+def _read_sales_report(fs: Any, root: str) -> tuple[dict[str, float], dict[str, bytes]]:
+    """What a report reads: a column or two and the partition key, aggregated; and the charts it renders."""
+    from ..workloads.reports import bar_chart, line_chart
+
+    dataset = ds.dataset(f"{root}/dataset", filesystem=fs, format="parquet", partitioning="hive")
+    frame = dataset.to_table(columns=["region", "order_date", "channel", "revenue"]).to_pandas()
+    by_region = frame.groupby("region")["revenue"].sum().round(2).sort_index()
+    frame["month"] = frame["order_date"].astype("datetime64[s]").dt.to_period("M").dt.to_timestamp()
+    monthly = frame.pivot_table(index="month", columns="channel", values="revenue", aggfunc="sum").fillna(0.0)
+    images = {
+        "revenue-by-region.png": bar_chart(by_region.to_dict(), title="Revenue by region", ylabel="revenue"),
+        "revenue-by-month.png": line_chart(
+            list(monthly.index),
+            {str(c): list(monthly[c]) for c in monthly.columns},
+            title="Revenue per month and channel",
+            ylabel="revenue",
+        ),
+    }
+    return {str(k): float(v) for k, v in by_region.items()}, images
+
+
+def _read_hr_report(fs: Any, root: str) -> tuple[dict[str, int], dict[str, bytes]]:
+    from ..workloads.reports import bar_chart
+
+    dataset = ds.dataset(f"{root}/dataset", filesystem=fs, format="parquet", partitioning="hive")
+    frame = dataset.to_table(columns=["department", "termination_date", "salary"]).to_pandas()
+    active = frame[frame["termination_date"].isna()]
+    headcount = active.groupby("department").size().sort_index()
+    salary = active.groupby("department")["salary"].median().sort_index()
+    images = {
+        "headcount.png": bar_chart(headcount.to_dict(), title="Headcount by department", ylabel="people"),
+        "median-salary.png": bar_chart(salary.to_dict(), title="Median salary by department", ylabel="salary"),
+    }
+    return {str(k): int(v) for k, v in headcount.items()}, images
+
+
+def _publish_images(fs: Any, result: CapacityResult, images: dict[str, bytes]) -> None:
+    fs.makedirs(f"{result.root}/reports", exist_ok=True)
+    for name, png in images.items():
+        path = f"{result.root}/reports/{name}"
+        with fs.open(path, "wb", content_class=ContentClass.IMAGE) as f:
+            f.write(png)
+        result.images.append(path)
+
+
+def _check_ciphertext(store: Path, result: DemoResult) -> None:
+    """Every stored byte is ciphertext: each file starts with the cmkfs magic and holds no plaintext marker."""
+    for path in sorted(store.rglob("*")):
+        if not path.is_file():
+            continue
+        raw = path.read_bytes()
+        if not raw.startswith(MAGIC) or any(m in raw for m in PLAINTEXT_MARKERS):
+            raise ConfigurationError(f"{path} is not cmkfs ciphertext")
+        result.ciphertext_files += 1
+        result.ciphertext_bytes += len(raw)
+
+
+# -- revocation -----------------------------------------------------------------------------------------------------
+
+
+def _revoke_hr(home: Path, result: DemoResult, say: Callable[[str], None]) -> None:
+    """Disable the hr key under a running report reader and time how long its cached keys still serve."""
+    from ..providers.local import LocalVaultProvider
+
+    reader = fsspec.filesystem("cmk", target_protocol="file", cache_ttl=result.ttl, skip_instance_cache=True)
+    hr_image = result.capacities["hr"].images[0]
+    sales_image = result.capacities["sales"].images[0]
+    reader.cat_file(hr_image)  # the reader now holds hr's data key, for at most the TTL
+    reader.cat_file(sales_image)
+    vault = LocalVaultProvider(home=home)
+    vault.disable(HR_KEY)
+    disabled_at = time.monotonic()
     try:
-        vault.describe("local://demo")
-    except KeyNotFoundError:
-        vault.create("demo")
-        say("created key local://demo in the embedded vault")
-    return "local://demo"
+        say(
+            f"a report reader (the process that renders dashboards; its key cache TTL is {result.ttl:g} s) has just "
+            "read both capacities"
+        )
+        say(f"the customer disables {result.capacities['hr'].key_uri} in the vault: the key the hr capacity brought")
+        try:
+            reader.cat_file(hr_image)
+            result.hr_served_from_cache_after_disable = True
+            say(f"  the reader may still serve hr from its key cache, for at most the {result.ttl:g} s TTL")
+        except KeyRevokedError:
+            pass
+        while time.monotonic() - disabled_at < result.ttl + 2.0:
+            try:
+                reader.cat_file(hr_image)
+            except KeyRevokedError:
+                result.hr_refused_after_seconds = round(time.monotonic() - disabled_at, 2)
+                break
+            time.sleep(0.1)
+        if result.hr_refused_after_seconds is None:
+            say(f"  hr was still readable {result.ttl + 2.0:g} s after the key was disabled: the promise did NOT hold")
+            return
+        say(f"  {result.hr_refused_after_seconds:.1f} s later hr is refused (KeyRevokedError), for every reader")
+        result.sales_readable_while_hr_revoked = reader.cat_file(sales_image).startswith(b"\x89PNG")
+        say("  sales, under the tenant key, is still readable" if result.sales_readable_while_hr_revoked else "")
+    finally:
+        vault.enable(HR_KEY)
+    result.hr_restored_after_enable = reader.cat_file(hr_image).startswith(b"\x89PNG")
+    say("enabled the hr key again: hr is readable again" if result.hr_restored_after_enable else "hr NOT restored")
 
 
-def _sales_table(rows: int, seed: int = 11) -> pa.Table:
-    import random
-
-    rng = random.Random(seed)
-    return pa.table(
-        {
-            "region": [REGIONS[rng.randrange(4)] for _ in range(rows)],
-            "units": [rng.randrange(1, 500) for _ in range(rows)],
-            "revenue": [round(rng.random() * 1000, 2) for _ in range(rows)],
-        }
-    )
-
-
-def _png(width: int, height: int, pixel: Callable[[int, int], tuple[int, int, int]]) -> bytes:
-    """A truecolour PNG: enough of the format to draw a report chart."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
-
-    raw = bytearray()
-    for y in range(height):
-        raw.append(0)  # filter: none
-        for x in range(width):
-            raw.extend(pixel(x, y))
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(bytes(raw), 6))
-        + chunk(b"IEND", b"")
-    )
-
-
-def _bar_chart(values: dict[str, float]) -> bytes:
-    width, height, bar = 240, 160, 40
-    top = max(values.values()) or 1.0
-    colours = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40)]
-    heights = [int((v / top) * (height - 20)) for v in values.values()]
-
-    def pixel(x: int, y: int) -> tuple[int, int, int]:
-        i = (x - 20) // (bar + 10)
-        in_bar = 0 <= i < len(heights) and (x - 20) % (bar + 10) < bar
-        if in_bar and y >= height - heights[i]:
-            return colours[i % len(colours)]
-        return (255, 255, 255)
-
-    return _png(width, height, pixel)
+# -- the whole demo -------------------------------------------------------------------------------------------------
 
 
 def run_demo(
     directory: str | os.PathLike[str],
     *,
-    rows: int = 200_000,
-    home: str | None = None,
+    rows: int = 300_000,
     say: Callable[[str], None] = print,
+    show_status: Callable[[Path], None] | None = None,
 ) -> DemoResult:
-    """Run the refresh, the report read and the revocation drill in ``directory``."""
-    from ..providers.local import LocalVaultProvider
+    """Set up, refresh both capacities, read the reports, prove ciphertext and revocation, in ``directory``."""
+    from ..workloads.datasets import hr_table, sales_table
 
-    root = Path(directory).resolve()
-    root.mkdir(parents=True, exist_ok=True)
-    key_uri = _ensure_key(home, say)
-    result = DemoResult(key_uri=key_uri, directory=str(root))
-    fs = fsspec.filesystem("cmk", target_protocol="file", key=key_uri, skip_instance_cache=True)
+    started = time.perf_counter()
+    root = Path(directory).expanduser().resolve()
+    prepare_directory(root)
+    home, store = root / "home", root / "store"
+    result = DemoResult(directory=str(root), home=str(home))
+    with demo_environment(home):
+        # 1. Keys and capacities, in the demo's own home.
+        keys = set_up_keys_and_capacities(home, store)
+        say(f"scratch home {home}: an embedded vault with two keys, and a policy with two capacities")
+        say(f"  sales -> {store / 'sales'}  under {keys['sales']} (the tenant key: CMK)")
+        say(f"  hr    -> {store / 'hr'}  under {keys['hr']} (its own key: BYOK)")
+        for name in ("sales", "hr"):
+            result.capacities[name] = CapacityResult(name, str(store / name), keys[name])
 
-    # 1. Refresh: the dataset, an engine blob, a rendered report image.
-    t0 = time.perf_counter()
-    table = _sales_table(rows)
-    dataset_dir = f"{root}/sales"
-    if fs.exists(dataset_dir):
-        fs.rm(dataset_dir, recursive=True)
-    ds.write_dataset(
-        table,
-        dataset_dir,
-        filesystem=fs,
-        format="parquet",
-        partitioning=["region"],
-        partitioning_flavor="hive",
-        existing_data_behavior="overwrite_or_ignore",
-    )
-    fs.makedirs(f"{root}/model", exist_ok=True)
-    fs.makedirs(f"{root}/reports", exist_ok=True)
-    blob = fs.open(f"{root}/model/revenue.vpq", "wb", content_class=ContentClass.VERTIPAQ)
-    with blob:
-        # A column segment as an in-memory engine would persist it: dictionary ids + values.
-        encoded = pc.dictionary_encode(table.column("region")).combine_chunks()
-        blob.write(encoded.indices.buffers()[1])
-        blob.write(table.column("revenue").combine_chunks().buffers()[1])
-    refresh_s = time.perf_counter() - t0
-    say(f"refreshed {rows:,} rows into {dataset_dir} (encrypted with {key_uri}) in {refresh_s:.2f} s")
+        # 2. The refresh: a partitioned Parquet dataset and a VertiPaq-style model per capacity, through cmk:: only.
+        fs = fsspec.filesystem("cmk", target_protocol="file", skip_instance_cache=True)
+        tables = {"sales": (sales_table(rows), "region"), "hr": (hr_table(max(rows // 15, 1)), "department")}
+        for name, (table, partition) in tables.items():
+            capacity = result.capacities[name]
+            _refresh(fs, capacity, table, partition)
+            say(
+                f"refreshed {name}: {capacity.rows:,} rows -> {capacity.dataset_files} Parquet files and a "
+                f"model of {capacity.model_files} files (dictionaries and bit-packed RLE segments), "
+                f"read back {'equal' if capacity.model_reads_back_equal else 'NOT EQUAL'}, "
+                f"{capacity.refresh_seconds:.1f} s"
+            )
 
-    # 2. The report: one column and the partition key, aggregated.
-    t0 = time.perf_counter()
-    sales = ds.dataset(dataset_dir, filesystem=fs, format="parquet", partitioning="hive")
-    grouped = sales.to_table(columns=["region", "revenue"]).group_by("region").aggregate([("revenue", "sum")])
-    result.revenue_by_region = {
-        str(r): round(float(v), 2)
-        for r, v in zip(grouped.column("region").to_pylist(), grouped.column("revenue_sum").to_pylist(), strict=True)
-    }
-    fs.pipe_file(f"{root}/reports/revenue.png", _bar_chart(dict(sorted(result.revenue_by_region.items()))))
-    say(
-        f"report read back in {time.perf_counter() - t0:.2f} s: "
-        + ", ".join(f"{k} {v:,.2f}" for k, v in sorted(result.revenue_by_region.items()))
-    )
+        # 3. The reports: read one column or two, aggregate, render charts with matplotlib, store them encrypted.
+        result.revenue_by_region, sales_images = _read_sales_report(fs, result.capacities["sales"].root)
+        result.headcount_by_department, hr_images = _read_hr_report(fs, result.capacities["hr"].root)
+        _publish_images(fs, result.capacities["sales"], sales_images)
+        _publish_images(fs, result.capacities["hr"], hr_images)
+        say("report: revenue by region " + ", ".join(f"{k} {v:,.0f}" for k, v in result.revenue_by_region.items()))
+        say(f"rendered {len(sales_images) + len(hr_images)} report images (PNG, matplotlib) into reports/")
 
-    # 3. Every file on disk is ciphertext: it starts with the cmkfs magic, not PAR1 or PNG.
-    for path in root.rglob("*"):
-        if path.is_file():
-            with open(path, "rb") as f:
-                if f.read(len(MAGIC)) != MAGIC:
-                    raise CMKError(f"{path} is not encrypted")
-            result.files += 1
-            result.ciphertext_bytes += path.stat().st_size
-    say(f"{result.files} files, {result.ciphertext_bytes:,} bytes on disk: all of them cmkfs ciphertext")
+        # 4. What an administrator sees, and what is really on disk.
+        if show_status is not None:
+            show_status(home)
+        _check_ciphertext(store, result)
+        say(
+            f"on disk: {result.ciphertext_files} files, {result.ciphertext_bytes:,} bytes, every one cmkfs "
+            "ciphertext (no Parquet, Arrow or PNG signature, no word of the data)"
+        )
 
-    # 4. Revocation drill on a short TTL, with a fresh filesystem as a report server would hold.
-    vault = LocalVaultProvider(home=home)
-    name = key_uri[len("local://") :].split("?", 1)[0]
-    drill = fsspec.filesystem("cmk", target_protocol="file", key=key_uri, cache_ttl=DRILL_TTL, skip_instance_cache=True)
-    image = f"{root}/reports/revenue.png"
-    drill.cat_file(image)
-    vault.disable(name)
-    try:
-        say(f"key disabled; cached data keys in the report server expire within {DRILL_TTL:g} s")
-        time.sleep(DRILL_TTL + 0.1)
-        try:
-            drill.cat_file(image)
-        except KeyRevokedError:
-            result.refused_after_disable = True
-            say("after the TTL: read refused (KeyRevokedError), for everyone")
-    finally:
-        vault.enable(name)
-    result.restored_after_enable = drill.cat_file(image)[:8] == b"\x89PNG\r\n\x1a\n"
-    say("key enabled again: reads restored" if result.restored_after_enable else "reads were NOT restored")
+        # 5. The customer revokes the hr key.
+        _revoke_hr(home, result, say)
+    result.seconds = round(time.perf_counter() - started, 1)
     return result
