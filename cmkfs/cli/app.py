@@ -10,7 +10,7 @@ import click
 
 from .. import __version__
 from ..errors import CMKError
-from . import capacity, convert, demo, files, keys, rewrap, status
+from . import capacity, convert, demo, drill, files, keys, rewrap, status
 from .output import EXIT_ERROR, CommandError, exit_code_for
 from .state import CliState
 
@@ -69,6 +69,7 @@ cli.add_command(keys.command)
 cli.add_command(capacity.init)
 cli.add_command(capacity.capacity)
 cli.add_command(demo.command)
+cli.add_command(drill.command)
 cli.add_command(rewrap.command)
 cli.add_command(status.status)
 cli.add_command(status.verify)

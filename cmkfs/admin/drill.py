@@ -1,0 +1,540 @@
+"""``cmkfs drill``: disable a key while readers and a writer use it, and measure when each one stops.
+
+The evidence behind "unreadable within the TTL" (docs/SECURITY.md, "The TTL promise"),
+measured on this host in real processes (docs/DRILL.md says how to read it):
+
+1. a **scratch** embedded vault (a new 0700 directory) with one fresh key
+   ``local://drill-<id>``: never a user's key, and the user's configuration in
+   their own ``$CMKFS_HOME`` plays no part;
+2. **canaries** in a fresh folder ``cmkfs-drill-<id>/`` of the target (a temporary
+   local directory by default): a multi-segment binary file and a Parquet file;
+3. N **readers** and one **writer** (:mod:`.drill_agents`), each a process of its own
+   (or the readers as tasks on a Dask ``LocalCluster``), each with the key cache TTL;
+4. once every agent has succeeded, ``t_disable`` is taken on
+   :func:`cmkfs.clock.key_clock` and the key is disabled;
+5. the agents go on until ``t_disable + TTL + TOLERANCE + margin``, or until every
+   one has been refused for ``margin`` seconds; then they are stopped and their
+   attempts collected;
+6. clean-up, always (also on Ctrl-C, and on SIGTERM under :func:`sigterm_interrupts`):
+   agents stopped, the scratch key destroyed, canaries and scratch vault removed.
+
+An agent **passes** when the key refused it after ``t_disable`` and no attempt of it
+that *started* after ``t_disable + TTL + TOLERANCE`` returned data (a reader) or
+published a file (the writer).  The drill passes when every agent does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+from ..clock import key_clock
+from ..config import ENV_HOME, ENV_KEY
+from ..errors import ConfigurationError
+from ..keycache import purge_key
+from ..policy import normalize_url
+from ..providers.local import ENV_PASSPHRASE, LocalVaultProvider
+from .drill_agents import (
+    OK,
+    READER_KINDS,
+    READY_MARK,
+    REFUSED_MARK,
+    STOP_MARK,
+    AgentSpec,
+    drill_filesystem,
+    ignore_sigint,
+    run_agent,
+    write_canaries,
+)
+from .drill_evidence import (
+    CANARY_FOLDER_PREFIX,
+    DEFAULT_READERS,
+    DEFAULT_TTL,
+    MAX_TTL,
+    MIN_TTL,
+    TOLERANCE,
+    AgentFigures,
+    DrillConfig,
+    DrillResult,
+    agent_figures,
+    check_result,
+    default_report_path,
+    utc_now,
+    versions,
+    write_report,
+)
+
+__all__ = [
+    "DEFAULT_READERS",
+    "DEFAULT_TTL",
+    "MAX_TTL",
+    "MIN_TTL",
+    "TOLERANCE",
+    "AgentFigures",
+    "DrillConfig",
+    "DrillError",
+    "DrillResult",
+    "default_report_path",
+    "run_drill",
+    "sigterm_interrupts",
+    "write_report",
+]
+
+READY_TIMEOUT = 60.0  # every agent must succeed once within this (a Dask cluster starts in it too)
+STOP_TIMEOUT = 15.0  # for all agents to finish their last attempt and report
+KILL_TIMEOUT = 5.0  # after SIGTERM, before SIGKILL
+AGENT_SLACK = 30.0  # an agent outlives its drill by at most this long, even if nobody stops it
+POLL = 0.05
+AGENT_MODULE = "cmkfs.admin.drill_agents"
+
+Say = Callable[[str], None]
+
+
+class DrillError(Exception):
+    """The drill could not be run to a verdict (an agent never became ready, ...).  Clean-up was done."""
+
+
+# -- agents ---------------------------------------------------------------------------------------------------------
+
+
+class _Agent(Protocol):
+    spec: AgentSpec
+
+    def finished(self) -> bool: ...
+
+    def collect(self, deadline: float) -> dict[str, Any] | None: ...
+
+    def kill(self) -> None: ...
+
+
+class _ProcessAgent:
+    """``python -m cmkfs.admin.drill_agents``: the spec on stdin, the result in a private file as stdout."""
+
+    def __init__(self, spec: AgentSpec, env: dict[str, str], control: Path) -> None:
+        self.spec = spec
+        self.out = control / f"{spec.name}.out"
+        with open(self.out, "wb") as out, open(control / f"{spec.name}.err", "wb") as err:
+            # A session of its own: a Ctrl-C on the terminal reaches the drill, which stops the agents itself.
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", AGENT_MODULE],
+                stdin=subprocess.PIPE,
+                stdout=out,
+                stderr=err,
+                env=env,
+                start_new_session=True,
+            )
+        stdin = self.process.stdin
+        assert stdin is not None
+        try:
+            stdin.write(spec.to_json())
+        except BrokenPipeError:
+            pass  # it died at once: seen as an agent that never became ready
+        finally:
+            with contextlib.suppress(BrokenPipeError):
+                stdin.close()
+
+    def finished(self) -> bool:
+        return self.process.poll() is not None
+
+    def collect(self, deadline: float) -> dict[str, Any] | None:
+        try:
+            self.process.wait(timeout=max(0.0, deadline - key_clock()))
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return None
+        try:
+            lines = self.out.read_bytes().splitlines()
+            return check_result(self.spec.name, json.loads(lines[-1])) if lines else None
+        except (OSError, ValueError):
+            return None
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=KILL_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=KILL_TIMEOUT)
+
+
+class _DaskAgent:
+    """:func:`run_agent` as a task pinned to one worker of the drill's own LocalCluster."""
+
+    def __init__(self, spec: AgentSpec, client: Any, worker: str) -> None:
+        self.spec = spec
+        self.future = client.submit(
+            run_agent,
+            spec.to_dict(),
+            key=f"cmkfs-drill-{spec.name}-{secrets.token_hex(4)}",
+            pure=False,
+            workers=[worker],
+            allow_other_workers=False,
+        )
+
+    def finished(self) -> bool:
+        return bool(self.future.done())
+
+    def collect(self, deadline: float) -> dict[str, Any] | None:
+        try:
+            return check_result(self.spec.name, self.future.result(timeout=max(0.1, deadline - key_clock())))
+        except Exception:  # noqa: BLE001 - a task that failed or timed out has no figures; the verdict says so
+            self.kill()
+            return None
+
+    def kill(self) -> None:
+        with contextlib.suppress(Exception):
+            self.future.cancel()
+
+
+# -- the run --------------------------------------------------------------------------------------------------------
+
+
+class _Drill:
+    """The state of one drill, so that clean-up knows what exists at whatever point it is reached."""
+
+    def __init__(self, config: DrillConfig, say: Say) -> None:
+        self.config, self.say = config, say
+        self.drill_id = secrets.token_hex(6)
+        self.key_name = f"drill-{self.drill_id}"
+        self.seed = secrets.token_hex(16)
+        self._home: Path | None = None  # the scratch vault, once made
+        self.own_target: Path | None = None  # the default target, a temporary directory of ours
+        self.target = ""
+        self.folder_url = ""
+        self.target_fs: Any = None
+        self.folder = ""
+        self.agents: list[_Agent] = []
+        self.results: dict[str, dict[str, Any] | None] = {}
+        self.cluster: Any = None
+        self.client: Any = None
+        self.t_disable = 0.0
+
+    @property
+    def home(self) -> Path:
+        assert self._home is not None, "prepare() makes the scratch vault first"
+        return self._home
+
+    @property
+    def control(self) -> Path:
+        return self.home / "control"
+
+    @property
+    def key_uri(self) -> str:
+        return f"local://{self.key_name}"
+
+    # 1-2: the scratch vault and the canaries
+    def prepare(self) -> None:
+        import fsspec
+
+        # mkdtemp makes it 0700: the scratch vault's KEK is as private as a real vault's.
+        self._home = Path(tempfile.mkdtemp(prefix=f"{CANARY_FOLDER_PREFIX}{self.drill_id}-home-"))
+        self.control.mkdir(mode=0o700)
+        LocalVaultProvider(self.home).create(self.key_name, protect=False)  # no passphrase: nothing to leak
+        self.say(f"scratch key {self.key_uri} in a scratch vault")
+        if self.config.target is None:
+            self.own_target = Path(tempfile.mkdtemp(prefix=f"{CANARY_FOLDER_PREFIX}{self.drill_id}-target-"))
+            self.target = normalize_url(str(self.own_target))
+        else:
+            self.target = normalize_url(self.config.target)
+        self.folder_url = f"{self.target}/{CANARY_FOLDER_PREFIX}{self.drill_id}"
+        self.target_fs, folder = fsspec.url_to_fs(self.folder_url, **self.config.storage_options)
+        if self.target_fs.exists(folder):  # never: the id is random; and clean-up must not remove what is not ours
+            raise DrillError(f"{self.folder_url} exists already: the drill writes only into a new folder")
+        self.folder = str(folder)  # from here on, whatever is in it is the drill's to remove
+        self.target_fs.makedirs(self.folder, exist_ok=True)
+        fs, folder = drill_filesystem(
+            self.folder_url, self.config.storage_options, self.key_uri, str(self.home), self.config.ttl
+        )
+        write_canaries(fs, folder, self.seed)
+        self.say(f"canaries in {self.folder_url}")
+
+    # 3: the agents
+    def _specs(self) -> list[AgentSpec]:
+        config = self.config
+        reader_ttl = config.reader_ttl if config.reader_ttl is not None else config.ttl
+        writer = AgentSpec(
+            name="writer",
+            kind="writer",
+            folder_url=self.folder_url,
+            key_uri=self.key_uri,
+            home=str(self.home),
+            cache_ttl=config.ttl,
+            control_dir=str(self.control),
+            pace=config.pace,
+            max_seconds=READY_TIMEOUT + config.ttl + TOLERANCE + config.margin + STOP_TIMEOUT + AGENT_SLACK,
+            storage_options=config.storage_options,
+            seed=self.seed,
+        )
+        readers = [
+            dataclasses.replace(
+                writer, name=f"reader-{i + 1}", kind=READER_KINDS[i % len(READER_KINDS)], cache_ttl=reader_ttl
+            )
+            for i in range(config.readers)
+        ]
+        return [*readers, writer]
+
+    def start_agents(self) -> None:
+        env = dict(os.environ)
+        env[ENV_HOME] = str(self.home)  # the scratch vault: the user's own home is never consulted
+        for var in (ENV_KEY, ENV_PASSPHRASE):
+            env.pop(var, None)
+        specs = self._specs()
+        readers, writer = specs[:-1], specs[-1]
+        if self.config.use_dask:
+            workers = self._start_cluster(len(readers))
+            self.agents += [_DaskAgent(s, self.client, w) for s, w in zip(readers, workers, strict=True)]
+        else:
+            self.agents += [_ProcessAgent(_with_parent(s), env, self.control) for s in readers]
+        self.agents.append(_ProcessAgent(_with_parent(writer), env, self.control))
+
+    def _start_cluster(self, n: int) -> list[str]:
+        import dask
+        from distributed import Client, LocalCluster
+
+        self.say(f"starting a Dask LocalCluster of {n} worker process(es)")
+        # Dask's scratch space (scheduler and workers) goes into the scratch vault's folder, and with it.
+        with dask.config.set({"temporary-directory": str(self.home / "dask")}):
+            self.cluster = LocalCluster(  # type: ignore[no-untyped-call]  # distributed is not fully typed
+                n_workers=n,
+                threads_per_worker=1,
+                processes=True,
+                host="127.0.0.1",
+                dashboard_address=None,
+                env={ENV_HOME: str(self.home)},
+            )
+        self.client = Client(self.cluster, timeout=READY_TIMEOUT)  # type: ignore[no-untyped-call]
+        self.client.wait_for_workers(n, timeout=READY_TIMEOUT)
+        # A Ctrl-C on the terminal reaches every process of its group: the workers leave it to the drill,
+        # which stops the tasks and the cluster itself (a worker killed by it would take its figures along).
+        self.client.run(ignore_sigint)
+        return sorted(self.client.scheduler_info()["workers"])[:n]
+
+    def wait_ready(self) -> None:
+        """Until every agent has succeeded once; else stop them all and say why, by error class."""
+        deadline = key_clock() + READY_TIMEOUT
+        pending = {a.spec.name: a for a in self.agents}
+        while pending:
+            for name, agent in list(pending.items()):
+                mark = self.control / f"{READY_MARK}{name}"
+                if mark.exists():
+                    self.say(f"{name} ({agent.spec.kind}) pid {mark.read_text().strip()} ready")
+                    del pending[name]
+                elif agent.finished():
+                    self.stop_agents()
+                    raise DrillError(f"{self._not_ready(agent)}: it stopped before it ever succeeded")
+            if pending and key_clock() >= deadline:
+                self.stop_agents()
+                names = "; ".join(self._not_ready(a) for a in pending.values())
+                raise DrillError(f"not one success within {READY_TIMEOUT:.0f} s: {names}")
+            time.sleep(POLL)
+
+    def _not_ready(self, agent: _Agent) -> str:
+        """``NAME (KIND)`` and what stopped it: error class names only (their text may hold data or options)."""
+        result = self.results.get(agent.spec.name)
+        if result is None:
+            return f"{_named(agent)}, no result"
+        outcomes = sorted({a[2] for a in result["attempts"]} - {OK})
+        if result.get("fatal"):
+            outcomes.append(f"stopped by {result['fatal']}")
+        return f"{_named(agent)}, {', '.join(outcomes) or 'no attempt'}"
+
+    # 4-5: disable, watch
+    def disable(self) -> tuple[str, float]:
+        self.say(f"every agent is using the key; disabling {self.key_uri}")
+        self.t_disable = key_clock()  # before the call: the bound is the stricter for it
+        disabled_utc = utc_now()
+        LocalVaultProvider(self.home).disable(self.key_name)
+        return disabled_utc, key_clock() - self.t_disable
+
+    def watch(self) -> str:
+        """Until the bound plus the margin, or until every agent has been refused for the margin."""
+        config = self.config
+        deadline = self.t_disable + config.ttl + TOLERANCE + config.margin
+        self.say(f"key disabled; watching for up to {deadline - key_clock():.1f} s")
+        reported: set[str] = set()
+        since: float | None = None
+        while True:
+            now = key_clock()
+            if now >= deadline:
+                return "deadline"
+            refused = {a.spec.name for a in self.agents if (self.control / f"{REFUSED_MARK}{a.spec.name}").exists()}
+            for name in sorted(refused - reported):
+                self.say(f"{name} refused after {now - self.t_disable:.1f} s")
+            reported |= refused
+            if len(refused) == len(self.agents):
+                since = now if since is None else since
+                if now - since >= config.margin:
+                    return "all refused"
+            else:
+                since = None
+            time.sleep(POLL)
+
+    def stop_agents(self) -> None:
+        """Ask every agent to stop, collect what each says; stop by force any that does not."""
+        if self._home is not None and self.control.is_dir():
+            with contextlib.suppress(OSError):
+                (self.control / STOP_MARK).write_text("")
+        deadline = key_clock() + STOP_TIMEOUT
+        for agent in self.agents:
+            if agent.spec.name not in self.results:
+                self.results[agent.spec.name] = agent.collect(deadline)
+        for agent in self.agents:
+            agent.kill()
+
+    # 6: clean-up
+    def cleanup(self) -> dict[str, bool]:
+        done: dict[str, bool] = {}
+        done["agents_stopped"] = _step(self.say, "stopping the agents", self.stop_agents)
+        if self.client is not None or self.cluster is not None:
+            done["cluster_closed"] = _step(self.say, "closing the Dask cluster", self._close_cluster)
+        if self._home is not None:
+            done["key_destroyed"] = _step(self.say, "destroying the scratch key", self._destroy_key)
+        if self.folder:
+            done["canaries_removed"] = _step(self.say, "removing the canaries", self._remove_canaries)
+        if self.own_target is not None:
+            target = self.own_target
+            done["target_removed"] = _step(self.say, "removing the temporary target", lambda: _rmtree(target))
+        if self._home is not None:
+            home = self._home
+            done["scratch_vault_removed"] = _step(self.say, "removing the scratch vault", lambda: _rmtree(home))
+        return done
+
+    def _close_cluster(self) -> None:
+        try:
+            if self.client is not None:
+                self.client.close(timeout=STOP_TIMEOUT)
+        finally:
+            if self.cluster is not None:
+                self.cluster.close(timeout=STOP_TIMEOUT)
+
+    def _destroy_key(self) -> None:
+        vault = LocalVaultProvider(self.home)
+        if self.key_name in vault.list_keys():
+            vault.destroy(self.key_name)
+        purge_key(self.key_uri)  # the canary writer's cached data key, in this process
+
+    def _remove_canaries(self) -> None:
+        fs = self.target_fs
+        fs.invalidate_cache()
+        if fs.exists(self.folder):
+            fs.rm(self.folder, recursive=True)
+        fs.invalidate_cache()
+        if fs.exists(self.folder):
+            raise OSError(f"{self.folder_url} is still there")
+
+
+def _with_parent(spec: AgentSpec) -> AgentSpec:
+    """``spec`` for a process agent: it stops by itself if this process goes away."""
+    return dataclasses.replace(spec, parent_pid=os.getpid())
+
+
+def _named(agent: _Agent) -> str:
+    return f"{agent.spec.name} ({agent.spec.kind})"
+
+
+def _rmtree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    if path.exists():
+        raise OSError(f"{path} could not be removed")
+
+
+def _step(say: Say, what: str, action: Callable[[], None]) -> bool:
+    try:
+        action()
+        return True
+    except Exception as exc:  # noqa: BLE001 - clean-up goes on past any failure, and says which step failed
+        say(f"clean-up: {what} failed ({type(exc).__name__})")
+        return False
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Clean-up runs to its end: SIGINT and SIGTERM during it are held, then raised as KeyboardInterrupt."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+
+    def hold(signum: int, _frame: object) -> None:
+        caught.append(signum)
+
+    previous = {s: signal.signal(s, hold) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if caught:
+        raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """Within the block SIGTERM raises KeyboardInterrupt, as Ctrl-C does: both reach the same clean-up."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _no_say(_message: str) -> None:
+    pass
+
+
+def run_drill(config: DrillConfig, say: Say = _no_say) -> DrillResult:
+    """Run one drill (the steps of the module docstring) and return its figures.
+
+    Raises :class:`DrillError` when no verdict could be reached, ``KeyboardInterrupt``
+    when interrupted; either way after clean-up.
+    """
+    config.check()
+    if config.use_dask:
+        try:
+            import distributed  # noqa: F401 - only to say now, before anything is created, that it is missing
+        except ImportError:
+            raise ConfigurationError(
+                "--dask needs dask.distributed: pip install 'dask[distributed]' (it is in cmkfs's test extra)"
+            ) from None
+    drill = _Drill(config, say)
+    result = DrillResult(drill.drill_id, config, target="", key_uri=drill.key_uri, started=utc_now())
+    try:
+        drill.prepare()
+        result.target = drill.target
+        drill.start_agents()
+        drill.wait_ready()
+        result.disabled, result.disable_seconds = drill.disable()
+        result.stopped = drill.watch()
+        say("stopping the agents")
+        drill.stop_agents()
+        result.ended = utc_now()
+    finally:
+        with _signals_held():
+            result.cleanup = drill.cleanup()
+    bound = drill.t_disable + config.ttl + TOLERANCE
+    result.agents = [
+        agent_figures(a.spec, drill.results.get(a.spec.name), drill.t_disable, bound) for a in drill.agents
+    ]
+    result.versions = versions(config.use_dask)
+    return result

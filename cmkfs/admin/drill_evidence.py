@@ -1,0 +1,319 @@
+"""What ``cmkfs drill`` was asked, what it measured and what it concludes: the configuration, each
+agent's figures, the verdict, and the JSON report an auditor keeps (docs/DRILL.md, "The report").
+
+Pure bookkeeping over the attempts the agents return: no processes, no keys.  :mod:`.drill` runs the drill.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import os
+import platform
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..clock import COUNTS_SUSPEND, KEY_CLOCK_NAME
+from ..errors import ConfigurationError
+from ..keycache import MAX_CACHE_TTL
+from ..policy import normalize_url
+from .drill_agents import OK, REFUSED, AgentSpec
+
+__all__ = [
+    "CANARY_FOLDER_PREFIX",
+    "DEFAULT_READERS",
+    "DEFAULT_TTL",
+    "MAX_TTL",
+    "MIN_TTL",
+    "TOLERANCE",
+    "AgentFigures",
+    "DrillConfig",
+    "DrillResult",
+    "agent_figures",
+    "check_result",
+    "default_report_path",
+    "utc_now",
+    "versions",
+    "write_report",
+]
+
+DEFAULT_TTL = 10.0
+MIN_TTL = 1.0
+MAX_TTL = MAX_CACHE_TTL
+DEFAULT_READERS = 3
+MAX_READERS = 32
+# Scheduling slack on top of the TTL: the disable call's own duration (``t_disable`` is taken
+# before it, its commit is an fsync'd rename), an attempt's clock read and its first key check
+# not being one instant, and a loaded host delaying any of them.  Not a grace period for the key.
+TOLERANCE = 1.0
+MIN_MARGIN = 1.5  # seconds the agents go on past the bound (or past everyone's refusal)
+MIN_PACE, MAX_PACE = 0.05, 1.0  # seconds between an agent's attempts: ttl/100 within these
+REPORT_FORMAT = 1
+CANARY_FOLDER_PREFIX = "cmkfs-drill-"
+
+
+@dataclass(frozen=True)
+class DrillConfig:
+    """What ``cmkfs drill`` was asked to do."""
+
+    readers: int = DEFAULT_READERS
+    use_dask: bool = False
+    ttl: float = DEFAULT_TTL
+    reader_ttl: float | None = None  # for testing the drill itself: readers keep keys this long instead
+    target: str | None = None  # a URL or local path; default: a new temporary directory
+    storage_options: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)  # may hold secrets
+
+    def check(self) -> None:
+        if not 1 <= self.readers <= MAX_READERS:
+            raise ConfigurationError(f"readers must be between 1 and {MAX_READERS}")
+        if not MIN_TTL <= self.ttl <= MAX_TTL:
+            raise ConfigurationError(f"the drill's ttl must be between {MIN_TTL:g} and {MAX_TTL:g} seconds")
+        if self.reader_ttl is not None and not 0 <= self.reader_ttl <= MAX_TTL:
+            raise ConfigurationError(f"reader_ttl must be between 0 and {MAX_TTL:g} seconds")
+        if self.target is not None and normalize_url(self.target).startswith("memory://"):
+            raise ConfigurationError("a memory:// target lives in one process: the agents could never see it")
+        if "cmk" in self.storage_options:
+            raise ConfigurationError(
+                "storage options for the drill name only the target's protocol: it sets the cmk layer itself"
+            )
+
+    @property
+    def pace(self) -> float:
+        return min(MAX_PACE, max(MIN_PACE, self.ttl / 100))
+
+    @property
+    def margin(self) -> float:
+        return max(MIN_MARGIN, 3 * self.pace)
+
+
+# -- figures ------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class AgentFigures:
+    """One agent's attempts, measured from ``t_disable``.  Counts go by an attempt's start time."""
+
+    name: str
+    kind: str
+    pid: int | None
+    cache_ttl: float
+    attempts: int = 0
+    ok_before: int = 0  # reads that returned the canary's bytes, or files published, before t_disable
+    ok_after: int = 0
+    errors_before: int = 0
+    errors_after: dict[str, int] = field(default_factory=dict)  # class name -> count
+    refused_after: float | None = None  # seconds from t_disable to the end of the first refused attempt
+    last_data_after: float | None = None  # seconds from t_disable to the end of the last successful attempt
+    ok_after_bound: int = 0  # successful attempts that started after t_disable + TTL + TOLERANCE
+    mismatches: int = 0  # reads that returned bytes other than the canary's
+    problem: str | None = None  # why there are no (complete) figures
+
+    @property
+    def failures(self) -> list[str]:
+        reasons = []
+        if self.problem is not None:
+            reasons.append(self.problem)
+        if self.mismatches:
+            reasons.append("returned wrong data")
+        if self.ok_after_bound:
+            reasons.append("data after the bound" if self.kind != "writer" else "published after the bound")
+        if self.refused_after is None:
+            reasons.append("never refused")
+        return reasons
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "pid": self.pid,
+            "cache_ttl_seconds": self.cache_ttl,
+            "attempts": self.attempts,
+            "ok_before_disable": self.ok_before,
+            "ok_after_disable": self.ok_after,
+            "errors_before_disable": self.errors_before,
+            "errors_after_disable": dict(sorted(self.errors_after.items())),
+            "refused_after_seconds": _rounded(self.refused_after),
+            "last_data_after_seconds": _rounded(self.last_data_after),
+            "ok_started_after_bound": self.ok_after_bound,
+            "wrong_data": self.mismatches,
+            "problem": self.problem,
+            "verdict": "pass" if self.passed else "fail",
+            "reasons": self.failures,
+        }
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+def agent_figures(spec: AgentSpec, result: dict[str, Any] | None, t_disable: float, bound: float) -> AgentFigures:
+    """Figures of one agent from its attempts; ``bound`` is ``t_disable + TTL + TOLERANCE`` on the same clock."""
+    figures = AgentFigures(spec.name, spec.kind, None, spec.cache_ttl)
+    if result is None:
+        figures.problem = "no results (stopped by force)"
+        return figures
+    figures.pid = result.get("pid") if isinstance(result.get("pid"), int) else None
+    attempts = result.get("attempts")
+    if not isinstance(attempts, list):
+        figures.problem = "no results"
+        return figures
+    if result.get("fatal"):
+        figures.problem = f"stopped by {result['fatal']}"
+    for start, end, outcome in attempts:
+        figures.attempts += 1
+        if outcome == OK:
+            if start < t_disable:
+                figures.ok_before += 1
+            else:
+                figures.ok_after += 1
+            if end >= t_disable:
+                figures.last_data_after = end - t_disable
+            if start > bound:
+                figures.ok_after_bound += 1
+            continue
+        if outcome == "CanaryMismatch":
+            figures.mismatches += 1
+        if end < t_disable:
+            figures.errors_before += 1
+            continue
+        figures.errors_after[outcome] = figures.errors_after.get(outcome, 0) + 1
+        if outcome == REFUSED and figures.refused_after is None:
+            figures.refused_after = end - t_disable
+    return figures
+
+
+def check_result(name: str, raw: object) -> dict[str, Any] | None:
+    """An agent's JSON result, or None if it is not one (attempts as ``[float, float, str]``)."""
+    if not isinstance(raw, dict) or raw.get("name") != name or not isinstance(raw.get("attempts"), list):
+        return None
+    for attempt in raw["attempts"]:
+        if not (
+            isinstance(attempt, (list, tuple))
+            and len(attempt) == 3
+            and all(isinstance(t, (int, float)) for t in attempt[:2])
+            and isinstance(attempt[2], str)
+        ):
+            return None
+    return raw
+
+
+# -- the result -----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DrillResult:
+    """Everything the report says.  Holds no storage options, key material or canary bytes."""
+
+    drill_id: str
+    config: DrillConfig
+    target: str
+    key_uri: str
+    started: str
+    disabled: str = ""
+    ended: str = ""
+    disable_seconds: float = 0.0
+    stopped: str = ""
+    agents: list[AgentFigures] = field(default_factory=list)
+    cleanup: dict[str, bool] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def bound(self) -> float:
+        return self.config.ttl + TOLERANCE
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.agents) and all(a.passed for a in self.agents)
+
+    @property
+    def failed_agents(self) -> list[AgentFigures]:
+        return [a for a in self.agents if not a.passed]
+
+    def to_dict(self) -> dict[str, Any]:
+        config = self.config
+        return {
+            "report_format": REPORT_FORMAT,
+            "drill_id": self.drill_id,
+            "verdict": "passed" if self.passed else "failed",
+            "failed_agents": [a.name for a in self.failed_agents],
+            "started_utc": self.started,
+            "disabled_utc": self.disabled,
+            "ended_utc": self.ended,
+            "ttl_seconds": config.ttl,
+            "reader_ttl_seconds": config.reader_ttl if config.reader_ttl is not None else config.ttl,
+            "tolerance_seconds": TOLERANCE,
+            "bound_seconds": self.bound,
+            "margin_seconds": config.margin,
+            "pace_seconds": config.pace,
+            "stopped": self.stopped,
+            "clock": {"name": KEY_CLOCK_NAME, "counts_suspend": COUNTS_SUSPEND, "scope": "one host"},
+            "host": platform.node(),
+            "target": self.target,
+            "canary_folder": CANARY_FOLDER_PREFIX + self.drill_id,
+            "runner": "dask" if config.use_dask else "processes",
+            "readers": config.readers,
+            "key": {
+                "uri": self.key_uri,
+                "vault": "scratch embedded vault",
+                "disable_call_seconds": round(self.disable_seconds, 3),
+            },
+            "agents": [a.to_dict() for a in self.agents],
+            "cleanup": dict(self.cleanup),
+            "versions": dict(self.versions),
+        }
+
+
+def utc_now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def versions(use_dask: bool) -> dict[str, str]:
+    from importlib import metadata
+
+    found = {"cmkfs": __version__, "python": platform.python_version(), "platform": platform.platform()}
+    optional = [name for name in ("adlfs",) if name in sys.modules]  # the Azure target, when one was used
+    for name in ("cryptography", "fsspec", "pyarrow", *(("dask", "distributed") if use_dask else ()), *optional):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "unknown"
+    return found
+
+
+# -- the report -----------------------------------------------------------------------------------------------------
+
+
+def default_report_path(home: Path, result: DrillResult) -> Path:
+    """``HOME/drills/drill-<UTC timestamp>-<id>.json``."""
+    stamp = result.started[:19].replace("-", "").replace(":", "") + "Z"
+    return home / "drills" / f"drill-{stamp}-{result.drill_id}.json"
+
+
+def write_report(result: DrillResult, path: Path) -> Path:
+    """Write the report to ``path`` atomically, mode 0600 (its folder made 0700 if new); return the path."""
+    path = path.expanduser()
+    for folder in reversed([path.parent, *path.parent.parents]):
+        if not folder.exists():
+            folder.mkdir(mode=0o700)
+    data = (json.dumps(result.to_dict(), indent=2, sort_keys=True) + "\n").encode("utf-8")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # created 0600
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path
