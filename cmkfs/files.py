@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import enum
 import io
+import logging
 import os
 import sys
 import threading
@@ -42,7 +43,7 @@ from .errors import ConfigurationError, IntegrityError, UnsupportedOperationErro
 from .format import DEFAULT_SEGMENT_SIZE, ContentClass
 from .keys import KeySource, register_key_holder
 from .stream import DecryptingReader, EncryptingWriter, RangeSource
-from .targets import AtomicSink
+from .targets import AtomicSink, discard_after_failure
 
 __all__ = [
     "CMKReadFile",
@@ -54,6 +55,8 @@ __all__ = [
     "WriteState",
     "IN_MEMORY_CACHE_TYPES",
 ]
+
+_logger = logging.getLogger(__name__)
 
 # fsspec read caches that keep their blocks in process memory.  "mmap" (and
 # anything built on MMapCache) writes the fetched bytes to a local file:
@@ -327,7 +330,7 @@ class CMKWriteFile:
                 sink, keys, segment_size=segment_size, content_class=content_class, threads=threads
             )
         except BaseException:
-            sink.discard()
+            discard_after_failure(sink, path)
             raise
         self._state = WriteState.OPEN
         self._pos = 0
@@ -482,7 +485,14 @@ class CMKWriteFile:
         if exc_type is None:
             self.close()
         else:
-            self.discard()
+            try:
+                self.discard()
+            except Exception as discard_error:  # noqa: BLE001 - the block's own exception is the one to see
+                _logger.warning(
+                    "%s: the partial file of a failed write could not be removed (%s)",
+                    self.path,
+                    type(discard_error).__name__,
+                )
 
     def __del__(self) -> None:
         if getattr(self, "_state", None) in (WriteState.OPEN, WriteState.SEALED):

@@ -62,7 +62,7 @@ from .providers.base import KeyInfo, split_key_uri
 from .secret import Secret
 from .segment import check_commitment, derive_cipher
 from .stream import DecryptingReader, RangeSource, read_header
-from .targets import is_partial_name, kept_metadata, open_atomic_sink, open_range_source
+from .targets import discard_after_failure, is_partial_name, kept_metadata, open_atomic_sink, open_range_source
 
 if TYPE_CHECKING:
     from .filesystem import CMKFileSystem
@@ -478,6 +478,6 @@ def _publish(
             raise _changed(path)
         sink.commit()
     except BaseException:
-        sink.discard()
+        discard_after_failure(sink, path)
         raise
     return written + copied

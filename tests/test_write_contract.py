@@ -19,7 +19,9 @@ from pathlib import Path
 
 import fsspec
 import pandas as pd
+import pyarrow.fs
 import pytest
+from fsspec.implementations.arrow import ArrowFSWrapper
 
 from cmkfs.errors import CMKError
 from cmkfs.files import WriteState
@@ -424,3 +426,37 @@ def test_a_log_handler_closed_at_exit_keeps_its_log(key, tmp_path, isolated_cmkf
     fs = CMKFileSystem(target_protocol="file", key=key, skip_instance_cache=True)
     assert fs.cat_file(closed) == b"refresh finished\n"
     assert not fs.exists(unclosed)
+
+
+class _UndeletableStore(ArrowFSWrapper):
+    """Local disk through pyarrow (a target cmkfs writes through its generic sink) whose deletes
+    fail, as an FTP server refusing DELE does (fault injection)."""
+
+    def rm_file(self, path):
+        raise PermissionError(13, "deletes are refused here", path)
+
+
+@pytest.mark.parametrize("when", ["at open", "inside the with block"])
+def test_a_failed_delete_of_the_partial_file_does_not_hide_why_the_write_failed(when, caplog, tmp_path):
+    vault = LocalVaultProvider()
+    key = vault.create("undeletable", protect=False).key_uri
+    target = _UndeletableStore(pyarrow.fs.LocalFileSystem(), skip_instance_cache=True)
+    fs = CMKFileSystem(fs=target, key=key, skip_instance_cache=True)
+    (tmp_path / "w").mkdir()
+    path = f"{tmp_path}/w/f.bin"
+    if when == "at open":
+        vault.disable("undeletable")
+        with pytest.raises(CMKError) as raised:
+            fs.open(path, "wb")
+        assert type(raised.value).__name__ == "KeyRevokedError"
+    else:
+        with pytest.raises(ZeroDivisionError), fs.open(path, "wb") as f:
+            f.write(b"x" * 10)
+            1 / 0  # noqa: B018 - the caller's own failure
+    assert "could not be removed (PermissionError)" in caplog.text
+    # This target is written in place (docs/FILESYSTEM.md): what the failed delete leaves behind
+    # must never read as a file, even with the key usable again.
+    vault.enable("undeletable")
+    if os.path.exists(path):
+        with pytest.raises(CMKError):
+            CMKFileSystem(target_protocol="file", key=key, skip_instance_cache=True).cat_file(path)

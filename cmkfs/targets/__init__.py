@@ -19,6 +19,7 @@ docs/FILESYSTEM.md.
 from __future__ import annotations
 
 import importlib
+import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
@@ -37,6 +38,7 @@ from .memory import MemorySink, MemorySource
 
 __all__ = [
     "AtomicSink",
+    "discard_after_failure",
     "RangeSource",
     "StoredMetadata",
     "open_atomic_sink",
@@ -94,6 +96,22 @@ class StoredMetadata(dict[str, str]):
     A sink that encodes the values it is given (Azure Blob percent-encodes
     non-ASCII) commits these unchanged instead, so a rewrite keeps them exactly.
     """
+
+
+logger = logging.getLogger(__name__)
+
+
+def discard_after_failure(sink: AtomicSink, path: str) -> None:
+    """Drop the partial file of a write that has already failed, without hiding why it failed.
+
+    The write's own error (a revoked key, a full disk) is what the caller must see; a backend
+    that cannot remove the partial file too (an FTP server refusing the delete) must not replace
+    it.  The leftover is a partial file, never published: ``cmkfs clean`` finds it later.
+    """
+    try:
+        sink.discard()
+    except Exception as exc:  # noqa: BLE001 - any error of the backend: the failure in flight wins
+        logger.warning("%s: the partial file of a failed write could not be removed (%s)", path, type(exc).__name__)
 
 
 def kept_metadata(info: Mapping[str, Any]) -> StoredMetadata:
