@@ -115,3 +115,18 @@ def test_demo_refuses_a_directory_it_did_not_make(tmp_path):
     assert proc.returncode == 7
     assert str(directory) in proc.stderr and "not made by cmkfs demo" in proc.stderr
     assert [p.name for p in directory.iterdir()] == ["thesis.tex"]
+
+
+def test_demo_never_follows_a_symlinked_home_into_another_vault(tmp_path):
+    real_home = tmp_path / "real-home"
+    real_home.mkdir()
+    (real_home / "config.json").write_text('{"default_key": "local://mine"}')
+    directory = tmp_path / "d"
+    directory.mkdir()
+    (directory / MARKER).write_text("")
+    (directory / "home").symlink_to(real_home)
+    proc = _demo("--dir", str(directory), "--rows", "100")
+    assert proc.returncode == 7
+    assert str(directory / "home") in proc.stderr
+    assert [p.name for p in real_home.iterdir()] == ["config.json"]
+    assert (real_home / "config.json").read_text() == '{"default_key": "local://mine"}'

@@ -79,16 +79,26 @@ class DemoResult:
 
 
 def prepare_directory(directory: Path) -> None:
-    """Make ``directory`` the demo's, emptied of a previous run; refuse a directory the demo did not make."""
-    if directory.exists() and any(directory.iterdir()):
-        if not (directory / MARKER).is_file():
-            raise ConfigurationError(
-                f"{directory} is not empty and was not made by cmkfs demo: pass --dir a new or empty directory"
-            )
-        for child in ("home", "store"):
-            shutil.rmtree(directory / child, ignore_errors=True)
+    """Make ``directory`` the demo's, emptied of a previous run; refuse a directory the demo did not make.
+
+    Only ``home/`` and ``store/`` are removed, and only as real directories: a symbolic link there
+    could point at someone's real vault, which the demo must never write to or delete.
+    """
+    marker = directory / MARKER
+    if directory.exists() and any(directory.iterdir()) and (marker.is_symlink() or not marker.is_file()):
+        raise ConfigurationError(
+            f"{directory} is not empty and was not made by cmkfs demo: pass --dir a new or empty directory"
+        )
+    for child in (directory / "home", directory / "store"):
+        if child.is_symlink() or (child.exists() and not child.is_dir()):
+            raise ConfigurationError(f"{child} is not a directory the demo made: remove it or pass another --dir")
+    for child in (directory / "home", directory / "store"):
+        if child.exists():
+            shutil.rmtree(child)  # errors raise: a half-emptied home must not be reused
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / MARKER).write_text("made by `cmkfs demo`; a re-run empties home/ and store/\n", encoding="utf-8")
+    marker.write_text("made by `cmkfs demo`; a re-run empties home/ and store/\n", encoding="utf-8")
+    (directory / "home").mkdir(mode=0o700)
+    (directory / "store").mkdir()
 
 
 @contextmanager
