@@ -20,12 +20,16 @@ fi
 if [ "$what" = test ]; then
     "${PIP[@]}" install --quiet --upgrade pip
     "${PIP[@]}" install --quiet -e ".[azure,hsm,test,dev]"
-    # SoftHSM2 is the real PKCS#11 token the HSM tests run against.
-    if [ ! -e /usr/lib/softhsm/libsofthsm2.so ]; then
+    # SoftHSM2 is the real PKCS#11 token the HSM tests run against; fuse3 brings libfuse and
+    # fusermount3 for the mount tests (which need /dev/fuse as well).
+    missing=()
+    [ -e /usr/lib/softhsm/libsofthsm2.so ] || missing+=(softhsm2)
+    command -v fusermount3 >/dev/null || missing+=(fuse3)
+    if [ ${#missing[@]} -gt 0 ]; then
         sudo_=""
         [ "$(id -u)" = 0 ] || sudo_="sudo"
         $sudo_ apt-get update -q >/dev/null
-        DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -q softhsm2 >/dev/null
+        DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -q "${missing[@]}" >/dev/null
     fi
     # Azurite (npm) is installed by the test session itself, into the user's cache, on first use.
 else

@@ -36,6 +36,7 @@ LAYERS = {
     "sizes": 5,
     "rewrap": 5,
     "admin": 5,
+    "mount": 5,
     "cli": 6,
     "workloads": 6,  # what the demo refreshes and the benchmarks measure: through any fsspec filesystem
 }

@@ -10,7 +10,7 @@ import click
 
 from .. import __version__
 from ..errors import CMKError
-from . import capacity, convert, demo, drill, files, keys, rewrap, status
+from . import capacity, convert, demo, drill, files, keys, mount, rewrap, status
 from .output import EXIT_ERROR, CommandError, exit_code_for
 from .state import CliState
 
@@ -74,7 +74,7 @@ cli.add_command(rewrap.command)
 cli.add_command(status.status)
 cli.add_command(status.verify)
 cli.add_command(status.clean)
-for _command in (*files.COMMANDS, *convert.COMMANDS):
+for _command in (*files.COMMANDS, *convert.COMMANDS, *mount.COMMANDS):
     cli.add_command(_command)
 
 
