@@ -1,14 +1,20 @@
 """The VertiPaq-style model store (``cmkfs.workloads.vertipaq``): round trips on a plain memory filesystem
-and on ``cmk`` over local disk, the segment codec's choices and bounds, and malformed input refused."""
+and on ``cmk`` over local disk, the segment codec's choices and bounds, malformed input refused as
+``ModelFormatError`` while storage errors pass through, and the read budgets."""
 
 from __future__ import annotations
 
+import base64
 import datetime
 import decimal
+import errno
 import json
 import math
+import random
 import re
 import struct
+import tracemalloc
+from pathlib import Path
 
 import fsspec
 import numpy as np
@@ -17,6 +23,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from cmkfs.errors import CMKError, IntegrityError
 from cmkfs.format import MAGIC as CMK_MAGIC
 from cmkfs.format import ContentClass, FileParams
 from cmkfs.providers.local import LocalVaultProvider
@@ -24,6 +31,7 @@ from cmkfs.workloads import vertipaq as vp
 from cmkfs.workloads.vertipaq import (
     ModelFormatError,
     ModelNotFoundError,
+    ModelTooLargeError,
     decode_segment,
     encode_segment,
     read_column,
@@ -388,3 +396,439 @@ def test_model_json_that_is_not_json_raises(memfs):
 def test_decoder_accepts_every_bytes_like(kind):
     data = encode_segment(MIXED, 4)
     assert decode(kind(data), len(MIXED)).tolist() == MIXED.tolist()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Unpacking in bounded steps
+
+
+def test_every_bit_width_round_trips_across_unpacking_steps():
+    # Long bit-packed runs, unpacked in steps: the seams between steps at every width, and a short tail.
+    rng = np.random.default_rng(17)
+    rows = 3 * vp.UNPACK_CHUNK_IDS + 5
+    for width in range(vp.MAX_BIT_WIDTH + 1):
+        ids = rng.integers(0, 1 << width, rows, dtype=np.uint64).astype(np.uint32)
+        data = encode_segment(ids, width)
+        back = decode_segment(data, rows=rows, width=width, max_id=(1 << width) - 1)
+        assert np.array_equal(back, ids), width
+
+
+@pytest.mark.parametrize("width", [1, 13])
+def test_bit_unpacking_needs_no_more_than_its_result(width):
+    # A segment of one long bit-packed run: a byte per bit and 32 per id would be ~33x the 4-byte result.
+    rows = 1 << 21
+    ids = np.random.default_rng(width).integers(0, 1 << width, rows).astype(np.uint32)
+    data = encode_segment(ids, width)
+    assert len(data) < rows * width // 8 + 64  # bit-packed, not run-length
+    tracemalloc.start()
+    try:
+        back = decode_segment(data, rows=rows, width=width, max_id=(1 << width) - 1)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert np.array_equal(back, ids)
+    assert peak < 2 * back.nbytes, f"peak {peak} for a {back.nbytes}-byte result"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Read budgets
+
+
+def bomb_model(fs, root: str, value: pa.Array, rows: int, segment_rows: int = vp.MAX_SEGMENT_ROWS) -> int:
+    """A model of ``rows`` copies of ``value`` (one element), each segment one run-length run: a few bytes
+    of segments and model.json however many rows it claims.  Returns the stored bytes."""
+    write_model(fs, root, pa.table({"x": value}))
+    model = model_json(fs, root)
+    model.update(rows=rows, segment_rows=segment_rows)
+    segments = []
+    for number in range(-(-rows // segment_rows)):
+        n = min(segment_rows, rows - number * segment_rows)
+        data = header(1, n) + vp._varint(n << 1) + b"\x01"  # one run of n ids of value 1
+        rel = f"0000-x/segment-{number:05d}.ids"
+        fs.pipe_file(f"{root}/{rel}", data)
+        segments.append({"file": rel, "rows": n, "bit_width": 1, "encoded_bytes": len(data)})
+    model["columns"][0]["segments"] = segments
+    fs.pipe_file(f"{root}/model.json", json.dumps(model).encode())
+    return sum(fs.size(path) for path in fs.find(root))
+
+
+def drop_data_files(fs, root: str) -> None:
+    for path in fs.find(root):
+        if not path.endswith("/model.json"):
+            fs.rm(path)
+
+
+def test_row_budget_refuses_a_bomb_from_model_json_alone(memfs):
+    stored = bomb_model(memfs, "/m", pa.array([7], pa.int8()), rows=1 << 28)
+    assert stored < 4096  # 268 million rows described in a few kilobytes
+    drop_data_files(memfs, "/m")  # refused before any other file is opened: they may as well be gone
+    with pytest.raises(ModelTooLargeError, match="max_rows=100,000,000"):
+        read_model(memfs, "/m")
+    with pytest.raises(ModelTooLargeError, match="max_rows"):
+        read_column(memfs, "/m", "x")
+    assert issubclass(ModelTooLargeError, ModelFormatError) and vp.DEFAULT_MAX_ROWS == 100_000_000
+
+
+def test_max_rows_is_the_callers_to_raise(memfs):
+    table = sample_table(300)
+    write_model(memfs, "/m", table, segment_rows=100)
+    with pytest.raises(ModelTooLargeError, match="300 rows"):
+        read_model(memfs, "/m", max_rows=299)
+    with pytest.raises(ModelTooLargeError):
+        read_column(memfs, "/m", "int64", max_rows=299)
+    assert read_model(memfs, "/m", max_rows=300).equals(table)
+    assert read_column(memfs, "/m", "int64", max_rows=300).equals(table.column("int64"))
+    bomb_model(memfs, "/b", pa.array([7], pa.int8()), rows=5000, segment_rows=1024)
+    assert read_column(memfs, "/b", "x", max_rows=5000).to_pylist() == [7] * 5000
+    with pytest.raises(TypeError):
+        read_model(memfs, "/m", max_rows=300.0)
+    with pytest.raises(ValueError, match="max_bytes"):
+        read_model(memfs, "/m", max_bytes=-1)
+
+
+def test_segment_rows_must_add_up_to_the_model(memfs):
+    write_model(memfs, "/m", pa.table({"x": list(range(300))}), segment_rows=100)
+    model = model_json(memfs, "/m")
+    model["columns"][0]["segments"][2]["rows"] = 99
+    memfs.pipe_file("/m/model.json", json.dumps(model).encode())
+    drop_data_files(memfs, "/m")
+    with pytest.raises(ModelFormatError, match="rows"):
+        read_model(memfs, "/m")
+
+
+def test_byte_budget_refuses_fixed_width_values_from_model_json_alone(memfs):
+    # 67 million rows (under max_rows) of a 1 KiB fixed-size value: 64 GiB from a few kilobytes.
+    bomb_model(memfs, "/m", pa.array([b"v" * 1024], pa.binary(1024)), rows=1 << 26)
+    drop_data_files(memfs, "/m")
+    with pytest.raises(ModelTooLargeError, match="max_bytes"):
+        read_model(memfs, "/m")
+    assert vp.DEFAULT_MAX_BYTES == 4 * 1024**3
+
+
+def test_byte_budget_counts_string_values_before_copying_them(memfs):
+    # One 1 KiB string repeated 2 million times: 2 GiB.  Offsets and bitmaps (16 MiB) fit the budget, so
+    # the values are what is refused, counted from the first segment's ids before take() would copy them.
+    stored = bomb_model(memfs, "/m", pa.array(["v" * 1024], pa.large_string()), rows=1 << 21, segment_rows=1 << 19)
+    assert stored < 8192
+    with pytest.raises(ModelTooLargeError, match="max_bytes"):
+        read_model(memfs, "/m", max_bytes=256 * 1024**2)
+
+
+def test_max_bytes_is_the_callers_to_raise(memfs):
+    table = pa.table({"s": pa.array(["v" * 1000] * 2000), "n": pa.array(range(2000), pa.int16())})
+    info = write_model(memfs, "/m", table, segment_rows=500)
+    assert info.total_bytes < 20_000  # two megabytes of strings from one dictionary entry
+    with pytest.raises(ModelTooLargeError, match="max_bytes=1,000,000"):
+        read_model(memfs, "/m", max_bytes=1_000_000)
+    assert read_model(memfs, "/m", columns=["n"], max_bytes=1_000_000).equals(table.select(["n"]))
+    with pytest.raises(ModelTooLargeError):
+        read_column(memfs, "/m", "s", max_bytes=1_000_000)
+    back = read_model(memfs, "/m", max_bytes=2_100_000)
+    assert back.equals(table) and back.nbytes <= 2_100_000
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Parse failures are ModelFormatError; storage errors pass through
+
+
+def put_model(fs, root: str, model: dict) -> None:
+    fs.pipe_file(f"{root}/model.json", json.dumps(model).encode())
+
+
+def with_schema_bytes(fs, root: str, edit) -> None:
+    model = model_json(fs, root)
+    model["schema"] = base64.b64encode(edit(base64.b64decode(model["schema"]))).decode()
+    put_model(fs, root, model)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"[" * 200_000,  # nesting deeper than the parser's recursion limit
+        b'{"a":' * 100_000 + b"1" + b"}" * 100_000,
+        b"[]",
+        b"null",
+        b'"\xff"',
+        b'{"schema": 5}',
+        b'{"schema": "' + base64.b64encode(b"\xff\xff\xff\xff\xf0\xff\xff\xff") + b'"}',
+        b'{"schema": "' + base64.b64encode(b"\xff\xff\xff\xff\x08\x00\x00\x00" + bytes(8)) + b'"}',
+    ],
+    ids=["deep-list", "deep-object", "list", "null", "not-utf8", "schema-int", "schema-negative", "schema-garbage"],
+)
+def test_unparseable_model_json_is_a_format_error(memfs, raw):
+    write_model(memfs, "/m", pa.table({"x": [1, 2, 3]}))
+    memfs.pipe_file("/m/model.json", raw)
+    with pytest.raises(ModelFormatError, match="model description"):
+        read_model(memfs, "/m")
+
+
+def test_schema_name_that_is_not_utf8_is_a_format_error(memfs):
+    write_model(memfs, "/m", pa.table({"colname": [1, 2, 3]}))
+    with_schema_bytes(memfs, "/m", lambda raw: raw.replace(b"colname", b"\xffolname"))
+    with pytest.raises(ModelFormatError, match="model description"):
+        read_model(memfs, "/m")
+
+
+def ipc_file(table: pa.Table, **options) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, table.schema, options=pa.ipc.IpcWriteOptions(**options)) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def flip_footer(data: bytes) -> bytes:
+    # The file ends with the footer, its int32 length and b"ARROW1": corrupt the footer's root offset.
+    start = len(data) - 10 - struct.unpack("<i", data[-10:-6])[0]
+    return data[:start] + bytes([data[start] ^ 0xFF]) + data[start + 1 :]
+
+
+DICTIONARY_FILES = {
+    "no-columns": ipc_file(pa.table({})),
+    "two-columns": ipc_file(pa.table({"dictionary": [1, 2, 3], "extra": [4, 5, 6]})),
+    "other-name": ipc_file(pa.table({"values": [1, 2, 3]})),
+    "footer": flip_footer(ipc_file(pa.table({"dictionary": [1, 2, 3]}))),
+    "truncated-body": ipc_file(pa.table({"dictionary": [1, 2, 3]}))[:-60],
+    "with-null": ipc_file(pa.table({"dictionary": [1, None, 3]})),
+    "other-type": ipc_file(pa.table({"dictionary": pa.array([1, 2, 3], pa.int32())})),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DICTIONARY_FILES))
+def test_malformed_dictionary_file_is_a_format_error(memfs, name):
+    write_model(memfs, "/m", pa.table({"x": [10, 20, 30]}))
+    data = DICTIONARY_FILES[name]
+    memfs.pipe_file("/m/0000-x/dictionary.arrow", data)
+    model = model_json(memfs, "/m")
+    model["columns"][0]["dictionary"]["bytes"] = len(data)
+    put_model(memfs, "/m", model)
+    with pytest.raises(ModelFormatError, match="dictionary") as caught:
+        read_model(memfs, "/m")
+    assert not isinstance(caught.value, OSError)  # corruption must not look like a transient I/O error
+
+
+def test_compressed_dictionary_is_refused(memfs):
+    values = pa.array(["x" * 100_000, "y" * 100_000])
+    write_model(memfs, "/m", pa.table({"s": values}))
+    data = ipc_file(pa.table({"dictionary": values}), compression="zstd")
+    assert len(data) < 10_000
+    memfs.pipe_file("/m/0000-s/dictionary.arrow", data)
+    model = model_json(memfs, "/m")
+    model["columns"][0]["dictionary"]["bytes"] = len(data)
+    put_model(memfs, "/m", model)
+    with pytest.raises(ModelFormatError, match="decodes to"):
+        read_model(memfs, "/m")
+
+
+def test_dictionary_index_type_must_hold_the_dictionary(memfs):
+    int8_strings = pa.dictionary(pa.int8(), pa.string())
+    # Each chunk fits int8 on its own; the one dictionary of 200 values the model keeps would not.
+    chunks = [pa.array([f"{p}{i}" for i in range(100)]).dictionary_encode().cast(int8_strings) for p in "ab"]
+    with pytest.raises(ValueError, match="200 distinct values"):
+        write_model(memfs, "/w", pa.table({"c": pa.chunked_array(chunks)}))
+    # A model.json that says int8 over a stored dictionary of 200 values.
+    write_model(memfs, "/m", pa.table({"c": [f"v{i}" for i in range(200)]}))
+    model = model_json(memfs, "/m")
+    model["schema"] = base64.b64encode(pa.schema([pa.field("c", int8_strings)]).serialize().to_pybytes()).decode()
+    model["columns"][0]["type"] = str(int8_strings)
+    put_model(memfs, "/m", model)
+    with pytest.raises(ModelFormatError, match="index type"):
+        read_model(memfs, "/m")
+    # The largest dictionaries that do fit.
+    for index_type, size in ((pa.int8(), 128), (pa.uint8(), 256)):
+        type_ = pa.dictionary(index_type, pa.string())
+        table = pa.table({"c": pa.array([f"v{i}" for i in range(size)] + [None]).dictionary_encode().cast(type_)})
+        write_model(memfs, "/ok", table, segment_rows=100)
+        back = read_model(memfs, "/ok")
+        assert back.schema == table.schema and back.column("c").to_pylist() == table.column("c").to_pylist()
+
+
+def test_writer_refuses_what_the_reader_would_refuse(memfs):
+    with pytest.raises(TypeError, match="cannot be stored"):
+        write_model(memfs, "/m", pa.table({"v": pa.array(["a", "b"], pa.string_view())}))
+    not_null = pa.schema([pa.field("x", pa.int64(), nullable=False)])
+    with pytest.raises(ValueError, match="not null"):
+        write_model(memfs, "/m", pa.Table.from_arrays([pa.array([1, None])], schema=not_null))
+    table = pa.Table.from_arrays([pa.array([1, 2])], schema=not_null)
+    write_model(memfs, "/m", table)
+    assert read_model(memfs, "/m").equals(table)
+
+
+def test_nulls_in_a_column_declared_not_null_are_refused(memfs):
+    write_model(memfs, "/m", pa.table({"x": [1, None, 3]}))
+    with_schema_bytes(memfs, "/m", lambda _: pa.schema([pa.field("x", pa.int64(), nullable=False)]).serialize())
+    with pytest.raises(ModelFormatError, match="not null"):
+        read_model(memfs, "/m")
+
+
+class FailingOpen:
+    """Reads through ``fs``, except that opening a path ending in ``suffix`` raises ``error``."""
+
+    def __init__(self, fs, suffix: str, error: BaseException) -> None:
+        self.fs, self.suffix, self.error = fs, suffix, error
+
+    def open(self, path, mode="rb", **kwargs):
+        if path.endswith(self.suffix):
+            raise self.error
+        return self.fs.open(path, mode, **kwargs)
+
+
+@pytest.mark.parametrize("suffix", ["model.json", "dictionary.arrow", "segment-00001.ids"])
+@pytest.mark.parametrize(
+    "error",
+    [PermissionError(errno.EACCES, "denied"), OSError(errno.EIO, "I/O error"), IntegrityError()],
+    ids=["permission", "eio", "integrity"],
+)
+def test_storage_errors_pass_through_unchanged(memfs, suffix, error):
+    write_model(memfs, "/m", sample_table(150), segment_rows=100)
+    with pytest.raises(type(error)) as caught:
+        read_model(FailingOpen(memfs, suffix, error), "/m")
+    assert caught.value is error
+
+
+def test_missing_data_file_is_a_file_not_found_error(memfs):
+    write_model(memfs, "/m", sample_table(150), segment_rows=100)
+    memfs.rm("/m/0003-string/segment-00001.ids")
+    with pytest.raises(FileNotFoundError) as caught:
+        read_model(memfs, "/m")
+    assert not isinstance(caught.value, (ModelNotFoundError, ModelFormatError))
+
+
+@pytest.mark.parametrize("file", ["0003-string/dictionary.arrow", "0003-string/segment-00001.ids"])
+def test_cmk_integrity_failure_passes_through(tmp_path, file):
+    LocalVaultProvider().create("t")
+    fs = fsspec.filesystem("cmk", target_protocol="file", key="local://t")
+    root = tmp_path / "m"
+    write_model(fs, str(root), sample_table(150), segment_rows=100)
+    path = root / file
+    raw = bytearray(path.read_bytes())
+    raw[-20] ^= 1
+    path.write_bytes(bytes(raw))
+    with pytest.raises(IntegrityError):
+        read_model(fs, str(root))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Mutation fuzzing
+
+
+def fuzz_table(rows: int = 40) -> pa.Table:
+    """Every kind of column, every one with nulls (so a flipped nullability shows), in three segments."""
+    return pa.table(
+        {
+            "i": pa.array([None if i % 7 == 3 else (i * 37) % 11 - 5 for i in range(rows)], pa.int64()),
+            "s": pa.array([None if i % 5 == 0 else f"v{i % 6}" for i in range(rows)]),
+            "b": pa.array([None if i % 9 == 4 else i % 3 == 0 for i in range(rows)]),
+            "cat": pa.array([None if i % 8 == 1 else f"c{i % 3}" for i in range(rows)]).dictionary_encode(),
+            "n": pa.nulls(rows, pa.int32()),
+            "wide": pa.array([None if i % 10 == 9 else i * 3 for i in range(rows)], pa.int32()),
+        }
+    )
+
+
+JSON_VALUES = [0, -1, 1, 2**31, 2**62, 2**70, 1.5, "", "x", None, True, [], {}, [[[[]]]]]
+
+
+def mutate_json(raw: bytes, rng: random.Random) -> tuple[bytes, str]:
+    """Replace or delete one value anywhere in model.json."""
+    model = json.loads(raw)
+    slots = []
+
+    def walk(node):
+        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        for key, child in items:
+            slots.append((node, key))
+            walk(child)
+
+    walk(model)
+    node, key = rng.choice(slots)
+    if isinstance(node, dict) and rng.random() < 0.2:
+        del node[key]
+        return json.dumps(model).encode(), f"delete {key!r}"
+    node[key] = rng.choice(JSON_VALUES)
+    return json.dumps(model).encode(), f"set {key!r} to {node[key]!r}"
+
+
+def mutate_bytes(data: bytes, rng: random.Random) -> tuple[bytes, str]:
+    """One byte-level change: a flipped bit, an extreme byte or word, a cut, an insertion, a deletion."""
+    i = rng.randrange(len(data))
+    kind = rng.choice(["flip", "byte", "word", "truncate", "extend", "insert", "delete"])
+    if kind == "flip":
+        bit = rng.randrange(8)
+        return data[:i] + bytes([data[i] ^ 1 << bit]) + data[i + 1 :], f"flip bit {bit} of byte {i}"
+    if kind == "byte":
+        value = rng.choice([0, 0x7F, 0x80, 0xFF, rng.randrange(256)])
+        return data[:i] + bytes([value]) + data[i + 1 :], f"byte {i} = {value:#x}"
+    if kind == "word":
+        word = struct.pack("<I", rng.choice([0, 1, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF, 1 << 24, 1 << 25]))
+        return (data[:i] + word + data[i + 4 :])[: max(len(data), i + 4)], f"word at {i} = {word.hex()}"
+    if kind == "truncate":
+        return data[:i], f"truncate to {i}"
+    if kind == "extend":
+        return data + bytes(rng.randrange(256) for _ in range(rng.randrange(1, 9))), "extend"
+    if kind == "insert":
+        return data[:i] + bytes([rng.randrange(256)]) + data[i:], f"insert at {i}"
+    return data[:i] + data[i + 1 :], f"delete byte {i}"
+
+
+def test_mutated_model_raises_only_format_errors(memfs):
+    """Hundreds of single mutations of a small model's files.  Only ModelFormatError (or
+    ModelNotFoundError) may escape.  A change to model.json can never yield a result other than the
+    original table: everything in it is checked against the schema, the files or each other.  A value byte
+    in a dictionary or a bit-packed id can turn into another valid value, which nothing short of
+    authentication (the ``cmk`` layer, tested below) notices; a result read despite such a change must still
+    be a valid table of the model's schema and row count."""
+    table = fuzz_table()
+    info = write_model(memfs, "/m", table, segment_rows=16)
+    originals = {path: memfs.cat_file(path) for path in info.files}
+    model_path, data_paths = info.files[-1], list(info.files[:-1])
+    rng = random.Random(20240611)
+    outcomes = {"refused": 0, "same": 0, "valid": 0}
+    for case in range(400):
+        path = model_path if case % 3 == 0 else rng.choice(data_paths)
+        if path == model_path and rng.random() < 0.5:
+            mutated, what = mutate_json(originals[path], rng)
+        else:
+            mutated, what = mutate_bytes(originals[path], rng)
+        memfs.pipe_file(path, mutated)
+        try:
+            back = read_model(memfs, "/m")
+        except (ModelFormatError, ModelNotFoundError):
+            outcomes["refused"] += 1
+        except Exception as exc:  # noqa: BLE001 - any other escape is the failure under test
+            pytest.fail(f"case {case}, {path}: {what}: {type(exc).__name__}: {exc}")
+        else:
+            if back.equals(table):
+                outcomes["same"] += 1
+            else:
+                assert path != model_path, f"case {case}: {what} changed the result"
+                back.validate(full=True)
+                assert back.schema.equals(table.schema) and back.num_rows == table.num_rows, what
+                outcomes["valid"] += 1
+        finally:
+            memfs.pipe_file(path, originals[path])
+    assert outcomes["refused"] > 300, outcomes  # the mutations did reach the checks
+    assert read_model(memfs, "/m").equals(table)
+
+
+def test_mutated_cmk_model_never_reads_wrong_data(tmp_path):
+    """Over ``cmk``, every stored byte is authenticated: a changed file is an integrity error (passing
+    through unchanged), never a different table."""
+    LocalVaultProvider().create("t")
+    fs = fsspec.filesystem("cmk", target_protocol="file", key="local://t")
+    table = fuzz_table()
+    info = write_model(fs, str(tmp_path / "m"), table, segment_rows=16)
+    originals = {path: Path(path).read_bytes() for path in info.files}
+    rng = random.Random(7)
+    for case in range(40):
+        path = rng.choice(info.files)
+        mutated, what = mutate_bytes(originals[path], rng)
+        Path(path).write_bytes(mutated)
+        try:
+            back = read_model(fs, str(tmp_path / "m"))
+        except (CMKError, ModelFormatError):
+            pass
+        else:
+            assert back.equals(table), f"case {case}, {path}: {what}"
+        finally:
+            Path(path).write_bytes(originals[path])
+    assert read_model(fs, str(tmp_path / "m")).equals(table)

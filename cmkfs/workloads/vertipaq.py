@@ -35,6 +35,33 @@ Segment file (little-endian)::
 A run may not produce more ids than the segment has rows left, every id must fit in w bits and be at
 most the dictionary size, and the bit width and row count must match model.json.  Any violation raises
 :class:`ModelFormatError`; nothing is allocated before its size has been checked against these bounds.
+Bit-packed runs are unpacked ``UNPACK_CHUNK_IDS`` ids at a time, so decoding a segment needs its result
+(4 bytes per row) and a fixed working set, never a per-bit expansion of the whole run.
+
+Dictionary file: an uncompressed Arrow IPC file of exactly one column, "dictionary", of the column's value
+type (for a dictionary-typed column, its value type, and its index type must hold every position), no
+nulls, the number of values model.json gives.  A file that decodes to more bytes than it holds (a
+compressed body) is refused.
+
+Reading is bounded by a budget, because a few kilobytes of model.json and run-length runs can describe
+billions of rows.  :func:`read_model` and :func:`read_column` refuse with :class:`ModelTooLargeError`:
+
+* more than ``max_rows`` rows (default ``DEFAULT_MAX_ROWS``, 100 million), checked from model.json
+  before any other file is opened;
+* a result of more than ``max_bytes`` bytes of Arrow buffers (default ``DEFAULT_MAX_BYTES``, 4 GiB):
+  dictionary files, validity bitmaps, offsets and fixed-width values are counted from model.json before
+  any other file is opened, and the bytes of string and binary values segment by segment, before they are
+  copied out of the dictionary.
+
+Decoding one segment needs, besides its share of the result, about 10 bytes per row of that segment (at
+most ``MAX_SEGMENT_ROWS`` rows).  Readers of bigger models pass bigger budgets.
+
+Errors: every failure to parse stored bytes (model.json, the schema in it, a dictionary or a segment) is a
+:class:`ModelFormatError`, which is a ``ValueError`` and never an ``OSError``, so no retry-on-I/O-error
+path mistakes corruption for a transient fault.  Errors of the filesystem itself pass through unchanged:
+``FileNotFoundError`` for a data file, ``PermissionError`` and other ``OSError``, and ``cmkfs.CMKError``
+(an integrity failure, a revoked key) from an encrypting filesystem.  Only a missing model.json becomes
+:class:`ModelNotFoundError`.
 
 model.json (UTF-8, at most MAX_MODEL_JSON_BYTES)::
 
@@ -63,11 +90,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 __all__ = [
+    "DEFAULT_MAX_BYTES",
+    "DEFAULT_MAX_ROWS",
     "DEFAULT_SEGMENT_ROWS",
     "MAX_SEGMENT_ROWS",
     "ModelFormatError",
     "ModelInfo",
     "ModelNotFoundError",
+    "ModelTooLargeError",
     "decode_segment",
     "encode_segment",
     "read_column",
@@ -87,6 +117,13 @@ MAX_VARINT_BYTES = 4
 MAX_MODEL_JSON_BYTES = 16 * 1024 * 1024
 MIN_RLE_RUN = 8
 SLUG_CHARS = 40
+DICTIONARY_COLUMN = "dictionary"
+# Read budgets: what one reader holds without being told otherwise (see the module docstring).
+DEFAULT_MAX_ROWS = 100_000_000
+DEFAULT_MAX_BYTES = 4 * 1024**3
+# Ids bit-(un)packed per step: a multiple of 8, so every step starts on a byte boundary; the step's
+# working set (a byte per bit, 32 per id) stays a few MiB whatever the run length.
+UNPACK_CHUNK_IDS = 1 << 16
 _HEADER = struct.Struct("<4sBBHI")
 _RLE, _PACKED = 0, 1
 
@@ -99,6 +136,26 @@ class ModelFormatError(ValueError):
 
 class ModelNotFoundError(FileNotFoundError):
     """No committed model at this root (its model.json is missing)."""
+
+
+class ModelTooLargeError(ModelFormatError):
+    """The model would decode to more rows or bytes than the reader's budget (``max_rows``, ``max_bytes``)."""
+
+
+# What parsing bytes already in memory may raise, from json, base64, numpy and pyarrow (whose IPC reader
+# raises a bare OSError for a bad flatbuffer).  Caught only around parsing, never around fs.open/read, so a
+# real storage error is never relabelled as a format error.
+_PARSE_ERRORS = (
+    pa.ArrowException,
+    OSError,
+    ValueError,
+    TypeError,
+    KeyError,
+    IndexError,
+    RecursionError,
+    NotImplementedError,
+    OverflowError,
+)
 
 
 @dataclass(frozen=True)
@@ -142,15 +199,29 @@ def _varint(value: int) -> bytes:
 
 def _pack(ids: Ids, width: int) -> bytes:
     # Each id's 32 bits, LSB first, keep the low `width`, repack: no per-value Python work.
-    bits = np.unpackbits(ids.astype("<u4").view(np.uint8), bitorder="little").reshape(-1, 32)[:, :width]
-    return np.packbits(bits.ravel(), bitorder="little").tobytes()
+    parts = []
+    for start in range(0, len(ids), UNPACK_CHUNK_IDS):
+        chunk = ids[start : start + UNPACK_CHUNK_IDS].astype("<u4")
+        bits = np.unpackbits(chunk.view(np.uint8), bitorder="little").reshape(-1, 32)[:, :width]
+        parts.append(np.packbits(bits.ravel(), bitorder="little").tobytes())
+    return b"".join(parts)
 
 
-def _unpack(data: bytes | memoryview, count: int, width: int) -> Ids:
-    bits = np.unpackbits(np.frombuffer(data, np.uint8), count=count * width, bitorder="little")
-    full = np.zeros((count, 32), np.uint8)
-    full[:, :width] = bits.reshape(count, width)
-    return np.packbits(full, axis=1, bitorder="little").view("<u4").ravel().astype(np.uint32, copy=False)
+def _unpack_into(out: Ids, data: bytes | memoryview, width: int) -> None:
+    """Fill ``out`` with ``len(out)`` ids of ``width`` bits each, packed LSB first in ``data``."""
+    count = len(out)
+    packed = np.frombuffer(data, np.uint8)
+    if width in (8, 16, 32):  # whole bytes: the packed run already is the little-endian array
+        out[:] = packed.view(f"<u{width // 8}")[:count]
+        return
+    # In steps: a byte per bit, then 32 bits per id, would otherwise be 33 bytes per id of the whole run.
+    for start in range(0, count, UNPACK_CHUNK_IDS):
+        n = min(UNPACK_CHUNK_IDS, count - start)
+        first = start * width // 8
+        bits = np.unpackbits(packed[first : first + (n * width + 7) // 8], count=n * width, bitorder="little")
+        full = np.zeros((n, 32), np.uint8)
+        full[:, :width] = bits.reshape(n, width)
+        out[start : start + n] = np.packbits(full, axis=1, bitorder="little").view("<u4").ravel()
 
 
 def encode_segment(ids: npt.ArrayLike, width: int) -> bytes:
@@ -236,7 +307,7 @@ def decode_segment(data: bytes | bytearray | memoryview, *, rows: int, width: in
             size = (count * width + 7) // 8
             if off + size > len(view):
                 raise ModelFormatError("segment truncated in a bit-packed run")
-            out[pos : pos + count] = _unpack(view[off : off + size], count, width)
+            _unpack_into(out[pos : pos + count], view[off : off + size], width)
             off += size
         pos += count
     if off != len(view):
@@ -274,22 +345,64 @@ def _plain_values(column: pa.ChunkedArray) -> pa.Array:
     return column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
 
 
-def _dictionary_and_ids(column: pa.ChunkedArray, name: str) -> tuple[pa.Array, Ids]:
+def _layout(value_type: pa.DataType) -> tuple[int, int] | None:
+    """(bits of each row's value, bytes of each row's offset) of a storable value type, else None.
+
+    Only types whose decoded size follows from the row count and the dictionary are storable, so that the
+    reader can bound its output before it builds it: fixed-width types, and binary and string with offsets.
+    """
+    if pa.types.is_null(value_type):
+        return 0, 0
+    if pa.types.is_string(value_type) or pa.types.is_binary(value_type):
+        return 0, 4
+    if pa.types.is_large_string(value_type) or pa.types.is_large_binary(value_type):
+        return 0, 8
+    if (
+        pa.types.is_boolean(value_type)
+        or pa.types.is_integer(value_type)
+        or pa.types.is_floating(value_type)
+        or pa.types.is_decimal(value_type)
+        or pa.types.is_temporal(value_type)
+        or pa.types.is_fixed_size_binary(value_type)
+    ):
+        return int(value_type.bit_width), 0
+    return None
+
+
+def _index_capacity(dict_type: pa.DictionaryType) -> int:
+    """How many dictionary positions the index type of ``dict_type`` can address."""
+    index = dict_type.index_type
+    signed = 1 if pa.types.is_signed_integer(index) else 0
+    return 1 << (int(index.bit_width) - signed)
+
+
+def _dictionary_and_ids(column: pa.ChunkedArray, field: pa.Field) -> tuple[pa.Array, Ids]:
+    name = field.name
+    if column.null_count and not field.nullable:  # the reader refuses this model: never write one
+        raise ValueError(f"column {name!r} is declared not null but holds {column.null_count} nulls")
     values = _plain_values(column)
+    if _layout(values.type) is None:
+        raise TypeError(f"column {name!r} of type {column.type} cannot be stored")
     if pa.types.is_null(values.type):  # Arrow would put the null itself in the dictionary
         return pa.array([], pa.null()), np.zeros(len(values), np.uint32)
     try:
         encoded = pc.dictionary_encode(values)
     except pa.ArrowNotImplementedError as exc:
         raise TypeError(f"column {name!r} of type {column.type} cannot be dictionary-encoded") from exc
+    if pa.types.is_dictionary(field.type) and len(encoded.dictionary) > _index_capacity(field.type):
+        # Chunks may each fit their own dictionaries; the one dictionary the model keeps must fit too.
+        raise ValueError(
+            f"column {name!r}: {len(encoded.dictionary)} distinct values do not fit the index type "
+            f"{field.type.index_type} of {field.type}"
+        )
     ids = np.asarray(encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False), np.int64) + 1
     return encoded.dictionary, ids.astype(np.uint32)
 
 
 def _ipc_bytes(values: pa.Array) -> pa.Buffer:
     sink = pa.BufferOutputStream()
-    with pa.ipc.new_file(sink, pa.schema([pa.field("dictionary", values.type)])) as writer:
-        writer.write_table(pa.table({"dictionary": values}))
+    with pa.ipc.new_file(sink, pa.schema([pa.field(DICTIONARY_COLUMN, values.type)])) as writer:
+        writer.write_table(pa.table({DICTIONARY_COLUMN: values}))
     return sink.getvalue()
 
 
@@ -320,7 +433,7 @@ def write_model(
         files.append(path)
 
     for index, (field, column) in enumerate(zip(table.schema, table.columns, strict=True)):
-        dictionary, ids = _dictionary_and_ids(column, field.name)
+        dictionary, ids = _dictionary_and_ids(column, field)
         width = bit_width(len(dictionary))
         directory = _column_dir(index, field.name)
         fs.makedirs(_join(root, directory), exist_ok=True)
@@ -375,10 +488,18 @@ def _int(obj: Any, key: str, low: int, high: int, where: str) -> int:
 
 
 def _read_bounded(fs: Any, path: str, limit: int) -> bytes:
+    # Storage I/O only: whatever fs.open or read raises passes through as it is.
     with fs.open(path, "rb") as f:
         data: bytes = f.read(limit + 1)
     if len(data) > limit:
         raise ModelFormatError(f"{path} is longer than {limit} bytes")
+    return data
+
+
+def _read_exact(fs: Any, path: str, size: int, what: str) -> bytes:
+    data = _read_bounded(fs, path, size)
+    if len(data) != size:
+        raise ModelFormatError(f"{what} truncated ({len(data)} of {size} bytes)")
     return data
 
 
@@ -390,69 +511,195 @@ def _load_model(fs: Any, root: str) -> tuple[dict[str, Any], pa.Schema]:
         raise ModelNotFoundError(f"no model at {root!r}: {MODEL_FILE} is missing (never committed)") from exc
     try:
         model = json.loads(raw.decode("utf-8"))
+        if not isinstance(model, dict):
+            raise TypeError("model.json is not an object")
         schema = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(model["schema"], validate=True)))
-    except (ValueError, TypeError, KeyError, pa.ArrowException) as exc:
+        # Names are UTF-8 in the schema message: decoding them here turns a corrupt one into a format error.
+        described = [(field.name, str(field.type)) for field in schema]
+    except _PARSE_ERRORS as exc:
         raise ModelFormatError(f"{path}: not a readable model description") from exc
     if model.get("format") != MODEL_FORMAT or model.get("version") != FORMAT_VERSION:
         raise ModelFormatError(f"{path}: not a version-{FORMAT_VERSION} {MODEL_FORMAT}")
     columns = model.get("columns")
-    if not isinstance(columns, list) or len(columns) != len(schema):
+    if not isinstance(columns, list) or len(columns) != len(described):
         raise ModelFormatError(f"{path}: the column list does not match the schema")
-    for field, column in zip(schema, columns, strict=True):
-        if not isinstance(column, dict) or column.get("name") != field.name or column.get("type") != str(field.type):
-            raise ModelFormatError(f"{path}: column {field.name!r} does not match the schema")
+    for (name, type_name), column in zip(described, columns, strict=True):
+        if not isinstance(column, dict) or column.get("name") != name or column.get("type") != type_name:
+            raise ModelFormatError(f"{path}: column {name!r} does not match the schema")
     return model, schema
 
 
-def _read_dictionary(fs: Any, root: str, index: int, field: pa.Field, column: dict[str, Any]) -> pa.Array:
+@dataclass(frozen=True)
+class _Segment:
+    file: str
+    rows: int
+    width: int
+    size: int
+
+
+@dataclass(frozen=True)
+class _Column:
+    """One column as model.json describes it, checked, before any of its files is read."""
+
+    index: int
+    field: pa.Field
+    value_type: pa.DataType
+    dictionary_size: int
+    dictionary_bytes: int
+    segments: tuple[_Segment, ...]
+    variable: bool  # string or binary: value bytes are known only once the ids are
+    fixed_bytes: int  # result buffers known from model.json: offsets, bitmaps, fixed-width values, dictionary
+
+    @property
+    def where(self) -> str:
+        return f"column {self.index} ({self.field.name!r})"
+
+
+def _plan_column(model: dict[str, Any], schema: pa.Schema, index: int, rows: int) -> _Column:
+    field, column = schema.field(index), model["columns"][index]
     where = f"column {index} ({field.name!r})"
+    dict_type = field.type if pa.types.is_dictionary(field.type) else None
+    value_type = field.type.value_type if dict_type else field.type
+    layout = _layout(value_type)
+    if layout is None:
+        raise ModelFormatError(f"{where}: type {field.type} cannot be stored")
+    value_bits, offset_bytes = layout
     entry = column.get("dictionary")
     size = _int(entry, "size", 0, (1 << MAX_BIT_WIDTH) - 1, where)
+    size_bytes = _int(entry, "bytes", 0, 1 << 40, where)
     rel = f"{_column_dir(index, field.name)}/{DICTIONARY_FILE}"
     if not isinstance(entry, dict) or entry.get("file") != rel:
         raise ModelFormatError(f"{where}: dictionary file is not {rel!r}")
-    value_type = field.type.value_type if pa.types.is_dictionary(field.type) else field.type
-    try:
-        size_bytes = _int(entry, "bytes", 0, 1 << 40, where)
-        data = _read_bounded(fs, _join(root, rel), size_bytes)
-        if len(data) != size_bytes:
-            raise ModelFormatError(f"{where}: dictionary truncated ({len(data)} of {size_bytes} bytes)")
-        values = pa.ipc.open_file(pa.py_buffer(data)).read_all().column(0).combine_chunks()
-        values.validate(full=True)
-    except pa.ArrowException as exc:
+    if dict_type is not None and size > _index_capacity(dict_type):
+        raise ModelFormatError(f"{where}: {size} dictionary values do not fit the index type of {field.type}")
+    segment_rows = _int(model, "segment_rows", 1, MAX_SEGMENT_ROWS, "model")
+    expected = -(-rows // segment_rows)
+    entries = column.get("segments")
+    if not isinstance(entries, list) or len(entries) != expected:
+        raise ModelFormatError(f"{where}: expected {expected} segments")
+    segments = []
+    for number, seg in enumerate(entries):
+        seg_rel = _segment_file(index, field.name, number)
+        if not isinstance(seg, dict) or seg.get("file") != seg_rel:
+            raise ModelFormatError(f"{where}: segment {number} is not {seg_rel!r}")
+        expected_rows = min(segment_rows, rows - number * segment_rows)
+        seg_rows = _int(seg, "rows", expected_rows, expected_rows, where)
+        width = _int(seg, "bit_width", 0, MAX_BIT_WIDTH, where)
+        encoded = _int(seg, "encoded_bytes", _HEADER.size, max_encoded_size(seg_rows), where)
+        segments.append(_Segment(seg_rel, seg_rows, width, encoded))
+    if sum(seg.rows for seg in segments) != rows:
+        raise ModelFormatError(f"{where}: segment rows do not add up to the model's {rows}")
+    row_bits = dict_type.index_type.bit_width if dict_type else value_bits
+    fixed = size_bytes  # the dictionary decodes to at most its file's bytes (checked when read)
+    if dict_type is not None or not pa.types.is_null(value_type):  # null arrays have no buffers
+        for seg in segments:
+            fixed += (seg.rows * row_bits + 7) // 8 + (seg.rows + 7) // 8  # values (or indices), validity
+            if dict_type is None and offset_bytes:
+                fixed += (seg.rows + 1) * offset_bytes
+    return _Column(
+        index=index,
+        field=field,
+        value_type=value_type,
+        dictionary_size=size,
+        dictionary_bytes=size_bytes,
+        segments=tuple(segments),
+        variable=dict_type is None and offset_bytes > 0,
+        fixed_bytes=fixed,
+    )
+
+
+class _Budget:
+    """The bytes a read may still produce; refuses, before allocating, what would overdraw it."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.limit = self.left = max_bytes
+
+    def spend(self, amount: int, where: str) -> None:
+        self.left -= amount
+        if self.left < 0:
+            raise ModelTooLargeError(
+                f"{where}: the result would exceed max_bytes={self.limit:,} bytes; "
+                "pass a larger max_bytes to read this model"
+            )
+
+
+def _check_budget(name: str, value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"{name} must be at least 0")
+
+
+def _plan(
+    model: dict[str, Any], schema: pa.Schema, indices: list[int], max_rows: int, max_bytes: int
+) -> tuple[list[_Column], _Budget]:
+    """Every selected column checked and costed from model.json alone: nothing else read, nothing decoded."""
+    rows = _int(model, "rows", 0, 1 << 62, "model")
+    if rows > max_rows:
+        raise ModelTooLargeError(f"model of {rows:,} rows exceeds max_rows={max_rows:,}; pass a larger max_rows")
+    plans = [_plan_column(model, schema, i, rows) for i in indices]
+    budget = _Budget(max_bytes)
+    for plan in plans:
+        budget.spend(plan.fixed_bytes, plan.where)
+    return plans, budget
+
+
+def _read_dictionary(fs: Any, root: str, plan: _Column) -> pa.Array:
+    where = plan.where
+    rel = f"{_column_dir(plan.index, plan.field.name)}/{DICTIONARY_FILE}"
+    data = _read_exact(fs, _join(root, rel), plan.dictionary_bytes, f"{where}: dictionary")
+    try:  # the bytes are in memory: from here on every failure is the file's
+        table = pa.ipc.open_file(pa.py_buffer(data)).read_all()
+        one_column = table.column_names == [DICTIONARY_COLUMN]
+        values = table.column(0).combine_chunks() if one_column else None
+        if values is not None:
+            values.validate(full=True)
+            decoded = values.get_total_buffer_size()
+    except _PARSE_ERRORS as exc:
         raise ModelFormatError(f"{where}: unreadable dictionary") from exc
-    if values.type != value_type or len(values) != size or values.null_count:
-        raise ModelFormatError(f"{where}: dictionary does not hold {size} non-null values of {value_type}")
+    if values is None:
+        raise ModelFormatError(f"{where}: a dictionary file holds exactly one column, {DICTIONARY_COLUMN!r}")
+    if decoded > len(data):  # only a compressed body decodes to more than its file: never written, refused
+        raise ModelFormatError(f"{where}: dictionary decodes to {decoded} bytes from a file of {len(data)}")
+    if values.type != plan.value_type or len(values) != plan.dictionary_size or values.null_count:
+        raise ModelFormatError(
+            f"{where}: dictionary does not hold {plan.dictionary_size} non-null values of {plan.value_type}"
+        )
     return values
 
 
-def _read_column(fs: Any, root: str, model: dict[str, Any], schema: pa.Schema, index: int) -> pa.ChunkedArray:
-    field, column = schema.field(index), model["columns"][index]
-    where = f"column {index} ({field.name!r})"
-    rows = _int(model, "rows", 0, 1 << 62, "model")
-    segment_rows = _int(model, "segment_rows", 1, MAX_SEGMENT_ROWS, "model")
-    dictionary = _read_dictionary(fs, root, index, field, column)
-    segments = column.get("segments")
-    if not isinstance(segments, list) or len(segments) != -(-rows // segment_rows):
-        raise ModelFormatError(f"{where}: expected {-(-rows // segment_rows)} segments")
+def _value_bytes(lengths: npt.NDArray[np.int64], ids: Ids) -> int:
+    """Bytes of the string or binary values ``ids`` select (``lengths[0]`` is 0, for nulls), in steps."""
+    return sum(
+        int(lengths[ids[start : start + UNPACK_CHUNK_IDS]].sum()) for start in range(0, len(ids), UNPACK_CHUNK_IDS)
+    )
+
+
+def _read_column(fs: Any, root: str, plan: _Column, budget: _Budget) -> pa.ChunkedArray:
+    field, where = plan.field, plan.where
+    dictionary = _read_dictionary(fs, root, plan)
+    lengths = None
+    if plan.variable:
+        lengths = np.zeros(len(dictionary) + 1, np.int64)
+        lengths[1:] = np.asarray(pc.binary_length(dictionary), np.int64)
+    dict_type = field.type if pa.types.is_dictionary(field.type) else None
     chunks = []
-    for number, entry in enumerate(segments):
-        rel = _segment_file(index, field.name, number)
-        expected_rows = min(segment_rows, rows - number * segment_rows)
-        if not isinstance(entry, dict) or entry.get("file") != rel:
-            raise ModelFormatError(f"{where}: segment {number} is not {rel!r}")
-        seg_rows = _int(entry, "rows", expected_rows, expected_rows, where)
-        width = _int(entry, "bit_width", 0, MAX_BIT_WIDTH, where)
-        size = _int(entry, "encoded_bytes", _HEADER.size, max_encoded_size(seg_rows), where)
-        data = _read_bounded(fs, _join(root, rel), size)
-        if len(data) != size:
-            raise ModelFormatError(f"{where}: segment {number} truncated ({len(data)} of {size} bytes)")
-        ids = decode_segment(data, rows=seg_rows, width=width, max_id=len(dictionary))
+    for number, seg in enumerate(plan.segments):
+        data = _read_exact(fs, _join(root, seg.file), seg.size, f"{where}: segment {number}")
+        ids = decode_segment(data, rows=seg.rows, width=seg.width, max_id=plan.dictionary_size)
+        del data
+        if lengths is not None:
+            budget.spend(_value_bytes(lengths, ids), where)  # before take() copies them out
         nulls = ids == 0
-        indices = pa.array(ids.astype(np.int32) - 1, mask=nulls if nulls.any() else None)
-        chunks.append(dictionary.take(indices))
-    if pa.types.is_dictionary(field.type):
-        chunks = [pc.dictionary_encode(chunk).cast(field.type) for chunk in chunks]
+        mask = nulls if nulls.any() else None
+        if mask is not None and not field.nullable:
+            raise ModelFormatError(f"{where}: segment {number} holds nulls in a column declared not null")
+        ids -= 1  # value id i is dictionary position i - 1; null's 0 wraps around, masked
+        if dict_type is not None:
+            indices = pa.array(ids.astype(dict_type.index_type.to_pandas_dtype()), mask=mask)
+            chunks.append(pa.DictionaryArray.from_arrays(indices, dictionary, ordered=dict_type.ordered))
+        else:
+            chunks.append(dictionary.take(pa.array(ids, mask=mask)))
     return pa.chunked_array(chunks, type=field.type)
 
 
@@ -465,16 +712,36 @@ def _index_of(schema: pa.Schema, name: str) -> int:
     return int(found[0])
 
 
-def read_model(fs: Any, root: str, columns: list[str] | None = None) -> pa.Table:
-    """The table stored under ``root`` (or only ``columns``, in that order), decoded and checked."""
+def read_model(
+    fs: Any,
+    root: str,
+    columns: list[str] | None = None,
+    *,
+    max_rows: int = DEFAULT_MAX_ROWS,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> pa.Table:
+    """The table stored under ``root`` (or only ``columns``, in that order), decoded and checked.
+
+    Refuses with :class:`ModelTooLargeError` a model of more than ``max_rows`` rows, or one whose
+    selected columns would take more than ``max_bytes`` bytes of Arrow buffers (see the module docstring).
+    """
+    _check_budget("max_rows", max_rows)
+    _check_budget("max_bytes", max_bytes)
     model, schema = _load_model(fs, root)
-    indices = range(len(schema)) if columns is None else [_index_of(schema, name) for name in columns]
-    arrays = [_read_column(fs, root, model, schema, i) for i in indices]
+    indices = list(range(len(schema))) if columns is None else [_index_of(schema, name) for name in columns]
+    plans, budget = _plan(model, schema, indices, max_rows, max_bytes)
+    arrays = [_read_column(fs, root, plan, budget) for plan in plans]
     selected = pa.schema([schema.field(i) for i in indices], metadata=schema.metadata)
     return pa.Table.from_arrays(arrays, schema=selected)
 
 
-def read_column(fs: Any, root: str, name: str) -> pa.ChunkedArray:
-    """One column of the model under ``root``, one chunk per segment."""
+def read_column(
+    fs: Any, root: str, name: str, *, max_rows: int = DEFAULT_MAX_ROWS, max_bytes: int = DEFAULT_MAX_BYTES
+) -> pa.ChunkedArray:
+    """One column of the model under ``root``, one chunk per segment, within the same budget as
+    :func:`read_model`."""
+    _check_budget("max_rows", max_rows)
+    _check_budget("max_bytes", max_bytes)
     model, schema = _load_model(fs, root)
-    return _read_column(fs, root, model, schema, _index_of(schema, name))
+    (plan,), budget = _plan(model, schema, [_index_of(schema, name)], max_rows, max_bytes)
+    return _read_column(fs, root, plan, budget)
