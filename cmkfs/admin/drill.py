@@ -10,17 +10,24 @@ measured on this host in real processes (docs/DRILL.md says how to read it):
    local directory by default): a multi-segment binary file and a Parquet file;
 3. N **readers** and one **writer** (:mod:`.drill_agents`), each a process of its own
    (or the readers as tasks on a Dask ``LocalCluster``), each with the key cache TTL;
-4. once every agent has succeeded, ``t_disable`` is taken on
-   :func:`cmkfs.clock.key_clock` and the key is disabled;
-5. the agents go on until ``t_disable + TTL + TOLERANCE + margin``, or until every
-   one has been refused for ``margin`` seconds; then they are stopped and their
-   attempts collected;
-6. clean-up, always (also on Ctrl-C, and on SIGTERM under :func:`sigterm_interrupts`):
-   agents stopped, the scratch key destroyed, canaries and scratch vault removed.
+4. once every agent has succeeded, the key is disabled; the call's start and return
+   are read on :func:`cmkfs.clock.key_clock`, and the **bound** is
+   ``disable_returned + TTL + TOLERANCE`` (until the call commits the vault still
+   confirms the key; any copy cached before that expires within the TTL of it);
+5. the agents go on until the bound plus a margin, always (so that every agent makes
+   attempts after the bound); then they are stopped and their attempts collected;
+6. clean-up, always (also on Ctrl-C, and on SIGTERM or SIGHUP under
+   :func:`termination_interrupts`): agents stopped, the scratch key destroyed,
+   canaries and scratch vault removed.
 
-An agent **passes** when the key refused it after ``t_disable`` and no attempt of it
-that *started* after ``t_disable + TTL + TOLERANCE`` returned data (a reader) or
-published a file (the writer).  The drill passes when every agent does.
+An agent **passes** when its first attempt refused by the key began at or before the
+bound, it made attempts after the bound, and none of those returned data (a reader)
+or published a file (the writer).  The drill passes when every agent does.
+
+The user's own key settings and secrets (:data:`WITHHELD_ENV`) are out of this
+process's environment for the whole run, so that no agent, Dask worker included,
+inherits them; the drill never needs them.  A Dask cluster of the drill's speaks
+mutual TLS with certificates made for it alone, and serves no HTTP routes.
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ from ..errors import ConfigurationError
 from ..keycache import purge_key
 from ..policy import normalize_url
 from ..providers.local import ENV_PASSPHRASE, LocalVaultProvider
+from ..providers.pkcs11.sessions import PIN_ENV
 from .drill_agents import (
     OK,
     READER_KINDS,
@@ -55,7 +63,7 @@ from .drill_agents import (
     STOP_MARK,
     AgentSpec,
     drill_filesystem,
-    ignore_sigint,
+    ignore_terminal_signals,
     run_agent,
     write_canaries,
 )
@@ -67,11 +75,13 @@ from .drill_evidence import (
     MIN_TTL,
     TOLERANCE,
     AgentFigures,
+    DisableCall,
     DrillConfig,
     DrillResult,
     agent_figures,
     check_result,
     default_report_path,
+    redact_url,
     utc_now,
     versions,
     write_report,
@@ -88,8 +98,9 @@ __all__ = [
     "DrillError",
     "DrillResult",
     "default_report_path",
+    "redact_url",
     "run_drill",
-    "sigterm_interrupts",
+    "termination_interrupts",
     "write_report",
 ]
 
@@ -99,6 +110,15 @@ KILL_TIMEOUT = 5.0  # after SIGTERM, before SIGKILL
 AGENT_SLACK = 30.0  # an agent outlives its drill by at most this long, even if nobody stops it
 POLL = 0.05
 AGENT_MODULE = "cmkfs.admin.drill_agents"
+# The user's default key and the secrets that unlock their vaults: never needed by a drill (it uses its own
+# scratch vault, unprotected), so never inherited by its agents and workers.  $CMKFS_AUDIT_LOG stays: a
+# path, and the audit log is where the scratch key's life is meant to show (docs/DRILL.md).
+WITHHELD_ENV = (ENV_KEY, ENV_PASSPHRASE, PIN_ENV)
+# SIGTERM (kill, a service manager) and SIGHUP (the terminal closed) end a drill as Ctrl-C does: cleaned up.
+TERMINATING_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+# The scheduler and each worker start an HTTP server whatever the dashboard setting; with no routes it
+# serves nothing (the default routes would tell any local user the scheduler's address, and more).
+NO_HTTP: dict[str, list[str]] = {"distributed.scheduler.http.routes": [], "distributed.worker.http.routes": []}
 
 Say = Callable[[str], None]
 
@@ -221,7 +241,7 @@ class _Drill:
         self.results: dict[str, dict[str, Any] | None] = {}
         self.cluster: Any = None
         self.client: Any = None
-        self.t_disable = 0.0
+        self.disable_call: DisableCall | None = None
 
     @property
     def home(self) -> Path:
@@ -253,14 +273,19 @@ class _Drill:
         self.folder_url = f"{self.target}/{CANARY_FOLDER_PREFIX}{self.drill_id}"
         self.target_fs, folder = fsspec.url_to_fs(self.folder_url, **self.config.storage_options)
         if self.target_fs.exists(folder):  # never: the id is random; and clean-up must not remove what is not ours
-            raise DrillError(f"{self.folder_url} exists already: the drill writes only into a new folder")
+            raise DrillError(f"{self.shown_folder} exists already: the drill writes only into a new folder")
         self.folder = str(folder)  # from here on, whatever is in it is the drill's to remove
         self.target_fs.makedirs(self.folder, exist_ok=True)
         fs, folder = drill_filesystem(
             self.folder_url, self.config.storage_options, self.key_uri, str(self.home), self.config.ttl
         )
         write_canaries(fs, folder, self.seed)
-        self.say(f"canaries in {self.folder_url}")
+        self.say(f"canaries in {self.shown_folder}")
+
+    @property
+    def shown_folder(self) -> str:
+        """The canary folder's URL as messages show it: never with the target's credentials."""
+        return redact_url(self.folder_url)
 
     # 3: the agents
     def _specs(self) -> list[AgentSpec]:
@@ -288,10 +313,8 @@ class _Drill:
         return [*readers, writer]
 
     def start_agents(self) -> None:
-        env = dict(os.environ)
+        env = {k: v for k, v in os.environ.items() if k not in WITHHELD_ENV}  # withheld already, and here too
         env[ENV_HOME] = str(self.home)  # the scratch vault: the user's own home is never consulted
-        for var in (ENV_KEY, ENV_PASSPHRASE):
-            env.pop(var, None)
         specs = self._specs()
         readers, writer = specs[:-1], specs[-1]
         if self.config.use_dask:
@@ -304,23 +327,34 @@ class _Drill:
     def _start_cluster(self, n: int) -> list[str]:
         import dask
         from distributed import Client, LocalCluster
+        from distributed.security import Security
 
         self.say(f"starting a Dask LocalCluster of {n} worker process(es)")
+        # Mutual TLS with a certificate made now, held in memory and handed to the workers only: any local
+        # user can reach 127.0.0.1, and a plain cluster runs whatever it is sent as the drill's user, with
+        # the scratch vault and the storage options (in the tasks' arguments) within reach.
+        security = Security.temporary()  # type: ignore[no-untyped-call]  # distributed is not fully typed
         # Dask's scratch space (scheduler and workers) goes into the scratch vault's folder, and with it.
-        with dask.config.set({"temporary-directory": str(self.home / "dask")}):
+        # The nannies take this configuration to their workers when they are made, here.
+        with dask.config.set({"temporary-directory": str(self.home / "dask"), **NO_HTTP}):
             self.cluster = LocalCluster(  # type: ignore[no-untyped-call]  # distributed is not fully typed
                 n_workers=n,
                 threads_per_worker=1,
                 processes=True,
                 host="127.0.0.1",
+                protocol="tls://",
+                security=security,
                 dashboard_address=None,
                 env={ENV_HOME: str(self.home)},
             )
+        if not str(self.cluster.scheduler_address).startswith("tls://"):  # never: checked rather than trusted
+            raise DrillError("the drill's Dask cluster came up without TLS")
         self.client = Client(self.cluster, timeout=READY_TIMEOUT)  # type: ignore[no-untyped-call]
         self.client.wait_for_workers(n, timeout=READY_TIMEOUT)
-        # A Ctrl-C on the terminal reaches every process of its group: the workers leave it to the drill,
-        # which stops the tasks and the cluster itself (a worker killed by it would take its figures along).
-        self.client.run(ignore_sigint)
+        # A Ctrl-C or a hang-up on the terminal reaches every process of its group: the workers leave it to
+        # the drill, which stops the tasks and the cluster itself (a worker killed by it would take its figures
+        # along, and a closed terminal must not leave the drill's clean-up to a cluster half gone).
+        self.client.run(ignore_terminal_signals)
         return sorted(self.client.scheduler_info()["workers"])[:n]
 
     def wait_ready(self) -> None:
@@ -353,34 +387,33 @@ class _Drill:
         return f"{_named(agent)}, {', '.join(outcomes) or 'no attempt'}"
 
     # 4-5: disable, watch
-    def disable(self) -> tuple[str, float]:
+    def disable(self) -> DisableCall:
         self.say(f"every agent is using the key; disabling {self.key_uri}")
-        self.t_disable = key_clock()  # before the call: the bound is the stricter for it
-        disabled_utc = utc_now()
+        started, started_utc = key_clock(), utc_now()
         LocalVaultProvider(self.home).disable(self.key_name)
-        return disabled_utc, key_clock() - self.t_disable
+        returned, returned_utc = key_clock(), utc_now()
+        self.disable_call = DisableCall(started, returned, started_utc, returned_utc)
+        return self.disable_call
 
-    def watch(self) -> str:
-        """Until the bound plus the margin, or until every agent has been refused for the margin."""
-        config = self.config
-        deadline = self.t_disable + config.ttl + TOLERANCE + config.margin
-        self.say(f"key disabled; watching for up to {deadline - key_clock():.1f} s")
+    @property
+    def bound(self) -> float:
+        """On the key clock: from the disable call's return, when no vault answer can confirm the key any more."""
+        assert self.disable_call is not None, "disable() first"
+        return self.disable_call.returned + self.config.ttl + TOLERANCE
+
+    def watch(self) -> None:
+        """Until the bound plus the margin, always: every agent must be seen making attempts after the bound."""
+        assert self.disable_call is not None
+        returned = self.disable_call.returned
+        deadline = self.bound + self.config.margin
+        took, left = self.disable_call.seconds, deadline - key_clock()
+        self.say(f"key disabled (the call took {took:.3f} s); watching for {left:.1f} s")
         reported: set[str] = set()
-        since: float | None = None
-        while True:
-            now = key_clock()
-            if now >= deadline:
-                return "deadline"
+        while (now := key_clock()) < deadline:
             refused = {a.spec.name for a in self.agents if (self.control / f"{REFUSED_MARK}{a.spec.name}").exists()}
             for name in sorted(refused - reported):
-                self.say(f"{name} refused after {now - self.t_disable:.1f} s")
+                self.say(f"{name} refused after {now - returned:.1f} s")
             reported |= refused
-            if len(refused) == len(self.agents):
-                since = now if since is None else since
-                if now - since >= config.margin:
-                    return "all refused"
-            else:
-                since = None
             time.sleep(POLL)
 
     def stop_agents(self) -> None:
@@ -463,7 +496,7 @@ def _step(say: Say, what: str, action: Callable[[], None]) -> bool:
 
 @contextlib.contextmanager
 def _signals_held() -> Iterator[None]:
-    """Clean-up runs to its end: SIGINT and SIGTERM during it are held, then raised as KeyboardInterrupt."""
+    """Clean-up runs to its end: SIGINT, SIGTERM and SIGHUP during it are held, then raised as KeyboardInterrupt."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -472,7 +505,7 @@ def _signals_held() -> Iterator[None]:
     def hold(signum: int, _frame: object) -> None:
         caught.append(signum)
 
-    previous = {s: signal.signal(s, hold) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, hold) for s in (signal.SIGINT, *TERMINATING_SIGNALS)}
     try:
         yield
     finally:
@@ -483,8 +516,8 @@ def _signals_held() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def sigterm_interrupts() -> Iterator[None]:
-    """Within the block SIGTERM raises KeyboardInterrupt, as Ctrl-C does: both reach the same clean-up."""
+def termination_interrupts() -> Iterator[None]:
+    """Within the block SIGTERM and SIGHUP raise KeyboardInterrupt, as Ctrl-C does: all reach the same clean-up."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -492,11 +525,26 @@ def sigterm_interrupts() -> Iterator[None]:
     def interrupt(_signum: int, _frame: object) -> None:
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = {s: signal.signal(s, interrupt) for s in TERMINATING_SIGNALS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+@contextlib.contextmanager
+def _withheld_environment() -> Iterator[None]:
+    """:data:`WITHHELD_ENV` out of ``os.environ`` for the block, back after it.
+
+    Out of this process's environment rather than only out of the agents' copies: a Dask nanny starts
+    its worker with this process's environment as it is at that moment.
+    """
+    saved = {var: os.environ.pop(var) for var in WITHHELD_ENV if var in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
 
 
 def _no_say(_message: str) -> None:
@@ -507,7 +555,8 @@ def run_drill(config: DrillConfig, say: Say = _no_say) -> DrillResult:
     """Run one drill (the steps of the module docstring) and return its figures.
 
     Raises :class:`DrillError` when no verdict could be reached, ``KeyboardInterrupt``
-    when interrupted; either way after clean-up.
+    when interrupted; either way after clean-up.  For the duration of the call the
+    variables of :data:`WITHHELD_ENV` are out of ``os.environ`` (of the whole process).
     """
     config.check()
     if config.use_dask:
@@ -519,22 +568,24 @@ def run_drill(config: DrillConfig, say: Say = _no_say) -> DrillResult:
             ) from None
     drill = _Drill(config, say)
     result = DrillResult(drill.drill_id, config, target="", key_uri=drill.key_uri, started=utc_now())
-    try:
-        drill.prepare()
-        result.target = drill.target
-        drill.start_agents()
-        drill.wait_ready()
-        result.disabled, result.disable_seconds = drill.disable()
-        result.stopped = drill.watch()
-        say("stopping the agents")
-        drill.stop_agents()
-        result.ended = utc_now()
-    finally:
-        with _signals_held():
-            result.cleanup = drill.cleanup()
-    bound = drill.t_disable + config.ttl + TOLERANCE
+    with _withheld_environment():
+        try:
+            drill.prepare()
+            result.target = redact_url(drill.target)
+            drill.start_agents()
+            drill.wait_ready()
+            disable = result.disable = drill.disable()
+            drill.watch()
+            say("stopping the agents")
+            drill.stop_agents()
+            result.ended = utc_now()
+        finally:
+            with _signals_held():
+                result.cleanup = drill.cleanup()
+    bound = drill.bound
     result.agents = [
-        agent_figures(a.spec, drill.results.get(a.spec.name), drill.t_disable, bound) for a in drill.agents
+        agent_figures(a.spec, drill.results.get(a.spec.name), disable.started, disable.returned, bound)
+        for a in drill.agents
     ]
     result.versions = versions(config.use_dask)
     return result

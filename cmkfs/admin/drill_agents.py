@@ -56,7 +56,7 @@ __all__ = [
     "STOP_MARK",
     "binary_canary",
     "drill_filesystem",
-    "ignore_sigint",
+    "ignore_terminal_signals",
     "main",
     "run_agent",
     "write_canaries",
@@ -258,7 +258,10 @@ _OPERATIONS: dict[str, Callable[[Any, str, AgentSpec], Any]] = {
 def _mark(path: Path, present: bool, content: str = "") -> None:
     try:
         if present:
-            path.write_text(content)
+            # Whole or not at all: the drill reads a mark (the agent's pid) as soon as it sees it.
+            partial = path.with_name(f".{path.name}.{os.getpid()}")
+            partial.write_text(content)
+            os.replace(partial, path)
         else:
             path.unlink(missing_ok=True)
     except OSError:
@@ -323,9 +326,10 @@ def run_agent(spec: AgentSpec | Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def ignore_sigint() -> None:
-    """Run on each Dask worker (its main thread): Ctrl-C is for the drill, which stops the agents itself."""
+def ignore_terminal_signals() -> None:
+    """Run on each Dask worker (its main thread): Ctrl-C and a hang-up are for the drill, which stops the agents."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
 
 def main() -> int:
