@@ -62,6 +62,7 @@ def test_demo_leaves_only_ciphertext_on_disk(demo_run):
 def test_demo_revocation_refuses_hr_within_the_ttl_and_keeps_sales(demo_run):
     directory, _, result = demo_run
     assert result["revocation_held"] is True
+    assert result["new_reader_refused_at_once"] is True
     assert 0 <= result["hr_refused_after_seconds"] <= result["ttl"] + 1.0
     assert result["sales_readable_while_hr_revoked"] is True
     assert result["hr_restored_after_enable"] is True
@@ -101,10 +102,21 @@ def test_demo_story_shows_status_and_next_steps_and_reruns_in_place(tmp_path):
     assert (directory / MARKER).is_file()
     assert f"Everything is in {directory}" in out
     assert "status" in out and "capacity sales" in out and "capacity hr" in out  # the status table
-    assert "refused (KeyRevokedError)" in out
+    assert "refused at once" in out and "refused too (KeyRevokedError)" in out
     for step in ("open the data in pandas", "cmkfs status", "drill"):
         assert step in out, step
     assert second.stderr == ""
+    # The first thing to try works as printed, in a shell.
+    lines = out.splitlines()
+    export = next(i for i, line in enumerate(lines) if line.strip().startswith("export CMKFS_HOME="))
+    tried = subprocess.run(
+        ["sh", "-c", lines[export].strip() + "\n" + lines[export + 1].strip()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert tried.returncode == 0, tried.stderr
+    assert all(region in tried.stdout for region in ("north", "south", "east", "west"))
 
 
 def test_demo_refuses_a_directory_it_did_not_make(tmp_path):

@@ -32,6 +32,19 @@ def _show_status(home: Path) -> None:
     click.echo("")
 
 
+def _shown(path: Path) -> str:
+    """``path`` as a person would type it here: relative when it is below the current directory."""
+    try:
+        return shlex.quote(str(path.relative_to(Path.cwd())))
+    except ValueError:
+        return shlex.quote(str(path))
+
+
+def _python_command() -> str:
+    """The Python that has cmkfs, pandas and pyarrow: this one (``.venv/bin/python`` after demo.sh)."""
+    return _shown(Path(sys.executable).absolute())
+
+
 def _cmkfs_command() -> str:
     """How this user starts cmkfs: by name when that is this cmkfs, else by the path it was started by."""
     started = Path(sys.argv[0]).resolve() if sys.argv and sys.argv[0] else None
@@ -39,10 +52,7 @@ def _cmkfs_command() -> str:
     if started is not None and started.name == "cmkfs" and started.is_file():
         if on_path is not None and Path(on_path).resolve() == started:
             return "cmkfs"
-        try:
-            return shlex.quote(str(started.relative_to(Path.cwd())))  # e.g. .venv/bin/cmkfs from a checkout
-        except ValueError:
-            return shlex.quote(str(started))
+        return _shown(started)  # e.g. .venv/bin/cmkfs from a checkout
     return "cmkfs" if on_path else f"{shlex.quote(sys.executable)} -m cmkfs"
 
 
@@ -54,7 +64,7 @@ def _next_steps(directory: Path, home: Path) -> None:
     click.echo("  1. open the data in pandas (reads decrypt; the keys come from the demo's home):")
     click.echo(f"       export CMKFS_HOME={shlex.quote(str(home))}")
     click.echo(
-        '       python -c "import fsspec, pandas as pd; '
+        f'       {_python_command()} -c "import fsspec, pandas as pd; '
         "fs = fsspec.filesystem('cmk', target_protocol='file'); "
         f"print(pd.read_parquet('{sales}', filesystem=fs, columns=['region', 'revenue'])"
         ".groupby('region').sum())\""
