@@ -29,7 +29,8 @@ import pytest
 
 from cmkfs.format import MAGIC
 from cmkfs.mount import ERRNO_TABLE, MountOperations, errno_for
-from cmkfs.mount.runner import FSTYPE, fuse_options, mount_type
+from cmkfs.mount.operations import killed_by_signal
+from cmkfs.mount.runner import FSTYPE, fuse_options, mount_type, open_log, refuse_shared_mmap
 from cmkfs.policy import load_policy
 from cmkfs.providers.local import LocalVaultProvider
 
@@ -304,6 +305,153 @@ def test_mfusepy_still_has_what_the_rename_override_replaces():
         pytest.skip("libfuse 2 has no rename flags")
     assert list(inspect.signature(mfusepy.FUSE.rename_fuse_3).parameters) == ["self", "old", "new", "flags"]
     assert "flags" not in inspect.getsource(mfusepy.FUSE.rename_fuse_3).split(":", 1)[1].split("return", 1)[1]
+    # The init override (refuse_shared_mmap) and the caller's pid (a killed program's close).
+    assert list(inspect.signature(mfusepy.FUSE.init_fuse_3).parameters) == ["self", "conn", "config"]
+    assert "want" in dict(mfusepy.fuse_conn_info._fields_)
+    assert callable(mfusepy.fuse_get_context)
+
+
+def test_the_mount_never_asks_for_shared_mmap_of_direct_io_files():
+    class Conn:
+        want = 0xFFFFFFFF
+
+    conn = Conn()
+    refuse_shared_mmap(conn, (3, 16))
+    assert conn.want == 0xFFFFFFFF & ~(1 << 28)  # FUSE_CAP_DIRECT_IO_ALLOW_MMAP
+    older = Conn()
+    refuse_shared_mmap(older, (3, 14))  # bit 28 means nothing there: left alone
+    assert older.want == 0xFFFFFFFF
+
+
+def test_the_mount_process_is_not_dumpable():
+    script = (
+        "import ctypes\n"
+        "from cmkfs.mount.runner import harden_process\n"
+        "harden_process()\n"
+        "print(ctypes.CDLL(None).prctl(3, 0, 0, 0, 0))\n"  # PR_GET_DUMPABLE
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "0"
+
+
+def test_killed_by_signal_says_no_when_it_cannot_tell():
+    assert killed_by_signal(0) is False
+    assert killed_by_signal(os.getpid()) is False  # alive, not exiting
+    assert killed_by_signal(2**22 + 12345) is False  # no such task
+
+
+def test_rename_takes_names_literally_on_an_object_store(memfs, isolated_cmkfs_home):
+    """fsspec's mv expands globs: 'd*' would move d1 and d2 too, 'report [1].csv' the file 'report 1.csv'."""
+    LocalVaultProvider(isolated_cmkfs_home).create("tenant")
+    cmk = fsspec.filesystem("cmk", target_protocol="memory", key=KEY, skip_instance_cache=True)
+    names = ["d*", "d1", "d2", "report [1].csv", "report 1.csv", "q?", "qa"]
+    for name in names:
+        cmk.pipe_file(f"/data/{name}", name.encode())
+    ops = MountOperations(cmk, "/data")
+    ops.rename("/d*", "/out")
+    ops.rename("/report [1].csv", "/final.csv")
+    ops.rename("/q?", "/r")
+    listed = sorted(e if isinstance(e, str) else e[0] for e in ops.readdir("/", 0))
+    assert listed == sorted([".", "..", "out", "d1", "d2", "final.csv", "report 1.csv", "r", "qa"])
+    assert cmk.cat_file("/data/out") == b"d*"
+    assert cmk.cat_file("/data/final.csv") == b"report [1].csv"
+    assert cmk.cat_file("/data/r") == b"q?"
+    assert cmk.cat_file("/data/d1") == b"d1" and cmk.cat_file("/data/report 1.csv") == b"report 1.csv"
+    assert cmk.isfile("/data/final.csv")  # a file, not a folder of moved files
+
+
+def test_a_flush_without_a_release_is_waited_for_once(memfs, isolated_cmkfs_home, monkeypatch):
+    """A duplicate descriptor closed while the file stays open: the next listing waits for a release
+    that is not coming, the ones after it do not."""
+    from cmkfs.mount import operations
+
+    monkeypatch.setattr(operations, "SETTLE_QUEUED", 0.2)
+    LocalVaultProvider(isolated_cmkfs_home).create("tenant")
+    cmk = fsspec.filesystem("cmk", target_protocol="memory", key=KEY, skip_instance_cache=True)
+    cmk.makedirs("/data", exist_ok=True)
+    ops = MountOperations(cmk, "/data")
+    waits = 0
+    changed = ops._changed
+    original_wait = changed.wait
+
+    def counting_wait(timeout=None):
+        nonlocal waits
+        waits += 1
+        return original_wait(timeout)
+
+    changed.wait = counting_wait  # type: ignore[method-assign]
+    fi = _FileInfo(os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    ops.create("/open.txt", 0o644, fi)
+    ops.write(None, b"still open", 0, fi)
+    ops.flush(None, fi)  # close(2) of a duplicate: no release follows
+    ops.readdir("/", 0)
+    first = waits
+    assert first > 0  # the first listing gives the release its chance
+    for _ in range(3):
+        ops.readdir("/", 0)
+        ops.getattr("/open.txt")
+    assert waits == first
+    ops.write(None, b", and written again", 10, fi)
+    ops.flush(None, fi)  # a new close: waited for once more
+    ops.readdir("/", 0)
+    assert waits > first
+    ops.release(None, fi)
+    assert cmk.cat_file("/data/open.txt") == b"still open, and written again"
+
+
+def test_storage_options_from_a_file_or_stdin_and_a_warning_for_secrets_in_argv(tmp_path):
+    from click import BadParameter
+
+    from cmkfs.cli.options import parse_storage_options, secret_option_names
+
+    options = {"abfs": {"account_name": "lake", "account_key": "c2VjcmV0"}}
+    (tmp_path / "options.json").write_text(json.dumps(options))
+    assert parse_storage_options(f"@{tmp_path / 'options.json'}") == options
+    with pytest.raises(BadParameter, match="No such file"):
+        parse_storage_options(f"@{tmp_path / 'missing.json'}")
+    assert secret_option_names(options) == ["abfs.account_key"]
+    assert secret_option_names({"cmk": {"key": "local://tenant"}, "s3": {"client_kwargs": {"Token": "x"}}}) == [
+        "s3.client_kwargs.Token"
+    ]
+    assert secret_option_names({"abfs": {"account_name": "lake"}}) == []
+    missing = str(tmp_path / "missing")
+    inline = subprocess.run(
+        [*CMKFS, "mount", "--storage-options", json.dumps(options), str(tmp_path), missing],
+        capture_output=True,
+        text=True,
+    )
+    assert inline.returncode == 1 and "existing directory" in inline.stderr
+    assert "warning" in inline.stderr and "abfs.account_key" in inline.stderr and "c2VjcmV0" not in inline.stderr
+    for source, stdin in ((f"@{tmp_path / 'options.json'}", None), ("-", json.dumps(options))):
+        done = subprocess.run(
+            [*CMKFS, "mount", "--storage-options", source, str(tmp_path), missing],
+            capture_output=True,
+            text=True,
+            input=stdin,
+        )
+        assert done.returncode == 1 and "existing directory" in done.stderr
+        assert "warning" not in done.stderr
+
+
+def test_the_log_file_is_private_and_never_a_planted_symlink(tmp_path):
+    old_umask = os.umask(0o022)
+    try:
+        os.close(open_log(str(tmp_path / "new.log")))
+        assert (tmp_path / "new.log").stat().st_mode & 0o777 == 0o600
+        (tmp_path / "old.log").write_text("earlier\n")
+        (tmp_path / "old.log").chmod(0o644)
+        fd = open_log(str(tmp_path / "old.log"))
+        os.write(fd, b"appended\n")
+        os.close(fd)
+        assert (tmp_path / "old.log").stat().st_mode & 0o777 == 0o600
+        assert (tmp_path / "old.log").read_text() == "earlier\nappended\n"
+    finally:
+        os.umask(old_umask)
+    (tmp_path / "link.log").symlink_to(tmp_path / "victim")
+    with pytest.raises(OSError) as planted:
+        open_log(str(tmp_path / "link.log"))
+    assert planted.value.errno == errno.ELOOP
+    assert not (tmp_path / "victim").exists()
 
 
 def test_missing_binding_or_libfuse_says_what_to_install(tmp_path, monkeypatch):
@@ -353,6 +501,9 @@ def test_cp_in_cat_out_and_only_ciphertext_in_the_store(place, tmp_path):
     assert (place.dir / "a.bin").read_bytes() == b"replaced\n"
     with open(place.dir / "py.txt", "w") as f:
         f.write("written by python " + marker.decode())
+    # The kernel answers close(2) before the mount has published (release is asynchronous);
+    # an open through the mount waits for it, a reader of the store may look a moment early.
+    assert (place.dir / "py.txt").read_text() == "written by python " + marker.decode()
 
     stored = place.store / "a.bin"
     assert stored.stat().st_size > len(b"replaced\n")
@@ -501,21 +652,139 @@ def test_append_and_partial_overwrite_fail_and_leave_the_file(place):
 
 
 @needs_fuse
-def test_a_program_killed_mid_write_publishes_what_it_wrote(place):
-    """What docs/MOUNT.md warns about: the kernel closes a killed program's files like any close."""
+def test_a_program_killed_mid_write_leaves_the_previous_version(place):
+    """The kernel closes a killed program's files like any close; the mount tells that close from
+    others by the state of the closing task (PF_SIGNALED), and discards."""
     path = place.dir / "partial.bin"
     path.write_bytes(b"old version")
-    script = textwrap.dedent(
+    killed = textwrap.dedent(
         f"""
         import os, signal
-        f = open({str(path)!r}, "wb")
-        f.write(b"x" * 100000)
-        f.flush()
+        fd = os.open({str(path)!r}, os.O_WRONLY | os.O_TRUNC)
+        os.write(fd, b"x" * 100000)
         os.kill(os.getpid(), signal.SIGKILL)
         """
     )
-    assert subprocess.run([sys.executable, "-c", script]).returncode == -signal.SIGKILL
-    assert path.read_bytes() == b"x" * 100000
+    assert subprocess.run([sys.executable, "-c", killed]).returncode == -signal.SIGKILL
+    assert path.read_bytes() == b"old version"
+    assert place.cmk().cat_file(str(place.store / "partial.bin")) == b"old version"
+    assert "partial.bin: closed by a program killed by a signal" in place.mount.output()
+    # A program that ends with exit(n) (here _exit, with a second thread alive) publishes.
+    exits = textwrap.dedent(
+        f"""
+        import os, threading, time
+        fd = os.open({str(path)!r}, os.O_WRONLY | os.O_TRUNC)
+        os.write(fd, b"y" * 100000)
+        threading.Thread(target=time.sleep, args=(30,), daemon=True).start()
+        os._exit(0)
+        """
+    )
+    assert subprocess.run([sys.executable, "-c", exits]).returncode == 0
+    assert path.read_bytes() == b"y" * 100000
+
+
+@needs_fuse
+def test_rename_over_a_file_open_for_writing_orphans_the_writer(place):
+    """As on ext4: the open file loses its name, and its close does not bring the old content back."""
+    target, source = place.dir / "x", place.dir / "y"
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        os.write(fd, b"OLD\n")
+        source.write_bytes(b"NEW\n")
+        os.rename(source, target)
+        assert target.read_bytes() == b"NEW\n"
+        os.write(fd, b"more")  # still writable: an orphaned file
+    finally:
+        os.close(fd)
+    assert target.read_bytes() == b"NEW\n"
+    assert sorted(os.listdir(place.dir)) == ["x"]
+    # RENAME_NOREPLACE sees a file being written, even before it is in the store.
+    fd = os.open(place.dir / "new", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if hasattr(libc, "renameat2"):
+            AT_FDCWD, RENAME_NOREPLACE = -100, 1
+            assert libc.renameat2(AT_FDCWD, bytes(target), AT_FDCWD, bytes(place.dir / "new"), RENAME_NOREPLACE) == -1
+            assert ctypes.get_errno() == errno.EEXIST
+    finally:
+        os.close(fd)
+    assert target.read_bytes() == b"NEW\n"
+
+
+@needs_fuse
+def test_rename_takes_names_literally_on_local_disk(place):
+    names = ["d*", "d1", "report [1].csv", "report 1.csv", "q?", "qa"]
+    for name in names:
+        (place.dir / name).write_bytes(name.encode())
+    os.rename(place.dir / "d*", place.dir / "out")
+    os.rename(place.dir / "report [1].csv", place.dir / "final.csv")
+    os.rename(place.dir / "q?", place.dir / "r")
+    assert sorted(os.listdir(place.dir)) == sorted(["out", "d1", "final.csv", "report 1.csv", "r", "qa"])
+    assert (place.dir / "final.csv").read_bytes() == b"report [1].csv"
+    assert (place.dir / "report 1.csv").read_bytes() == b"report 1.csv"
+    assert (place.dir / "out").read_bytes() == b"d*" and (place.dir / "r").read_bytes() == b"q?"
+
+
+@needs_fuse
+def test_a_closed_duplicate_descriptor_stalls_the_folder_once(place):
+    """The release of a file still open elsewhere is not coming: waited for once, not at every listing."""
+    (place.dir / "other.txt").write_bytes(b"x")
+    fd = os.open(place.dir / "open.txt", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        os.write(fd, b"still open")
+        os.close(os.dup(fd))  # a flush, no release
+        os.listdir(place.dir)  # may wait (at most SETTLE_QUEUED) for that release
+        start = time.monotonic()
+        for _ in range(4):
+            assert sorted(os.listdir(place.dir)) == ["open.txt", "other.txt"]
+            assert (place.dir / "other.txt").read_bytes() == b"x"
+        took = time.monotonic() - start
+    finally:
+        os.close(fd)
+    assert took < 2.0, f"4 listings took {took:.1f} s"  # 1 s each without the fix
+    assert (place.dir / "open.txt").read_bytes() == b"still open"
+
+
+@needs_fuse
+def test_names_of_in_progress_temp_files_are_refused(place):
+    """Such a file would be hidden from listings and removed by `cmkfs clean`.  Only the way a cmk
+    writer makes its own temp file (a new file, O_EXCL) passes (test_a_cmk_writer_on_top_of_the_mount)."""
+    name = place.dir / ".notes.cmkfs-partial-0123456789abcdef"
+    assert _errno(open, name, "wb") == errno.EINVAL
+    assert subprocess.run(["sh", "-c", f"echo hi > '{name}'"], capture_output=True).returncode != 0
+    (place.dir / "notes").write_bytes(b"notes")
+    assert _errno(os.rename, place.dir / "notes", name) == errno.EINVAL
+    assert _errno(os.mkdir, place.dir / ".d.cmkfs-partial-0123456789abcdef") == errno.EINVAL
+    assert sorted(os.listdir(place.dir)) == ["notes"]
+    assert sorted(p.name for p in place.store.iterdir()) == ["notes"]
+
+
+@needs_fuse
+def test_a_second_writer_without_o_trunc_is_refused(place):
+    path = place.dir / "shared.txt"
+    first = os.open(path, os.O_WRONLY | os.O_CREAT)
+    try:
+        # POSIX would have both write one file; here each writer streams its own and the last
+        # close wins, so the second is refused (once the first has written, it is EOPNOTSUPP anyway).
+        assert _errno(os.open, path, os.O_WRONLY) == errno.EBUSY
+        assert _errno(os.open, path, os.O_WRONLY | os.O_CREAT) == errno.EBUSY
+        assert _errno(os.open, path, os.O_WRONLY | os.O_CREAT | os.O_EXCL) == errno.EEXIST
+        os.write(first, b"first")
+        assert _errno(os.open, path, os.O_WRONLY) == errno.EOPNOTSUPP
+    finally:
+        os.close(first)
+    assert path.read_bytes() == b"first"
+
+
+@needs_fuse
+def test_shared_mmap_fails_with_enodev(place):
+    import mmap
+
+    (place.dir / "m.bin").write_bytes(b"z" * 8192)
+    with open(place.dir / "m.bin", "rb") as f:
+        with pytest.raises(OSError) as shared:
+            mmap.mmap(f.fileno(), 8192, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+        assert shared.value.errno == errno.ENODEV
 
 
 @needs_fuse
@@ -613,6 +882,57 @@ def test_reads_fail_with_eacces_within_the_ttl_after_the_key_is_disabled(own, is
 
 
 @needs_fuse
+def test_close_fails_with_eacces_for_a_write_the_key_no_longer_allows(own, isolated_cmkfs_home):
+    """A small write is only buffered: close(2) re-confirms the key, so the program hears the refusal."""
+    ttl = 2.0
+    mount = own("--cache-ttl", str(ttl))
+    assert mount.store is not None
+    path = mount.mountpoint / "small.txt"
+    path.write_bytes(b"version 1")
+    assert path.read_bytes() == b"version 1"  # published (the mount waits for the release)
+    stored = (mount.store / "small.txt").read_bytes()
+    fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+    try:
+        os.write(fd, b"version 2")
+        LocalVaultProvider(isolated_cmkfs_home).disable("tenant")
+        time.sleep(ttl + 0.5)
+    finally:
+        assert _errno(os.close, fd) == errno.EACCES
+    assert (mount.store / "small.txt").read_bytes() == stored  # the previous version stays
+    assert "is disabled" in mount.output()
+
+
+@needs_fuse
+def test_a_mountpoint_given_through_a_symlink(tmp_path, isolated_cmkfs_home):
+    make_home(isolated_cmkfs_home)
+    store, real = tmp_path / "store", tmp_path / "real-mnt"
+    store.mkdir()
+    real.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    env = dict(os.environ, CMKFS_HOME=str(isolated_cmkfs_home))
+    log = tmp_path / "link.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [*CMKFS, "mount", str(store), str(link), "--foreground"], stdout=out, stderr=subprocess.STDOUT, env=env
+        )
+    try:
+        deadline = time.monotonic() + 10
+        while "mounted" not in log.read_text():  # the ready message: the mount was seen where it is
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        assert mount_type(str(real)) == FSTYPE and mount_type(str(link)) == FSTYPE
+        (link / "f.txt").write_bytes(b"through the link")
+        done = subprocess.run([*CMKFS, "unmount", str(link)], capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+        assert str(real) in done.stdout
+        assert process.wait(10) == 0, log.read_text()
+        assert not _mounted(real)
+    finally:
+        _cleanup(real, process)
+
+
+@needs_fuse
 def test_unmount_while_a_reader_is_busy_is_a_clean_error(own):
     mount = own()
     data = os.urandom(2 * SEGMENT)
@@ -706,6 +1026,8 @@ def test_background_mount_prints_its_pid_and_unmount_stops_it(tmp_path, isolated
     store.mkdir()
     mountpoint.mkdir()
     log = tmp_path / "mount.log"
+    log.write_text("")
+    log.chmod(0o644)  # an existing log: made private
     done = subprocess.run(
         [*CMKFS, "mount", str(store), str(mountpoint), "--log-file", str(log)],
         capture_output=True,
@@ -729,6 +1051,18 @@ def test_background_mount_prints_its_pid_and_unmount_stops_it(tmp_path, isolated
             time.sleep(0.05)
         assert not os.path.exists(f"/proc/{pid}")
         assert "mounted" in log.read_text() and "unmounted" in log.read_text()
+        assert log.stat().st_mode & 0o777 == 0o600
+        # A log path that is a planted symlink is refused before anything is mounted.
+        planted = tmp_path / "planted.log"
+        planted.symlink_to(tmp_path / "victim")
+        done = subprocess.run(
+            [*CMKFS, "mount", str(store), str(mountpoint), "--log-file", str(planted)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 1 and "--log-file" in done.stderr, done.stderr
+        assert not (tmp_path / "victim").exists() and not _mounted(mountpoint)
     finally:
         _cleanup(mountpoint, None)
         if pid is not None and os.path.exists(f"/proc/{pid}"):
@@ -796,9 +1130,10 @@ def test_capacity_mount_writes_under_the_capacity_key(isolated_cmkfs_home, tmp_p
 
 
 @needs_fuse
-def test_azure_blob_target(own, azurite, abfs_container):
-    options = json.dumps({"abfs": {"connection_string": azurite.connection_string}})
-    mount = own("--storage-options", options, target=f"cmk::abfs://{abfs_container}/data")
+def test_azure_blob_target(own, azurite, abfs_container, tmp_path):
+    options = tmp_path / "options.json"  # credentials stay off the command line
+    options.write_text(json.dumps({"abfs": {"connection_string": azurite.connection_string}}))
+    mount = own("--storage-options", f"@{options}", target=f"cmk::abfs://{abfs_container}/data")
     data = os.urandom(3 * SEGMENT + 17)
     (mount.mountpoint / "sub").mkdir()
     (mount.mountpoint / "sub" / "b.bin").write_bytes(data)
@@ -806,6 +1141,14 @@ def test_azure_blob_target(own, azurite, abfs_container):
     assert os.stat(mount.mountpoint / "sub" / "b.bin").st_size == len(data)
     os.rename(mount.mountpoint / "sub" / "b.bin", mount.mountpoint / "sub" / "c.bin")
     assert os.listdir(mount.mountpoint / "sub") == ["c.bin"]
+    # A rename takes names literally (no glob): not 'report 1.csv', not into a new folder.
+    (mount.mountpoint / "report [1].csv").write_bytes(b"bracketed")
+    (mount.mountpoint / "report 1.csv").write_bytes(b"plain")
+    os.rename(mount.mountpoint / "report [1].csv", mount.mountpoint / "final.csv")
+    assert sorted(os.listdir(mount.mountpoint)) == ["final.csv", "report 1.csv", "sub"]
+    assert (mount.mountpoint / "final.csv").read_bytes() == b"bracketed"
+    assert (mount.mountpoint / "report 1.csv").read_bytes() == b"plain"
+    assert "c2VjcmV0" not in mount.output() and "warning" not in mount.output()
     with azurite.service_client() as client:
         blob = client.get_blob_client(abfs_container, "data/sub/c.bin").download_blob().readall()
     assert blob.startswith(MAGIC) and data[:64] not in blob

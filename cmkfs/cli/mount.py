@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import click
 
 from .files import load_policy_for
-from .options import key_uri_option, parse_storage_options
+from .options import key_uri_option, parse_storage_options, secret_option_names
 from .output import EXIT_CONFIG, EXIT_ERROR, EXIT_NOT_FOUND, fail, printable
 from .state import CliState, pass_state
 
@@ -48,10 +48,11 @@ __all__ = ["COMMANDS", "mount", "unmount"]
 @click.option(
     "--storage-options",
     "storage_options",
-    metavar="JSON",
+    metavar="JSON|@FILE|-",
     default=None,
-    help='fsspec options keyed by protocol, e.g. \'{"abfs": {"account_name": "..."}}\' '
-    "(prefer environment variables for credentials).",
+    help='fsspec options keyed by protocol, e.g. \'{"abfs": {"account_name": "..."}}\'; '
+    "@FILE reads them from FILE, - from stdin.  Credentials belong there or in environment "
+    "variables: a foreground mount's command line is readable by every user.",
 )
 @click.option(
     "--log-file",
@@ -93,13 +94,26 @@ def mount(
             raise click.UsageError("give a URL and a MOUNTPOINT (or --capacity NAME and a MOUNTPOINT)")
         target, mountpoint = places
         load_policy_for(state)
+    options = parse_storage_options(storage_options)
+    if storage_options is not None and storage_options != "-" and not storage_options.startswith("@"):
+        secrets = secret_option_names(options)
+        if secrets:
+            # The command line of a running process is readable by every user (/proc/PID/cmdline).
+            click.echo(
+                printable(
+                    f"cmkfs: warning: --storage-options on the command line holds {', '.join(secrets)}: "
+                    "any user can read it while the mount runs; pass --storage-options @FILE or - (stdin), "
+                    "or use environment variables"
+                ),
+                err=True,
+            )
     spec = MountSpec(
         target=target,
         mountpoint=mountpoint,
         read_only=read_only,
         key=key_uri_option(key),
         cache_ttl=cache_ttl,
-        storage_options=parse_storage_options(storage_options),
+        storage_options=options,
         log_file=log_file,
     )
     try:
@@ -169,7 +183,7 @@ def unmount(mountpoint: str) -> None:
         fail(str(exc), EXIT_NOT_FOUND)
     except MountError as exc:
         fail(str(exc), EXIT_ERROR)
-    click.echo(printable(f"unmounted {os.path.abspath(mountpoint)}"))
+    click.echo(printable(f"unmounted {os.path.realpath(mountpoint)}"))
 
 
 COMMANDS = (mount, unmount)

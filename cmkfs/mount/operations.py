@@ -18,6 +18,11 @@ What cannot be done on a streaming, authenticated format is refused with an errn
 halfway: a write anywhere but at the end, opening an existing file for writing without
 ``O_TRUNC``, truncating to another length (:data:`ERRNO_TABLE`, docs/MOUNT.md).
 
+A write is discarded, never published, when the key is refused before its last close (``flush``
+re-confirms it), when its path is removed or renamed over while it is open (the open file is
+orphaned, as POSIX does), and when the program that closed it last was being killed by a signal
+(:func:`killed_by_signal`, from the pid ``flush`` carries).
+
 Every method runs on one of libfuse's worker threads; the handle tables are guarded by one
 lock, and each handle has its own lock (a reader's seek and read go together).
 """
@@ -54,6 +59,7 @@ __all__ = [
     "ERRNO_TABLE",
     "MountOperations",
     "errno_for",
+    "killed_by_signal",
 ]
 
 log = logging.getLogger("cmkfs.mount")
@@ -80,6 +86,9 @@ READ_ONLY_DIR_MODE = 0o555
 # renameat2 flags (linux/fs.h).
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
+# Task flags in /proc/PID/stat (linux/sched.h): the task is exiting; a fatal signal made it exit.
+PF_EXITING = 0x4
+PF_SIGNALED = 0x400
 
 #: Exception class -> errno; the first match wins.  The cmkfs errors come first: some of them are
 #: also OSErrors (``KeyRevokedError`` is a ``PermissionError``) without an errno of their own.
@@ -117,6 +126,28 @@ def errno_for(exc: BaseException) -> int:
     return errno.EIO
 
 
+def killed_by_signal(pid: int) -> bool:
+    """Whether task ``pid`` is exiting because a signal killed it (the kernel closes its files).
+
+    Read from ``/proc/PID/stat``: the flags (field 9) show ``PF_EXITING`` and ``PF_SIGNALED``, and
+    the exit status (field 52) holds the signal.  ``PF_SIGNALED`` alone is not enough: the other
+    threads of a process that calls ``exit(n)`` are stopped with an internal SIGKILL and carry it,
+    with the exit status ``n << 8``.  False when it cannot tell (pid 0, no /proc, a task gone)."""
+    if pid <= 0:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat_file:
+            text = stat_file.read()
+    except OSError:
+        return False
+    fields = text[text.rfind(b")") + 1 :].split()  # the command name may hold spaces and parentheses
+    try:
+        flags, exit_code = int(fields[6]), int(fields[49])  # fields 9 and 52; fields[0] is field 3
+    except (IndexError, ValueError):
+        return False
+    return bool(flags & PF_EXITING and flags & PF_SIGNALED and exit_code & 0x7F)
+
+
 def _error(code: int, reason: str | None = None) -> OSError:
     """The error an operation raises; ``reason`` is for the log (the program sees the errno)."""
     return OSError(code, reason or os.strerror(code))
@@ -146,8 +177,11 @@ class _WriteHandle(_Handle):
     def __init__(self, path: str, file: Any) -> None:
         super().__init__(path, file)
         self.failed = False  # a write failed or was refused: released, it is discarded
-        self.unlinked = False  # the path was removed while open: released, it is discarded
+        self.orphaned = False  # the path was removed or renamed over while open: released, it is discarded
+        self.killed = False  # the last close came from a task killed by a signal: released, it is discarded
         self.flushed = False  # a close(2) came and no write since: its release is on its way
+        self.flushes = 0  # close(2)s so far ...
+        self.waited = 0  # ... and the last one a listing or an open already waited a release for
         self.releasing = False
         self.mtime = time.time()
 
@@ -177,7 +211,9 @@ class MountOperations:
 
     Paths from the kernel (``/a/b``) map to ``root + "/a/b"`` on ``fs``.  With ``read_only`` every
     change is refused (``EROFS``).  ``attr_timeout`` must match the value the mount passes to the
-    kernel (:mod:`cmkfs.mount.runner` does).
+    kernel (:mod:`cmkfs.mount.runner` does).  ``caller`` gives the pid of the task a request
+    comes from (libfuse's ``fuse_get_context``); without it a killed program's close cannot be
+    told from a deliberate one.
     """
 
     # Times in nanoseconds, as libfuse gives and takes them (mfusepy asks callers to choose).
@@ -191,6 +227,7 @@ class MountOperations:
         read_only: bool = False,
         attr_timeout: float = ATTR_TIMEOUT,
         clock: Callable[[], float] = time.monotonic,
+        caller: Callable[[], int] | None = None,
     ) -> None:
         self.fs = fs
         # "/" (a whole local disk) stays "/"; "" is a store whose paths have no leading slash.
@@ -198,6 +235,7 @@ class MountOperations:
         self.read_only = read_only
         self.attr_timeout = attr_timeout
         self._clock = clock
+        self._caller = caller
         self._uid = os.getuid()
         self._gid = os.getgid()
         self._file_mode = READ_ONLY_FILE_MODE if read_only else FILE_MODE
@@ -248,27 +286,33 @@ class MountOperations:
             return [h for h in self._handles.values() if isinstance(h, _WriteHandle) and match(h.path)]
 
     def _writer_for(self, path: str) -> _WriteHandle | None:
-        found = [w for w in self._writers(lambda p: p == path) if not w.unlinked]
+        found = [w for w in self._writers(lambda p: p == path) if not w.orphaned]
         return found[-1] if found else None
 
     def _settle(self, match: Callable[[str], bool]) -> None:
         """Wait until writers of matching paths that a program has closed are published.
 
         close(2) returns once ``flush`` is answered; the kernel has queued the release by then, but
-        another worker thread may pick it up after the next request (``cp a b && cat b``)."""
+        another worker thread may pick it up after the next request (``cp a b && cat b``).  A
+        flush without a release (a duplicate descriptor closed, the file still open) is waited
+        for once: after that, requests go on without waiting for it again."""
         start = self._clock()
         with self._changed:
             while True:
                 pending = [
                     h
                     for h in self._handles.values()
-                    if isinstance(h, _WriteHandle) and (h.flushed or h.releasing) and match(h.path)
+                    if isinstance(h, _WriteHandle)
+                    and (h.releasing or (h.flushed and h.waited != h.flushes))
+                    and match(h.path)
                 ]
                 if not pending:
                     return
                 limit = SETTLE_PUBLISHING if any(h.releasing for h in pending) else SETTLE_QUEUED
                 left = start + limit - self._clock()
                 if left <= 0:
+                    for handle in pending:
+                        handle.waited = handle.flushes  # no release came for this close: still open
                     return
                 self._changed.wait(min(left, 0.1))
 
@@ -458,6 +502,14 @@ class MountOperations:
         if self.draining:
             raise _error(errno.ESHUTDOWN, "the mount is stopping: no new opens")
 
+    def _check_shared_write(self, path: str, flags: int) -> None:
+        """Refuse a second writer that POSIX would have share one file (no ``O_TRUNC``)."""
+        if flags & os.O_TRUNC or self._writer_for(path) is None:
+            return
+        # Each writer streams a file of its own and the last close wins: two descriptors that a
+        # program expects to write one file together would publish neither's view of it.
+        raise _error(errno.EBUSY, "opened for writing without O_TRUNC while another writer has it open")
+
     @_fuse_op
     def open(self, path: str | None, fi: FileInfo) -> int:
         assert path is not None
@@ -468,6 +520,10 @@ class MountOperations:
             handle: _ReadHandle | _WriteHandle = _ReadHandle(path, self.fs.open(self._store(path), "rb"))
         else:
             self._check_writable()
+            if is_partial_name(path):
+                # A writer's temp file is made once (O_EXCL, see create) and never reopened.
+                raise _error(errno.EINVAL, "the name of an in-progress temp file")
+            self._settle(lambda p: p == path)
             if not flags & os.O_TRUNC:
                 # Appending or overwriting in place: the final segment is sealed as last and every
                 # segment is authenticated, so an existing file can only be rewritten whole.
@@ -475,7 +531,7 @@ class MountOperations:
                 size = writer.size if writer is not None else int(self._info(path).get("size") or 0)
                 if size:
                     raise _error(errno.EOPNOTSUPP, "opened for writing without O_TRUNC: a file is only rewritten whole")
-            self._settle(lambda p: p == path)
+                self._check_shared_write(path, flags)
             handle = _WriteHandle(path, self.fs.open(self._store(path), "wb"))
         self._serve(fi, handle)
         return 0
@@ -485,7 +541,16 @@ class MountOperations:
         assert path is not None
         self._check_serving()
         self._check_writable()
+        flags = fi.flags
+        if is_partial_name(path) and not flags & os.O_EXCL:
+            # Named like an in-progress temp file: hidden from listings, removed by `cmkfs clean`.
+            # Only a new one made exclusively passes: a cmk writer layered on this mount makes its
+            # own temp file so (and renames it away when done).
+            raise _error(errno.EINVAL, "the name of an in-progress temp file")
         self._settle(lambda p: p == path)
+        if flags & os.O_EXCL and self._writer_for(path) is not None:
+            raise _error(errno.EEXIST)  # created by another program a moment ago, not published yet
+        self._check_shared_write(path, flags)
         self._serve(fi, _WriteHandle(path, self.fs.open(self._store(path), "wb")))
         return 0
 
@@ -561,9 +626,23 @@ class MountOperations:
         if isinstance(handle, _WriteHandle):
             if handle.failed:
                 raise _error(errno.EIO, "an earlier write failed or was refused: the file is not published")
-            with self._changed:
-                handle.flushed = True  # not published yet: a duplicate descriptor may still write
-                self._changed.notify_all()
+            # FLUSH is synchronous, in the closing task: a task dying of a signal closes its files
+            # this way too, and its last close must not publish a partial file.
+            killed = self._caller is not None and killed_by_signal(self._caller())
+            try:
+                with handle.lock:
+                    _confirm_write_key(handle.file)
+            except BaseException:
+                # The key was refused (or its vault is unreachable): the program hears it at
+                # close(2), not only the log at release.
+                handle.failed = True
+                raise
+            finally:
+                with self._changed:
+                    handle.killed = killed
+                    handle.flushed = True  # not published yet: a duplicate descriptor may still write
+                    handle.flushes += 1
+                    self._changed.notify_all()
         return 0
 
     @_fuse_op
@@ -586,7 +665,12 @@ class MountOperations:
             handle.releasing = True
         try:
             with handle.lock:
-                if handle.failed or handle.unlinked:
+                if handle.killed and not (handle.failed or handle.orphaned):
+                    log.warning(
+                        "%s: closed by a program killed by a signal: not published; the previous version stays",
+                        handle.path,
+                    )
+                if handle.failed or handle.orphaned or handle.killed:
                     handle.file.discard()  # the previous version stays
                 else:
                     handle.file.close()  # publishes
@@ -609,7 +693,7 @@ class MountOperations:
         self._settle(lambda p: p == path)
         writers = self._writers(lambda p: p == path)
         for writer in writers:
-            writer.unlinked = True  # its release discards: the name stays gone
+            writer.orphaned = True  # its release discards: the name stays gone
         try:
             self.fs.rm_file(self._store(path))
         except FileNotFoundError:
@@ -624,6 +708,10 @@ class MountOperations:
         self._check_writable()
         if flags & RENAME_EXCHANGE or flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE):
             raise _error(errno.EINVAL)
+        if is_partial_name(new):
+            raise _error(errno.EINVAL, "renaming to the name of an in-progress temp file")
+        if old == new:
+            return 0  # a copy and a delete of one name would delete it
         self._settle(lambda p: p in (old, new))
         if self._writer_for(old) is not None:
             # Still being written: its publish is bound to the old name.
@@ -642,14 +730,44 @@ class MountOperations:
                 raise _error(errno.EEXIST)
             if target.get("type") == "directory":
                 raise _error(errno.EISDIR)
-        self.fs.mv(self._store(old), self._store(new))
-        self._forget()
+        # Writers still open on the new name lose it, as an unlinked file would: POSIX orphans
+        # that inode, so their last close must not put the old content back over the moved file.
+        orphaned = [w for w in self._writers(lambda p: p == new) if not w.orphaned]
+        if orphaned and flags & RENAME_NOREPLACE:
+            raise _error(errno.EEXIST)
+        for writer in orphaned:
+            writer.orphaned = True
+        try:
+            self._move_file(self._store(old), self._store(new))
+        except BaseException:
+            for writer in orphaned:
+                writer.orphaned = False  # the name is still theirs
+            raise
+        finally:
+            self._forget()
         return 0
+
+    def _move_file(self, old: str, new: str) -> None:
+        """Rename one file on the store, with calls that take the names literally.
+
+        fsspec's ``mv`` (and ``copy``, ``rm``) expand globs: ``[``, ``*`` and ``?`` in a name
+        would move or remove other files.  Local disk: one atomic ``os.replace``; an object store:
+        ``cp_file`` and ``rm_file``, a server-side copy and a delete."""
+        if self._local_root is not None:
+            try:
+                os.replace(old, new)
+            finally:
+                self.fs.invalidate_cache()  # cmk's remembered plaintext sizes name the old paths
+            return
+        self.fs.cp_file(old, new)
+        self.fs.rm_file(old)
 
     @_fuse_op
     def mkdir(self, path: str | None, mode: int) -> int:
         assert path is not None
         self._check_writable()
+        if is_partial_name(path):
+            raise _error(errno.EINVAL, "the name of an in-progress temp file")  # hidden from listings
         store_path = self._store(path)
         if self.fs.exists(store_path) or path in self._made_dirs:
             raise _error(errno.EEXIST)
@@ -740,3 +858,16 @@ class MountOperations:
     def open_files(self) -> int:
         with self._lock:
             return len(self._handles)
+
+
+def _confirm_write_key(file: Any) -> None:
+    """Re-confirm the key of a cmk writer with its vault if its TTL passed (raises if refused).
+
+    A small write is only buffered, and the key is checked again when a segment is sealed: at
+    release, whose result the kernel ignores.  ``confirm_key`` is the check a reader makes before
+    each read; the encrypting writer inside a ``CMKWriteFile`` has it too (the write file itself
+    offers none: tests/test_mount.py's close-after-revocation test fails if it moves).  A file of
+    another filesystem has no key to confirm."""
+    confirm = getattr(getattr(file, "_writer", None), "confirm_key", None)
+    if confirm is not None:
+        confirm()

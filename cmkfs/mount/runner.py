@@ -21,6 +21,7 @@ root, where that is what there is) and says plainly when programs still use it.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import ctypes.util
 import json
 import logging
@@ -73,6 +74,9 @@ MAX_THREADS = 16
 MAX_IDLE_THREADS = 8
 STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
 FUSE_PACKAGE = "fuse3"  # Debian and Ubuntu: libfuse3 and fusermount3
+# libfuse 3.16+ (fuse_common.h): lets MAP_SHARED map direct_io files through the page cache.
+FUSE_CAP_DIRECT_IO_ALLOW_MMAP = 1 << 28
+PR_SET_DUMPABLE = 4  # linux/prctl.h
 
 
 class MountError(CMKError):
@@ -142,8 +146,9 @@ def load_fuse() -> ModuleType:
 
 
 def check_mountpoint(mountpoint: str) -> str:
-    """The absolute mountpoint, after the checks that give a clear message before libfuse's own."""
-    path = os.path.abspath(os.path.expanduser(mountpoint))
+    """The mountpoint with symlinks resolved (as the kernel lists it in /proc/mounts), after the
+    checks that give a clear message before libfuse's own."""
+    path = os.path.realpath(os.path.expanduser(mountpoint))
     if not os.path.isdir(path):
         raise MountError(f"{path}: the mountpoint must be an existing directory")
     if mount_type(path) is not None or os.path.ismount(path):
@@ -164,7 +169,7 @@ def _fusermount() -> str | None:
 
 def mount_type(path: str) -> str | None:
     """The filesystem type mounted at ``path`` (``/proc/self/mounts``), or None."""
-    path = os.path.abspath(path)
+    path = os.path.realpath(path)  # the kernel lists the resolved path
     try:
         with open("/proc/self/mounts", encoding="utf-8", errors="surrogateescape") as mounts:
             lines = mounts.read().splitlines()
@@ -318,6 +323,7 @@ def _fuse_class(mfusepy: ModuleType) -> Any:
     base = mfusepy.FUSE
     if not hasattr(base, "rename_fuse_3"):
         return base  # libfuse 2 has no rename flags
+    version = (int(mfusepy.fuse_version_major), int(mfusepy.fuse_version_minor))
 
     class FUSE(base):  # type: ignore[misc, valid-type]  # mfusepy is untyped
         def rename_fuse_3(self, old: bytes, new: bytes, flags: int) -> int:
@@ -326,7 +332,22 @@ def _fuse_class(mfusepy: ModuleType) -> Any:
             )
             return result
 
+        def init_fuse_3(self, conn: Any, config: Any) -> None:
+            if conn:
+                refuse_shared_mmap(conn.contents, version)
+            super().init_fuse_3(conn, config)
+
     return FUSE
+
+
+def refuse_shared_mmap(conn: Any, fuse_version: tuple[int, int]) -> None:
+    """Never ask the kernel for ``FUSE_DIRECT_IO_ALLOW_MMAP`` (libfuse 3.16+, kernel 6.6+).
+
+    With it, ``mmap(MAP_SHARED)`` of a ``direct_io`` file goes through the page cache: plaintext
+    kept by the kernel and served without the key check.  Without it such a mapping fails with
+    ``ENODEV``.  ``conn`` is libfuse's ``fuse_conn_info``, in the init callback."""
+    if fuse_version >= (3, 16):
+        conn.want &= ~FUSE_CAP_DIRECT_IO_ALLOW_MMAP
 
 
 def fuse_options(
@@ -375,8 +396,13 @@ def serve(
     mfusepy = load_fuse()
     version = (int(mfusepy.fuse_version_major), int(mfusepy.fuse_version_minor))
     logging.getLogger("fuse").setLevel(logging.WARNING)  # mfusepy's debug lines quote raw requests
-    ops = MountOperations(fs, root, read_only=read_only, attr_timeout=attr_timeout)
-    _no_core_dumps()
+
+    def caller() -> int:
+        pid: int = mfusepy.fuse_get_context()[2]  # the task whose request is being served
+        return pid
+
+    ops = MountOperations(fs, root, read_only=read_only, attr_timeout=attr_timeout, caller=caller)
+    harden_process()
     stopper = _Stopper(mountpoint, ops)
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # every thread started from here on too
     waiter = threading.Thread(target=_wait_for_signals, args=(stopper,), name="cmkfs-mount-signals", daemon=True)
@@ -421,14 +447,24 @@ def exit_process(code: int) -> NoReturn:
     os._exit(code)
 
 
-def _no_core_dumps() -> None:
-    """A core dump of the mount process would hold plaintext and keys: none are written."""
+def harden_process() -> None:
+    """The mount process holds plaintext and keys: no core dump, no ptrace, no /proc/PID/mem.
+
+    ``PR_SET_DUMPABLE 0`` (Linux) stops core dumps even where ``core_pattern`` pipes them to a
+    program (which ignores ``RLIMIT_CORE``), and keeps processes of the same user from attaching
+    to this one or reading its memory.  Best effort: the mount works without either."""
     try:
         import resource
 
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     except (ImportError, ValueError, OSError):
         pass
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
 
 
 # -- in the background --------------------------------------------------------------------------
@@ -442,8 +478,7 @@ def start_background(spec: MountSpec, *, timeout: float = READY_TIMEOUT) -> int:
     if spec.log_file is not None:
         spec.log_file = os.path.abspath(spec.log_file)
         try:
-            with open(spec.log_file, "a"):
-                pass  # writable: checked here, where a failure can be reported
+            os.close(open_log(spec.log_file))  # writable: checked here, where a failure can be reported
         except OSError as exc:
             raise MountError(f"--log-file {spec.log_file}: {exc.strerror}") from None
     child = subprocess.Popen(
@@ -482,13 +517,28 @@ def start_background(spec: MountSpec, *, timeout: float = READY_TIMEOUT) -> int:
     raise MountError(text or f"the mount process exited with code {code}")
 
 
+def open_log(path: str) -> int:
+    """A descriptor appending to the log file ``path``, which is made (or kept) ``0600``.
+
+    The log names paths and keys: never readable by others whatever the umask, and never a file
+    that a planted symlink points at (``O_NOFOLLOW``: ``ELOOP``)."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path, flags, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # an existing log, made under a looser umask
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
 def detach_output(log_file: str | None) -> None:
     """Point stdin at /dev/null and stdout and stderr at ``log_file`` (or /dev/null): the caller
     that read them until now has gone."""
     null = os.open(os.devnull, os.O_RDWR)
     out = null
     if log_file is not None:
-        out = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+        out = open_log(log_file)
     os.dup2(null, 0)
     os.dup2(out, 1)
     os.dup2(out, 2)
@@ -540,7 +590,7 @@ def unmount(mountpoint: str, *, lazy: bool = False, grace: float = BUSY_GRACE) -
     is.  ``lazy`` detaches it even so: only for a mount whose process is gone or discarding its
     writes, since the kernel drops the release of a file closed after a lazy unmount (its write
     would be lost)."""
-    path = os.path.abspath(mountpoint)
+    path = os.path.realpath(mountpoint)  # as /proc/mounts lists it
     kind = mount_type(path)
     if kind is None and os.path.exists("/proc/self/mounts"):
         raise NotMountedError(f"{path} is not mounted")
