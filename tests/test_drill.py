@@ -45,6 +45,8 @@ pytestmark = [
 TTL = 2.0
 RUN_TIMEOUT = 120
 KINDS = ["held-open", "new-handle", "parquet", "writer"]
+MOUNT_KINDS = ["mount-held-open", "mount-new-open", "mount-parquet", "mount-writer"]
+needs_fuse = pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="--mount needs /dev/fuse")
 
 
 @pytest.fixture
@@ -94,7 +96,7 @@ def _assert_cleaned_up(scratch_tmp: Path, pids) -> None:
     assert not [pid for pid in pids if _agent_alive(pid)]
 
 
-def _assert_passed(report: dict, *, readers: int = 3, ttl: float = TTL) -> None:
+def _assert_passed(report: dict, *, readers: int = 3, ttl: float = TTL, kinds: list[str] = KINDS) -> None:
     assert report["verdict"] == "passed", report
     assert report["failed_agents"] == []
     assert report["ttl_seconds"] == ttl
@@ -114,7 +116,8 @@ def _assert_passed(report: dict, *, readers: int = 3, ttl: float = TTL) -> None:
         assert report["versions"][name]
     agents = report["agents"]
     assert [a["name"] for a in agents] == [f"reader-{i + 1}" for i in range(readers)] + ["writer"]
-    assert [a["kind"] for a in agents] == [KINDS[i % 3] for i in range(readers)] + ["writer"]
+    assert [a["kind"] for a in agents] == [kinds[i % 3] for i in range(readers)] + [kinds[3]]
+    refusal = "EACCES" if kinds == MOUNT_KINDS else "KeyRevokedError"  # through a mount: the errno
     for agent in agents:
         # The figures behind the verdict: used the key before, refused in an attempt begun within the bound,
         # seen trying after it (the drill runs to the bound plus the margin), and nothing after it.
@@ -126,7 +129,7 @@ def _assert_passed(report: dict, *, readers: int = 3, ttl: float = TTL) -> None:
         assert agent["attempts_started_after_bound"] >= 1
         assert agent["ok_started_after_bound"] == 0
         assert agent["wrong_data"] == 0
-        assert agent["errors_after_disable"].get("KeyRevokedError", 0) >= 1
+        assert agent["errors_after_disable"].get(refusal, 0) >= 1
         assert agent["attempts"] == (
             agent["ok_before_disable"]
             + agent["ok_after_disable"]
@@ -575,3 +578,102 @@ def test_drill_on_azurite_passes_and_keeps_secrets_out(scratch_tmp, isolated_cmk
         assert "AccountKey" not in output
         assert CANARY_PREFIX.decode().strip() not in output
         assert "canary-row" not in output
+
+
+def _cmkfs_mounts_under(folder: Path) -> list[str]:
+    with open("/proc/self/mounts", encoding="utf-8") as mounts:
+        return [line for line in mounts if line.split(" ")[1].startswith(str(folder))]
+
+
+@needs_fuse
+def test_drill_through_a_mount_passes_and_unmounts(scratch_tmp, isolated_cmkfs_home):
+    done = _drill(scratch_tmp, "--mount", "--readers", "2")
+    assert done.returncode == 0, done.stderr
+    assert "canary folder mounted (cache TTL 2 s)" in done.stderr
+    assert "through a FUSE mount (cache TTL 2 s)" in done.stdout
+    _, report = _report(isolated_cmkfs_home)
+    _assert_passed(report, readers=2, kinds=MOUNT_KINDS)
+    assert (report["runner"], report["through"]) == ("processes", "fuse mount")
+    mount = report["mount"]
+    assert mount["cache_ttl_seconds"] == TTL
+    # Every write whose close() returned is in the store; none refused at close() was published.
+    writes = mount["writes"]
+    assert writes["closed_ok"] >= 1
+    assert writes["closed_ok_found"] == writes["closed_ok"]
+    assert (writes["closed_ok_missing"], writes["refused_but_published"]) == (0, 0)
+    assert report["cleanup"]["unmounted"] is True
+    assert _cmkfs_mounts_under(scratch_tmp) == []
+    _assert_cleaned_up(scratch_tmp, [a["pid"] for a in report["agents"]])
+
+
+@needs_fuse
+def test_a_mount_keeping_keys_past_the_bound_fails_the_drill(scratch_tmp, isolated_cmkfs_home):
+    # The mount's cache TTL follows the readers': a mount that keeps serving after the bound is caught.
+    done = _drill(scratch_tmp, "--mount", "--readers", "2", "--reader-ttl", "30")
+    assert done.returncode == 1, done.stderr
+    failure = [line for line in done.stderr.splitlines() if line.startswith("cmkfs: error:")]
+    assert len(failure) == 1
+    for name in ("reader-1 (mount-held-open)", "reader-2 (mount-new-open)", "writer (mount-writer)"):
+        assert name in failure[0]  # the writer goes through the same mount, with the same TTL
+    _, report = _report(isolated_cmkfs_home)
+    assert report["verdict"] == "failed"
+    assert report["failed_agents"] == ["reader-1", "reader-2", "writer"]
+    assert report["mount"]["cache_ttl_seconds"] == 30
+    for agent in report["agents"]:
+        assert agent["ok_started_after_bound"] > 0
+        assert agent["refused_after_seconds"] is None
+    assert report["cleanup"]["unmounted"] is True
+    assert _cmkfs_mounts_under(scratch_tmp) == []
+    _assert_cleaned_up(scratch_tmp, [a["pid"] for a in report["agents"]])
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "said"),
+    [
+        (["--mount", "--dask"], {}, "--mount and --dask"),
+        (["--mount"], {"FUSE_LIBRARY_PATH": "/nonexistent/libfuse3.so.3"}, "needs libfuse"),
+    ],
+    ids=["with-dask", "no-libfuse"],
+)
+def test_mount_drill_configuration_errors(scratch_tmp, isolated_cmkfs_home, args, env, said):
+    done = subprocess.run(
+        [sys.executable, "-m", "cmkfs", "drill", "--ttl", str(TTL), *args],
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+        env=dict(_env(scratch_tmp), **env),
+    )
+    assert done.returncode == 7, done.stderr
+    assert said in done.stderr
+    assert not (isolated_cmkfs_home / "drills").exists()
+    assert list(scratch_tmp.iterdir()) == []
+
+
+@needs_fuse
+def test_an_interrupted_mount_drill_unmounts(scratch_tmp, isolated_cmkfs_home):
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cmkfs", "drill", "--ttl", "30", "--mount", "--readers", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(scratch_tmp),
+    )
+    seen: list[str] = []
+    try:
+        lines = _stderr_lines(process)
+        _until(lines, "key disabled", seen)  # mid-drill: mounted, a descriptor held open through it
+        pids = _ready_pids(seen)
+        assert len(pids) == 2 and all(_agent_alive(pid) for pid in pids)
+        assert len(_cmkfs_mounts_under(scratch_tmp)) == 1
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    _drain(lines, seen)
+    assert process.returncode == 1
+    assert "drill interrupted" in "".join(seen)
+    assert _cmkfs_mounts_under(scratch_tmp) == []
+    assert not (isolated_cmkfs_home / "drills").exists()
+    _assert_cleaned_up(scratch_tmp, pids)

@@ -24,6 +24,13 @@ An agent **passes** when its first attempt refused by the key began at or before
 bound, it made attempts after the bound, and none of those returned data (a reader)
 or published a file (the writer).  The drill passes when every agent does.
 
+With ``mount=True`` (``cmkfs drill --mount``) the canary folder is mounted with
+``python -m cmkfs mount ... --foreground --cache-ttl <reader TTL> --key <scratch key>`` at a
+private temporary mountpoint, and the agents are the ``mount-`` kinds: plain OS file I/O on the
+mountpoint, so the kernel's FUSE layer and its caches are between them and the key.  The mount
+is always unmounted in clean-up, after the agents are gone (``cmkfs unmount``; the mount
+process stopped; ``fusermount3 -u -z`` only for a mount whose process is gone).
+
 The user's own key settings and secrets (:data:`WITHHELD_ENV`) are out of this
 process's environment for the whole run, so that no agent, Dask worker included,
 inherits them; the drill never needs them.  A Dask cluster of the drill's speaks
@@ -56,16 +63,21 @@ from ..policy import normalize_url
 from ..providers.local import ENV_PASSPHRASE, LocalVaultProvider
 from ..providers.pkcs11.sessions import PIN_ENV
 from .drill_agents import (
+    MOUNT_READER_KINDS,
+    MOUNT_WRITER,
     OK,
     READER_KINDS,
     READY_MARK,
     REFUSED_MARK,
     STOP_MARK,
+    WRITE_SIZE,
+    WRITES_DIR,
     AgentSpec,
     drill_filesystem,
     ignore_terminal_signals,
     run_agent,
     write_canaries,
+    write_name,
 )
 from .drill_evidence import (
     CANARY_FOLDER_PREFIX,
@@ -97,6 +109,7 @@ __all__ = [
     "DrillConfig",
     "DrillError",
     "DrillResult",
+    "check_fuse",
     "default_report_path",
     "redact_url",
     "run_drill",
@@ -110,6 +123,11 @@ KILL_TIMEOUT = 5.0  # after SIGTERM, before SIGKILL
 AGENT_SLACK = 30.0  # an agent outlives its drill by at most this long, even if nobody stops it
 POLL = 0.05
 AGENT_MODULE = "cmkfs.admin.drill_agents"
+MOUNT_TIMEOUT = 30.0  # for the mount to appear (a remote store's first checks included)
+UNMOUNT_TIMEOUT = 40.0  # for `cmkfs unmount` (its own fusermount wait is 30 s)
+MOUNT_FSTYPE = "fuse.cmkfs"
+# A writer's attempt whose close() returned but whose file is not in the store: recorded so, not as "ok".
+NOT_PUBLISHED = "NotPublished"
 # The user's default key and the secrets that unlock their vaults: never needed by a drill (it uses its own
 # scratch vault, unprotected), so never inherited by its agents and workers.  $CMKFS_AUDIT_LOG stays: a
 # path, and the audit log is where the scratch key's life is meant to show (docs/DRILL.md).
@@ -242,6 +260,9 @@ class _Drill:
         self.cluster: Any = None
         self.client: Any = None
         self.disable_call: DisableCall | None = None
+        self.mountpoint: Path | None = None  # --mount: a private directory of ours, mounted while the drill runs
+        self.mount_process: subprocess.Popen[bytes] | None = None
+        self.mount_writes: dict[str, int] = {}
 
     @property
     def home(self) -> Path:
@@ -290,10 +311,10 @@ class _Drill:
     # 3: the agents
     def _specs(self) -> list[AgentSpec]:
         config = self.config
-        reader_ttl = config.reader_ttl if config.reader_ttl is not None else config.ttl
+        reader_ttl = config.reader_cache_ttl
         writer = AgentSpec(
             name="writer",
-            kind="writer",
+            kind=MOUNT_WRITER if config.mount else "writer",
             folder_url=self.folder_url,
             key_uri=self.key_uri,
             home=str(self.home),
@@ -304,17 +325,151 @@ class _Drill:
             storage_options=config.storage_options,
             seed=self.seed,
         )
-        readers = [
-            dataclasses.replace(
-                writer, name=f"reader-{i + 1}", kind=READER_KINDS[i % len(READER_KINDS)], cache_ttl=reader_ttl
+        kinds = READER_KINDS
+        if config.mount:
+            # Through the mount every agent, the writer too, is held to the mount's key cache TTL; they get
+            # the mountpoint and no key, no vault and no storage options.
+            kinds = MOUNT_READER_KINDS
+            writer = dataclasses.replace(
+                writer, cache_ttl=reader_ttl, mountpoint=str(self.mountpoint), storage_options={}, key_uri="", home=""
             )
+        readers = [
+            dataclasses.replace(writer, name=f"reader-{i + 1}", kind=kinds[i % len(kinds)], cache_ttl=reader_ttl)
             for i in range(config.readers)
         ]
         return [*readers, writer]
 
-    def start_agents(self) -> None:
+    def _agent_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in WITHHELD_ENV}  # withheld already, and here too
         env[ENV_HOME] = str(self.home)  # the scratch vault: the user's own home is never consulted
+        return env
+
+    # --mount: the canary folder through FUSE
+    def start_mount(self) -> None:
+        """``python -m cmkfs mount`` of the canary folder, in the foreground of a process of its own."""
+        config = self.config
+        self.mountpoint = Path(tempfile.mkdtemp(prefix=f"{CANARY_FOLDER_PREFIX}{self.drill_id}-mnt-"))
+        command = [sys.executable, "-m", "cmkfs", "mount", self.folder_url, str(self.mountpoint), "--foreground"]
+        command += ["--cache-ttl", f"{config.reader_cache_ttl:g}", "--key", self.key_uri]
+        if config.storage_options:
+            command += ["--storage-options", "-"]  # on stdin: a command line is visible to every user
+        log = self.control / "mount.log"
+        with open(log, "wb") as out:
+            # A session of its own: a Ctrl-C reaches the drill, which unmounts after the agents are gone.
+            self.mount_process = subprocess.Popen(
+                command,
+                stdin=subprocess.PIPE,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=self._agent_env(),
+                start_new_session=True,
+            )
+        stdin = self.mount_process.stdin
+        assert stdin is not None
+        with contextlib.suppress(BrokenPipeError):
+            if config.storage_options:
+                stdin.write(json.dumps(config.storage_options).encode("utf-8"))
+        with contextlib.suppress(BrokenPipeError):
+            stdin.close()
+        deadline = key_clock() + MOUNT_TIMEOUT
+        while _mount_type(self.mountpoint) != MOUNT_FSTYPE or not os.path.ismount(self.mountpoint):
+            code = self.mount_process.poll()
+            if code is not None or key_clock() >= deadline:
+                why = f"it exited with {code}" if code is not None else f"not within {MOUNT_TIMEOUT:.0f} s"
+                raise DrillError(f"the mount of {self.shown_folder} did not appear ({why}){self._mount_said(log)}")
+            time.sleep(POLL)
+        self.say(f"canary folder mounted (cache TTL {config.reader_cache_ttl:g} s)")
+
+    def _mount_said(self, log: Path) -> str:
+        """The mount's last log line, for an error message: with the canary folder's URL shown redacted."""
+        try:
+            lines = log.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        if not lines:
+            return ""
+        line = lines[-1].replace(self.folder_url, self.shown_folder).replace(self.target, redact_url(self.target))
+        return f": {line[:300]}"
+
+    def stop_mount(self) -> None:
+        """Unmount and stop the mount process, whatever state it is in; the agents are gone by now.
+
+        ``cmkfs unmount`` first (it refuses while a file is open); then SIGTERM, on which the mount
+        refuses new opens and unmounts once the open files are closed; then SIGKILL.  A lazy
+        ``fusermount3 -u -z`` only for a mount whose process is gone: never while it could still
+        publish a write (docs/MOUNT.md).  The mountpoint is removed only once nothing is mounted there.
+        """
+        mountpoint, process = self.mountpoint, self.mount_process
+        if mountpoint is None:
+            return
+        if process is not None:
+            if process.poll() is None and _mount_type(mountpoint) is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired, OSError):
+                    subprocess.run(
+                        [sys.executable, "-m", "cmkfs", "unmount", str(mountpoint)],
+                        stdin=subprocess.DEVNULL,
+                        capture_output=True,
+                        env=self._agent_env(),
+                        timeout=UNMOUNT_TIMEOUT,
+                    )
+            for stop in (None, process.terminate, process.kill):
+                if stop is not None and process.poll() is None:
+                    stop()
+                try:
+                    process.wait(timeout=STOP_TIMEOUT)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+            if process.poll() is None:
+                raise OSError("the mount process does not stop")
+        if _mount_type(mountpoint) is not None:
+            _lazy_unmount(mountpoint)  # its process is gone: nothing left to publish
+        if _mount_type(mountpoint) is not None:
+            raise OSError(f"{mountpoint} is still mounted")
+        with contextlib.suppress(FileNotFoundError):
+            os.rmdir(mountpoint)  # never rmtree: had the unmount failed, that would remove through the mount
+        self.mountpoint = None
+
+    def check_mount_writes(self) -> None:
+        """Each write through the mount whose ``close()`` returned must be in the store, with its size.
+
+        After the mount process is gone (every release answered), before the key is destroyed.  Sizes
+        come from the headers: the key is disabled, so the contents are not read back.  An attempt
+        whose file is missing is recorded as :data:`NOT_PUBLISHED` instead of ``ok``; one refused at
+        ``close()`` whose file is there anyway as ``ok`` (published: the verdict must see it).
+        """
+        result = self.results.get("writer")
+        if result is None:
+            return
+        fs, folder = drill_filesystem(
+            self.folder_url, self.config.storage_options, self.key_uri, str(self.home), self.config.ttl
+        )
+        fs.invalidate_cache()
+        try:
+            entries = fs.ls(f"{folder}/{WRITES_DIR}", detail=True)
+        except FileNotFoundError:
+            entries = []
+        sizes = {str(e["name"]).rstrip("/").rsplit("/", 1)[-1]: e.get("size") for e in entries}
+        counts = dict.fromkeys(("closed_ok", "closed_ok_found", "closed_ok_missing", "refused_but_published"), 0)
+        attempts = result["attempts"]
+        for i, (start, end, outcome) in enumerate(attempts):
+            present = sizes.get(write_name("writer", i + 1)) == WRITE_SIZE
+            if outcome == OK:
+                counts["closed_ok"] += 1
+                counts["closed_ok_found" if present else "closed_ok_missing"] += 1
+                if not present:
+                    attempts[i] = [start, end, NOT_PUBLISHED]
+            elif present:
+                counts["refused_but_published"] += 1
+                attempts[i] = [start, end, OK]
+        self.mount_writes = counts
+        found, ok = counts["closed_ok_found"], counts["closed_ok"]
+        self.say(f"writes through the mount: {found} of {ok} closed without error are in the store")
+        if counts["refused_but_published"]:
+            self.say(f"{counts['refused_but_published']} write(s) refused at close() were published all the same")
+
+    def start_agents(self) -> None:
+        env = self._agent_env()
         specs = self._specs()
         readers, writer = specs[:-1], specs[-1]
         if self.config.use_dask:
@@ -432,6 +587,8 @@ class _Drill:
     def cleanup(self) -> dict[str, bool]:
         done: dict[str, bool] = {}
         done["agents_stopped"] = _step(self.say, "stopping the agents", self.stop_agents)
+        if self.config.mount and self._home is not None:
+            done["unmounted"] = _step(self.say, "unmounting the canary folder", self.stop_mount)
         if self.client is not None or self.cluster is not None:
             done["cluster_closed"] = _step(self.say, "closing the Dask cluster", self._close_cluster)
         if self._home is not None:
@@ -468,6 +625,37 @@ class _Drill:
         fs.invalidate_cache()
         if fs.exists(self.folder):
             raise OSError(f"{self.folder_url} is still there")
+
+
+def _mount_type(path: Path) -> str | None:
+    from ..mount.runner import mount_type
+
+    return mount_type(str(path))
+
+
+def _lazy_unmount(mountpoint: Path) -> None:
+    tool = shutil.which("fusermount3") or shutil.which("fusermount")
+    command = [tool, "-u", "-z"] if tool else ["umount", "-l"]
+    subprocess.run([*command, str(mountpoint)], stdin=subprocess.DEVNULL, capture_output=True, timeout=UNMOUNT_TIMEOUT)
+
+
+def check_fuse() -> None:
+    """``--mount`` can run here: /dev/fuse, fusermount (or root's umount) and mfusepy with libfuse."""
+    if not sys.platform.startswith("linux") or not os.path.exists("/dev/fuse"):
+        raise ConfigurationError(
+            "--mount needs /dev/fuse: load the fuse module (modprobe fuse); in a container, "
+            "pass the device (--device /dev/fuse --cap-add SYS_ADMIN)"
+        )
+    if not (shutil.which("fusermount3") or shutil.which("fusermount")) and not (
+        os.geteuid() == 0 and shutil.which("umount")
+    ):
+        raise ConfigurationError("--mount needs fusermount3: apt-get install fuse3")
+    from ..mount.runner import load_fuse
+
+    try:
+        load_fuse()
+    except ImportError as exc:
+        raise ConfigurationError(f"--mount: {exc}") from None
 
 
 def _with_parent(spec: AgentSpec) -> AgentSpec:
@@ -566,18 +754,27 @@ def run_drill(config: DrillConfig, say: Say = _no_say) -> DrillResult:
             raise ConfigurationError(
                 "--dask needs dask.distributed: pip install 'dask[distributed]' (it is in cmkfs's test extra)"
             ) from None
+    if config.mount:
+        check_fuse()
     drill = _Drill(config, say)
     result = DrillResult(drill.drill_id, config, target="", key_uri=drill.key_uri, started=utc_now())
     with _withheld_environment():
         try:
             drill.prepare()
             result.target = redact_url(drill.target)
+            if config.mount:
+                drill.start_mount()
             drill.start_agents()
             drill.wait_ready()
             disable = result.disable = drill.disable()
             drill.watch()
             say("stopping the agents")
             drill.stop_agents()
+            if config.mount:
+                say("unmounting the canary folder")
+                drill.stop_mount()
+                drill.check_mount_writes()
+                result.mount_writes = drill.mount_writes
             result.ended = utc_now()
         finally:
             with _signals_held():

@@ -11,16 +11,29 @@ secrets: never a command line) and its result as one JSON line on stdout, or as
 ``parquet``     each attempt reads one column of the Parquet canary through pyarrow
 ``writer``      each attempt publishes a new small file (``with fs.open(..., "wb")``)
 
+and, through a FUSE mount of the canary folder (``cmkfs drill --mount``), with plain OS file
+I/O only (no fsspec, no cmkfs in their data path), the ``mount-`` kinds:
+
+``mount-held-open``  one descriptor, opened before the key is disabled; each attempt
+                     reads a random range with ``os.pread``
+``mount-new-open``   each attempt opens, reads a random range (``os.pread``) and closes
+``mount-parquet``    each attempt reads one column with ``pyarrow.parquet.read_table(path)``
+``mount-writer``     each attempt writes a new small file with ``open``/``write``/``close``;
+                     ``ok`` means ``close()`` returned without error (the drill then checks
+                     the store, :func:`write_name`)
+
 A read counts as data only if the bytes are the canary's own (a wrong answer is
 :class:`CanaryMismatch`).  Every attempt is recorded as ``[start, end, outcome]``, the
 times on :func:`cmkfs.clock.key_clock` (system-wide, so comparable across the processes
 of one host), the outcome ``"ok"`` or the class name of the error: never its text, which
-may quote paths, options or data.
+may quote paths, options or data.  Through a mount an ``OSError`` is recorded by its errno's
+name (``EACCES``, ``EIO``, ...): that is all a program using the mount is told, and ``EACCES``
+is how the mount reports a key refused (docs/MOUNT.md, "Errors").
 
 Control, through files in the drill's private control directory:
 
 ``ready-NAME``    written (holding the agent's pid) after its first successful attempt
-``refused-NAME``  present while its latest attempt was refused by the key (``KeyRevokedError``)
+``refused-NAME``  present while its latest attempt was refused by the key (:data:`REFUSALS`)
 ``stop``          written by the drill: finish the attempt in progress, report, exit
 
 An agent also stops by itself when the control directory goes away, when its parent
@@ -30,6 +43,7 @@ that was killed.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -48,24 +62,36 @@ __all__ = [
     "AgentSpec",
     "CanaryMismatch",
     "KINDS",
+    "MOUNT_READER_KINDS",
+    "MOUNT_WRITER",
     "READER_KINDS",
     "OK",
     "READY_MARK",
+    "REFUSALS",
     "REFUSED",
     "REFUSED_MARK",
+    "REFUSED_THROUGH_MOUNT",
     "STOP_MARK",
+    "WRITES_DIR",
+    "WRITE_SIZE",
     "binary_canary",
     "drill_filesystem",
     "ignore_terminal_signals",
     "main",
     "run_agent",
     "write_canaries",
+    "write_name",
 ]
 
 READER_KINDS = ("held-open", "new-handle", "parquet")  # assigned to readers in this order, cycling
-KINDS = (*READER_KINDS, "writer")
+MOUNT_READER_KINDS = ("mount-held-open", "mount-new-open", "mount-parquet")  # the same, through a mount
+MOUNT_WRITER = "mount-writer"
+KINDS = (*READER_KINDS, "writer", *MOUNT_READER_KINDS, MOUNT_WRITER)
+MOUNT_PREFIX = "mount-"
 OK = "ok"
-REFUSED = "KeyRevokedError"  # the one outcome that counts as the key refusing
+REFUSED = "KeyRevokedError"  # the key refusing, through cmkfs
+REFUSED_THROUGH_MOUNT = errno.errorcode[errno.EACCES]  # the same through a mount (docs/MOUNT.md, "Errors")
+REFUSALS = frozenset({REFUSED, REFUSED_THROUGH_MOUNT})  # the outcomes that count as the key refusing
 BINARY_NAME = "canary.bin"
 PARQUET_NAME = "canary.parquet"
 WRITES_DIR = "writes"
@@ -101,6 +127,7 @@ class AgentSpec:
     storage_options: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)  # may hold secrets
     seed: str = field(default="", repr=False)  # hex: the binary canary's content
     parent_pid: int | None = None
+    mountpoint: str = ""  # the mount kinds: where the canary folder is mounted
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -237,7 +264,84 @@ class _Writer:
 
     def __call__(self) -> None:
         self.count += 1
-        with self.fs.open(f"{self.folder}/{self.name}-{self.count:06d}.bin", "wb") as f:
+        with self.fs.open(f"{self.folder}/{write_name(self.name, self.count)}", "wb") as f:
+            f.write(os.urandom(WRITE_SIZE))
+
+    def close(self) -> None:
+        pass
+
+
+def write_name(agent: str, count: int) -> str:
+    """The name of a writer's ``count``-th file (from 1) in the writes folder: one per attempt."""
+    return f"{agent}-{count:06d}.bin"
+
+
+class _MountHeldOpen:
+    """One descriptor on the binary canary through the mount, opened at the first attempt and kept."""
+
+    def __init__(self, _fs: Any, mountpoint: str, spec: AgentSpec) -> None:
+        self.path = os.path.join(mountpoint, BINARY_NAME)
+        self.expected = binary_canary(spec.seed)
+        self.rng = random.Random(spec.name)
+        self.fd: int | None = None
+
+    def _read(self, fd: int) -> None:
+        offset = self.rng.randrange(BINARY_SIZE - READ_SIZE)
+        if os.pread(fd, READ_SIZE, offset) != self.expected[offset : offset + READ_SIZE]:
+            raise CanaryMismatch()
+
+    def __call__(self) -> None:
+        if self.fd is None:
+            self.fd = os.open(self.path, os.O_RDONLY)
+        self._read(self.fd)
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+
+
+class _MountNewOpen(_MountHeldOpen):
+    """Open, read, close through the mount, each attempt: a lookup, an open and a read every time."""
+
+    def __call__(self) -> None:
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            self._read(fd)
+        finally:
+            os.close(fd)
+
+
+class _MountParquet:
+    """One column of the Parquet canary by its path in the mount: pyarrow's own local file reader."""
+
+    def __init__(self, _fs: Any, mountpoint: str, spec: AgentSpec) -> None:
+        self.path = os.path.join(mountpoint, PARQUET_NAME)
+
+    def __call__(self) -> None:
+        import pyarrow.parquet as pq
+
+        column = pq.read_table(self.path, columns=["n"]).column("n")
+        if len(column) != PARQUET_ROWS or column.to_pylist() != list(range(PARQUET_ROWS)):
+            raise CanaryMismatch()
+
+    def close(self) -> None:
+        pass
+
+
+class _MountWriter:
+    """A new small file per attempt through the mount; ``ok`` when ``close()`` returned without error.
+
+    The mount confirms the key at ``close(2)`` (its ``flush``) and publishes at the release that
+    follows; a refusal there fails the ``close`` and nothing is published (docs/MOUNT.md).
+    """
+
+    def __init__(self, _fs: Any, mountpoint: str, spec: AgentSpec) -> None:
+        self.folder, self.name = os.path.join(mountpoint, WRITES_DIR), spec.name
+        self.count = 0
+
+    def __call__(self) -> None:
+        self.count += 1
+        with open(os.path.join(self.folder, write_name(self.name, self.count)), "wb", buffering=0) as f:
             f.write(os.urandom(WRITE_SIZE))
 
     def close(self) -> None:
@@ -249,7 +353,19 @@ _OPERATIONS: dict[str, Callable[[Any, str, AgentSpec], Any]] = {
     "new-handle": _NewHandle,
     "parquet": _Parquet,
     "writer": _Writer,
+    "mount-held-open": _MountHeldOpen,
+    "mount-new-open": _MountNewOpen,
+    "mount-parquet": _MountParquet,
+    MOUNT_WRITER: _MountWriter,
 }
+
+
+def _outcome(exc: Exception, through_mount: bool) -> str:
+    """An error as recorded: its class name; through a mount an ``OSError`` by its errno's name."""
+    code = exc.errno if through_mount and isinstance(exc, OSError) else None
+    if code is not None and code in errno.errorcode:
+        return errno.errorcode[code]
+    return type(exc).__name__
 
 
 # -- the loop -------------------------------------------------------------------------------------------------------
@@ -291,7 +407,13 @@ def run_agent(spec: AgentSpec | Mapping[str, Any]) -> dict[str, Any]:
     operation: Any = None
     ready = refused = False
     try:
-        fs, folder = drill_filesystem(spec.folder_url, spec.storage_options, spec.key_uri, spec.home, spec.cache_ttl)
+        through_mount = spec.kind.startswith(MOUNT_PREFIX)
+        if through_mount:  # plain OS file I/O on the mountpoint: no filesystem, no key in this process
+            fs, folder = None, spec.mountpoint
+        else:
+            fs, folder = drill_filesystem(
+                spec.folder_url, spec.storage_options, spec.key_uri, spec.home, spec.cache_ttl
+            )
         operation = _OPERATIONS[spec.kind](fs, folder, spec)
         while not _told_to_stop(spec, control, deadline):
             start = key_clock()
@@ -299,13 +421,13 @@ def run_agent(spec: AgentSpec | Mapping[str, Any]) -> dict[str, Any]:
                 operation()
                 outcome = OK
             except Exception as exc:  # noqa: BLE001 - every failure is an outcome; only its class is kept
-                outcome = type(exc).__name__
+                outcome = _outcome(exc, through_mount)
             attempts.append((start, key_clock(), outcome))
             if outcome == OK and not ready:
                 ready = True
                 _mark(control / f"{READY_MARK}{spec.name}", True, str(os.getpid()))
-            if ready and (outcome == REFUSED) != refused:
-                refused = outcome == REFUSED
+            if ready and (outcome in REFUSALS) != refused:
+                refused = outcome in REFUSALS
                 _mark(control / f"{REFUSED_MARK}{spec.name}", refused)
             time.sleep(spec.pace)
     except Exception as exc:  # noqa: BLE001 - reported by class name; the drill says the agent failed

@@ -22,7 +22,7 @@ from ..clock import COUNTS_SUSPEND, KEY_CLOCK_NAME
 from ..errors import ConfigurationError
 from ..keycache import MAX_CACHE_TTL
 from ..policy import normalize_url
-from .drill_agents import OK, REFUSED, AgentSpec
+from .drill_agents import OK, REFUSALS, AgentSpec
 
 __all__ = [
     "CANARY_FOLDER_PREFIX",
@@ -72,6 +72,12 @@ class DrillConfig:
     reader_ttl: float | None = None  # for testing the drill itself: readers keep keys this long instead
     target: str | None = None  # a URL or local path; default: a new temporary directory
     storage_options: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)  # may hold secrets
+    mount: bool = False  # the agents go through a FUSE mount of the canary folder (its cache TTL: reader_ttl)
+
+    @property
+    def reader_cache_ttl(self) -> float:
+        """The readers' key cache TTL (a mount's too, with --mount): the drill's unless ``reader_ttl`` says."""
+        return self.reader_ttl if self.reader_ttl is not None else self.ttl
 
     def check(self) -> None:
         if not 1 <= self.readers <= MAX_READERS:
@@ -95,6 +101,8 @@ class DrillConfig:
                 ) from None
             if target.startswith("memory://"):
                 raise ConfigurationError("a memory:// target lives in one process: the agents could never see it")
+        if self.mount and self.use_dask:
+            raise ConfigurationError("--mount and --dask do not go together: the agents of --mount are processes")
         if "cmk" in self.storage_options:
             raise ConfigurationError(
                 "storage options for the drill name only the target's protocol: it sets the cmk layer itself"
@@ -146,7 +154,7 @@ class AgentFigures:
         if self.mismatches:
             reasons.append("returned wrong data")
         if self.ok_after_bound:
-            reasons.append("data after the bound" if self.kind != "writer" else "published after the bound")
+            reasons.append("published after the bound" if self.kind.endswith("writer") else "data after the bound")
         if self.refused_started_after is None:
             reasons.append("never refused")
         elif self.refused_started_after > self.bound_after or not self.attempts_after_bound:
@@ -226,7 +234,7 @@ def agent_figures(
             figures.errors_before += 1
             continue
         figures.errors_after[outcome] = figures.errors_after.get(outcome, 0) + 1
-        if outcome == REFUSED and figures.refused_after is None:
+        if outcome in REFUSALS and figures.refused_after is None:
             figures.refused_after = end - disable_returned
             figures.refused_started_after = start - disable_returned
     return figures
@@ -287,6 +295,7 @@ class DrillResult:
     agents: list[AgentFigures] = field(default_factory=list)
     cleanup: dict[str, bool] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
+    mount_writes: dict[str, int] = field(default_factory=dict)  # --mount: the writes checked in the store
 
     @property
     def bound(self) -> float:
@@ -330,7 +339,7 @@ class DrillResult:
             "ended_utc": self.ended,
             "disable": self.disable.to_dict() if self.disable is not None else None,
             "ttl_seconds": config.ttl,
-            "reader_ttl_seconds": config.reader_ttl if config.reader_ttl is not None else config.ttl,
+            "reader_ttl_seconds": config.reader_cache_ttl,
             "tolerance_seconds": TOLERANCE,
             "bound_seconds": self.bound,
             "bound_measured_from": BOUND_FROM,
@@ -341,6 +350,12 @@ class DrillResult:
             "target": self.target,
             "canary_folder": CANARY_FOLDER_PREFIX + self.drill_id,
             "runner": "dask" if config.use_dask else "processes",
+            "through": "fuse mount" if config.mount else "cmk filesystem",
+            "mount": (
+                {"cache_ttl_seconds": config.reader_cache_ttl, "writes": dict(sorted(self.mount_writes.items()))}
+                if config.mount
+                else None
+            ),
             "readers": config.readers,
             "key": {"uri": self.key_uri, "vault": "scratch embedded vault"},
             "agents": [a.to_dict() for a in self.agents],

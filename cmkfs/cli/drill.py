@@ -35,6 +35,13 @@ _HEADERS = ("agent", "kind", "pid", "ok before", "ok after disable", "refused af
 )
 @click.option("--dask", "use_dask", is_flag=True, help="Run the readers as tasks on a Dask LocalCluster.")
 @click.option(
+    "--mount",
+    "through_mount",
+    is_flag=True,
+    help="Mount the canary folder (cmkfs mount, FUSE) and have the readers and the writer use it with plain "
+    "file I/O: revocation measured through the kernel (needs /dev/fuse, fuse3 and mfusepy).",
+)
+@click.option(
     "--ttl",
     type=click.FloatRange(1, 3600),
     default=10.0,
@@ -69,6 +76,7 @@ def command(
     state: CliState,
     readers: int,
     use_dask: bool,
+    through_mount: bool,
     ttl: float,
     reader_ttl: float | None,
     target: str | None,
@@ -86,6 +94,10 @@ def command(
     attempt begun later.  The key, the canaries and the scratch vault are
     removed afterwards, also when interrupted (Ctrl-C, SIGTERM, SIGHUP).
 
+    With --mount the canary folder is mounted (cmkfs mount, its cache TTL the
+    readers') and every agent reads or writes through the mountpoint with
+    plain file I/O; the mount is always unmounted afterwards.
+
     Exit 0 when the drill passed, 1 when it failed or could not finish.
     """
     from ..admin.drill import DrillConfig, DrillError, default_report_path, run_drill, termination_interrupts
@@ -94,6 +106,7 @@ def command(
     config = DrillConfig(
         readers=readers,
         use_dask=use_dask,
+        mount=through_mount,
         ttl=ttl,
         reader_ttl=reader_ttl,
         target=target,
@@ -154,6 +167,12 @@ def _print_table(result: DrillResult) -> None:
     for row in rows:
         cells = [c.ljust(w) if i in (0, 1, 7) else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))]
         click.echo(printable("  ".join(cells).rstrip()))
+    if result.config.mount:
+        writes = result.mount_writes
+        click.echo(
+            f"through a FUSE mount (cache TTL {result.config.reader_cache_ttl:g} s); writes closed without error: "
+            f"{writes.get('closed_ok', 0)}, of them in the store: {writes.get('closed_ok_found', 0)}"
+        )
     click.echo(result.summary())
 
 
