@@ -13,12 +13,12 @@ import contextlib
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .atomicfile import write_atomically
 from .config import CONFIG_FILE, cmkfs_home, config_lock, load_config
 from .errors import ConfigurationError
 
@@ -159,19 +159,7 @@ class Policy:
         self.home.mkdir(parents=True, exist_ok=True)
         path = self.home / CONFIG_FILE
         text = json.dumps(self.to_json(), indent=2, sort_keys=False) + "\n"
-        fd, tmp = tempfile.mkstemp(prefix=".config.", suffix=".tmp", dir=self.home)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
+        write_atomically(path, text.encode("utf-8"), temp_prefix=".config.")
         return path
 
 

@@ -17,6 +17,7 @@ LAYERS = {
     "wipe": 0,
     "clock": 0,
     "config": 0,
+    "atomicfile": 0,
     "format": 1,
     "segment": 1,
     "keys": 2,

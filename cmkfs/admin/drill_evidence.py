@@ -6,18 +6,16 @@ Pure bookkeeping over the attempts the agents return: no processes, no keys.  :m
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import json
-import os
 import platform
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .. import __version__
+from ..atomicfile import write_atomically
 from ..clock import COUNTS_SUSPEND, KEY_CLOCK_NAME
 from ..errors import ConfigurationError
 from ..keycache import MAX_CACHE_TTL
@@ -418,15 +416,5 @@ def write_report(result: DrillResult, path: Path) -> Path:
         if not folder.exists():
             folder.mkdir(mode=0o700)
     data = (json.dumps(result.to_dict(), indent=2, sort_keys=True) + "\n").encode("utf-8")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # created 0600
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    write_atomically(path, data, temp_prefix=f".{path.name}.")
     return path

@@ -21,7 +21,6 @@ import hmac
 import json
 import os
 import re
-import tempfile
 import threading
 from collections.abc import Collection, Iterator
 from pathlib import Path
@@ -31,6 +30,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
+from ..atomicfile import fsync_dir, write_atomically
 from ..audit import audit_log
 from ..config import CONFIG_FILE, MAX_CONFIG_SIZE, cmkfs_home, config_lock, load_config
 from ..errors import (
@@ -116,28 +116,9 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _atomic_write(path: Path, data: bytes | memoryview) -> None:
     """Write ``data`` to ``path`` so that a crash leaves the old or the new file, whole."""
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)  # created 0600
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
+    write_atomically(path, data, temp_prefix=TMP_PREFIX)
 
 
 def _make_private_dir(path: Path, *, ours: bool = True) -> None:
@@ -392,7 +373,7 @@ class LocalVaultProvider(KeyProvider):
                     if entry["state"] == DESTROYED:
                         _scrub(key_dir / _material_file(entry["version"]))
                 self._clean_leftovers(key_dir, keep=_material_names(meta))
-                _fsync_dir(key_dir)
+                fsync_dir(key_dir)
             note["version"] = version
 
     def list_keys(self) -> list[str]:
