@@ -35,25 +35,26 @@ The user's own key settings and secrets (:data:`WITHHELD_ENV`) are out of this
 process's environment for the whole run, so that no agent, Dask worker included,
 inherits them; the drill never needs them.  A Dask cluster of the drill's speaks
 mutual TLS with certificates made for it alone, and serves no HTTP routes.
+
+This module is the run itself: its steps, its clean-up, signals and the withheld
+environment.  The agents' handles and the Dask cluster are in :mod:`.drill_runners`,
+the mount in :mod:`.drill_mount`, the figures and the report in :mod:`.drill_evidence`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 import secrets
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from ..clock import key_clock
 from ..config import ENV_HOME, ENV_KEY
@@ -70,14 +71,9 @@ from .drill_agents import (
     READY_MARK,
     REFUSED_MARK,
     STOP_MARK,
-    WRITE_SIZE,
-    WRITES_DIR,
     AgentSpec,
     drill_filesystem,
-    ignore_terminal_signals,
-    run_agent,
     write_canaries,
-    write_name,
 )
 from .drill_evidence import (
     CANARY_FOLDER_PREFIX,
@@ -91,12 +87,23 @@ from .drill_evidence import (
     DrillConfig,
     DrillResult,
     agent_figures,
-    check_result,
     default_report_path,
     redact_url,
     utc_now,
     versions,
     write_report,
+)
+from .drill_mount import DrillMount, check_fuse
+from .drill_runners import (
+    POLL,
+    READY_TIMEOUT,
+    STOP_TIMEOUT,
+    Agent,
+    DaskAgent,
+    DaskCluster,
+    DrillError,
+    ProcessAgent,
+    Say,
 )
 
 __all__ = [
@@ -117,125 +124,13 @@ __all__ = [
     "write_report",
 ]
 
-READY_TIMEOUT = 60.0  # every agent must succeed once within this (a Dask cluster starts in it too)
-STOP_TIMEOUT = 15.0  # for all agents to finish their last attempt and report
-KILL_TIMEOUT = 5.0  # after SIGTERM, before SIGKILL
 AGENT_SLACK = 30.0  # an agent outlives its drill by at most this long, even if nobody stops it
-POLL = 0.05
-AGENT_MODULE = "cmkfs.admin.drill_agents"
-MOUNT_TIMEOUT = 30.0  # for the mount to appear (a remote store's first checks included)
-UNMOUNT_TIMEOUT = 40.0  # for `cmkfs unmount` (its own fusermount wait is 30 s)
-MOUNT_FSTYPE = "fuse.cmkfs"
-# A writer's attempt whose close() returned but whose file is not in the store: recorded so, not as "ok".
-NOT_PUBLISHED = "NotPublished"
 # The user's default key and the secrets that unlock their vaults: never needed by a drill (it uses its own
 # scratch vault, unprotected), so never inherited by its agents and workers.  $CMKFS_AUDIT_LOG stays: a
 # path, and the audit log is where the scratch key's life is meant to show (docs/DRILL.md).
 WITHHELD_ENV = (ENV_KEY, ENV_PASSPHRASE, PIN_ENV)
 # SIGTERM (kill, a service manager) and SIGHUP (the terminal closed) end a drill as Ctrl-C does: cleaned up.
 TERMINATING_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
-# The scheduler and each worker start an HTTP server whatever the dashboard setting; with no routes it
-# serves nothing (the default routes would tell any local user the scheduler's address, and more).
-NO_HTTP: dict[str, list[str]] = {"distributed.scheduler.http.routes": [], "distributed.worker.http.routes": []}
-
-Say = Callable[[str], None]
-
-
-class DrillError(Exception):
-    """The drill could not be run to a verdict (an agent never became ready, ...).  Clean-up was done."""
-
-
-# -- agents ---------------------------------------------------------------------------------------------------------
-
-
-class _Agent(Protocol):
-    spec: AgentSpec
-
-    def finished(self) -> bool: ...
-
-    def collect(self, deadline: float) -> dict[str, Any] | None: ...
-
-    def kill(self) -> None: ...
-
-
-class _ProcessAgent:
-    """``python -m cmkfs.admin.drill_agents``: the spec on stdin, the result in a private file as stdout."""
-
-    def __init__(self, spec: AgentSpec, env: dict[str, str], control: Path) -> None:
-        self.spec = spec
-        self.out = control / f"{spec.name}.out"
-        with open(self.out, "wb") as out, open(control / f"{spec.name}.err", "wb") as err:
-            # A session of its own: a Ctrl-C on the terminal reaches the drill, which stops the agents itself.
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", AGENT_MODULE],
-                stdin=subprocess.PIPE,
-                stdout=out,
-                stderr=err,
-                env=env,
-                start_new_session=True,
-            )
-        stdin = self.process.stdin
-        assert stdin is not None
-        try:
-            stdin.write(spec.to_json())
-        except BrokenPipeError:
-            pass  # it died at once: seen as an agent that never became ready
-        finally:
-            with contextlib.suppress(BrokenPipeError):
-                stdin.close()
-
-    def finished(self) -> bool:
-        return self.process.poll() is not None
-
-    def collect(self, deadline: float) -> dict[str, Any] | None:
-        try:
-            self.process.wait(timeout=max(0.0, deadline - key_clock()))
-        except subprocess.TimeoutExpired:
-            self.kill()
-            return None
-        try:
-            lines = self.out.read_bytes().splitlines()
-            return check_result(self.spec.name, json.loads(lines[-1])) if lines else None
-        except (OSError, ValueError):
-            return None
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=KILL_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=KILL_TIMEOUT)
-
-
-class _DaskAgent:
-    """:func:`run_agent` as a task pinned to one worker of the drill's own LocalCluster."""
-
-    def __init__(self, spec: AgentSpec, client: Any, worker: str) -> None:
-        self.spec = spec
-        self.future = client.submit(
-            run_agent,
-            spec.to_dict(),
-            key=f"cmkfs-drill-{spec.name}-{secrets.token_hex(4)}",
-            pure=False,
-            workers=[worker],
-            allow_other_workers=False,
-        )
-
-    def finished(self) -> bool:
-        return bool(self.future.done())
-
-    def collect(self, deadline: float) -> dict[str, Any] | None:
-        try:
-            return check_result(self.spec.name, self.future.result(timeout=max(0.1, deadline - key_clock())))
-        except Exception:  # noqa: BLE001 - a task that failed or timed out has no figures; the verdict says so
-            self.kill()
-            return None
-
-    def kill(self) -> None:
-        with contextlib.suppress(Exception):
-            self.future.cancel()
 
 
 # -- the run --------------------------------------------------------------------------------------------------------
@@ -255,14 +150,11 @@ class _Drill:
         self.folder_url = ""
         self.target_fs: Any = None
         self.folder = ""
-        self.agents: list[_Agent] = []
+        self.agents: list[Agent] = []
         self.results: dict[str, dict[str, Any] | None] = {}
-        self.cluster: Any = None
-        self.client: Any = None
+        self.dask: DaskCluster | None = None  # --dask: the drill's own LocalCluster, once started
         self.disable_call: DisableCall | None = None
-        self.mountpoint: Path | None = None  # --mount: a private directory of ours, mounted while the drill runs
-        self.mount_process: subprocess.Popen[bytes] | None = None
-        self.mount_writes: dict[str, int] = {}
+        self.mount: DrillMount | None = None  # --mount: the canary folder mounted, once started
 
     @property
     def home(self) -> Path:
@@ -276,6 +168,15 @@ class _Drill:
     @property
     def key_uri(self) -> str:
         return f"local://{self.key_name}"
+
+    @property
+    def mountpoint(self) -> Path | None:
+        """--mount: a private directory of ours, mounted while the drill runs."""
+        return self.mount.mountpoint if self.mount is not None else None
+
+    @property
+    def mount_writes(self) -> dict[str, int]:
+        return self.mount.writes if self.mount is not None else {}
 
     # 1-2: the scratch vault and the canaries
     def prepare(self) -> None:
@@ -344,173 +245,40 @@ class _Drill:
         env[ENV_HOME] = str(self.home)  # the scratch vault: the user's own home is never consulted
         return env
 
-    # --mount: the canary folder through FUSE
+    # --mount: the canary folder through FUSE (.drill_mount)
     def start_mount(self) -> None:
-        """``python -m cmkfs mount`` of the canary folder, in the foreground of a process of its own."""
-        config = self.config
-        self.mountpoint = Path(tempfile.mkdtemp(prefix=f"{CANARY_FOLDER_PREFIX}{self.drill_id}-mnt-"))
-        command = [sys.executable, "-m", "cmkfs", "mount", self.folder_url, str(self.mountpoint), "--foreground"]
-        command += ["--cache-ttl", f"{config.reader_cache_ttl:g}", "--key", self.key_uri]
-        if config.storage_options:
-            command += ["--storage-options", "-"]  # on stdin: a command line is visible to every user
-        log = self.control / "mount.log"
-        with open(log, "wb") as out:
-            # A session of its own: a Ctrl-C reaches the drill, which unmounts after the agents are gone.
-            self.mount_process = subprocess.Popen(
-                command,
-                stdin=subprocess.PIPE,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=self._agent_env(),
-                start_new_session=True,
-            )
-        stdin = self.mount_process.stdin
-        assert stdin is not None
-        with contextlib.suppress(BrokenPipeError):
-            if config.storage_options:
-                stdin.write(json.dumps(config.storage_options).encode("utf-8"))
-        with contextlib.suppress(BrokenPipeError):
-            stdin.close()
-        deadline = key_clock() + MOUNT_TIMEOUT
-        while _mount_type(self.mountpoint) != MOUNT_FSTYPE or not os.path.ismount(self.mountpoint):
-            code = self.mount_process.poll()
-            if code is not None or key_clock() >= deadline:
-                why = f"it exited with {code}" if code is not None else f"not within {MOUNT_TIMEOUT:.0f} s"
-                raise DrillError(f"the mount of {self.shown_folder} did not appear ({why}){self._mount_said(log)}")
-            time.sleep(POLL)
-        self.say(f"canary folder mounted (cache TTL {config.reader_cache_ttl:g} s)")
-
-    def _mount_said(self, log: Path) -> str:
-        """The mount's last log line, for an error message: with the canary folder's URL shown redacted."""
-        try:
-            lines = log.read_text(errors="replace").strip().splitlines()
-        except OSError:
-            return ""
-        if not lines:
-            return ""
-        line = lines[-1].replace(self.folder_url, self.shown_folder).replace(self.target, redact_url(self.target))
-        return f": {line[:300]}"
+        self.mount = DrillMount(
+            self.config,
+            self.drill_id,
+            self.target,
+            self.folder_url,
+            self.key_uri,
+            self.home,
+            self.control,
+            self._agent_env,
+            self.say,
+        )
+        self.mount.start()
 
     def stop_mount(self) -> None:
-        """Unmount and stop the mount process, whatever state it is in; the agents are gone by now.
-
-        ``cmkfs unmount`` first (it refuses while a file is open); then SIGTERM, on which the mount
-        refuses new opens and unmounts once the open files are closed; then SIGKILL.  A lazy
-        ``fusermount3 -u -z`` only for a mount whose process is gone: never while it could still
-        publish a write (docs/MOUNT.md).  The mountpoint is removed only once nothing is mounted there.
-        """
-        mountpoint, process = self.mountpoint, self.mount_process
-        if mountpoint is None:
-            return
-        if process is not None:
-            if process.poll() is None and _mount_type(mountpoint) is not None:
-                with contextlib.suppress(subprocess.TimeoutExpired, OSError):
-                    subprocess.run(
-                        [sys.executable, "-m", "cmkfs", "unmount", str(mountpoint)],
-                        stdin=subprocess.DEVNULL,
-                        capture_output=True,
-                        env=self._agent_env(),
-                        timeout=UNMOUNT_TIMEOUT,
-                    )
-            for stop in (None, process.terminate, process.kill):
-                if stop is not None and process.poll() is None:
-                    stop()
-                try:
-                    process.wait(timeout=STOP_TIMEOUT)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
-            if process.poll() is None:
-                raise OSError("the mount process does not stop")
-        if _mount_type(mountpoint) is not None:
-            _lazy_unmount(mountpoint)  # its process is gone: nothing left to publish
-        if _mount_type(mountpoint) is not None:
-            raise OSError(f"{mountpoint} is still mounted")
-        with contextlib.suppress(FileNotFoundError):
-            os.rmdir(mountpoint)  # never rmtree: had the unmount failed, that would remove through the mount
-        self.mountpoint = None
+        if self.mount is not None:
+            self.mount.stop()
 
     def check_mount_writes(self) -> None:
-        """Each write through the mount whose ``close()`` returned must be in the store, with its size.
-
-        After the mount process is gone (every release answered), before the key is destroyed.  Sizes
-        come from the headers: the key is disabled, so the contents are not read back.  An attempt
-        whose file is missing is recorded as :data:`NOT_PUBLISHED` instead of ``ok``; one refused at
-        ``close()`` whose file is there anyway as ``ok`` (published: the verdict must see it).
-        """
-        result = self.results.get("writer")
-        if result is None:
-            return
-        fs, folder = drill_filesystem(
-            self.folder_url, self.config.storage_options, self.key_uri, str(self.home), self.config.ttl
-        )
-        fs.invalidate_cache()
-        try:
-            entries = fs.ls(f"{folder}/{WRITES_DIR}", detail=True)
-        except FileNotFoundError:
-            entries = []
-        sizes = {str(e["name"]).rstrip("/").rsplit("/", 1)[-1]: e.get("size") for e in entries}
-        counts = dict.fromkeys(("closed_ok", "closed_ok_found", "closed_ok_missing", "refused_but_published"), 0)
-        attempts = result["attempts"]
-        for i, (start, end, outcome) in enumerate(attempts):
-            present = sizes.get(write_name("writer", i + 1)) == WRITE_SIZE
-            if outcome == OK:
-                counts["closed_ok"] += 1
-                counts["closed_ok_found" if present else "closed_ok_missing"] += 1
-                if not present:
-                    attempts[i] = [start, end, NOT_PUBLISHED]
-            elif present:
-                counts["refused_but_published"] += 1
-                attempts[i] = [start, end, OK]
-        self.mount_writes = counts
-        found, ok = counts["closed_ok_found"], counts["closed_ok"]
-        self.say(f"writes through the mount: {found} of {ok} closed without error are in the store")
-        if counts["refused_but_published"]:
-            self.say(f"{counts['refused_but_published']} write(s) refused at close() were published all the same")
+        if self.mount is not None:
+            self.mount.check_writes(self.results.get("writer"))
 
     def start_agents(self) -> None:
         env = self._agent_env()
         specs = self._specs()
         readers, writer = specs[:-1], specs[-1]
         if self.config.use_dask:
-            workers = self._start_cluster(len(readers))
-            self.agents += [_DaskAgent(s, self.client, w) for s, w in zip(readers, workers, strict=True)]
+            self.dask = DaskCluster(self.home, self.say)
+            workers = self.dask.start(len(readers))
+            self.agents += [DaskAgent(s, self.dask.client, w) for s, w in zip(readers, workers, strict=True)]
         else:
-            self.agents += [_ProcessAgent(_with_parent(s), env, self.control) for s in readers]
-        self.agents.append(_ProcessAgent(_with_parent(writer), env, self.control))
-
-    def _start_cluster(self, n: int) -> list[str]:
-        import dask
-        from distributed import Client, LocalCluster
-        from distributed.security import Security
-
-        self.say(f"starting a Dask LocalCluster of {n} worker process(es)")
-        # Mutual TLS with a certificate made now, held in memory and handed to the workers only: any local
-        # user can reach 127.0.0.1, and a plain cluster runs whatever it is sent as the drill's user, with
-        # the scratch vault and the storage options (in the tasks' arguments) within reach.
-        security = Security.temporary()  # type: ignore[no-untyped-call]  # distributed is not fully typed
-        # Dask's scratch space (scheduler and workers) goes into the scratch vault's folder, and with it.
-        # The nannies take this configuration to their workers when they are made, here.
-        with dask.config.set({"temporary-directory": str(self.home / "dask"), **NO_HTTP}):
-            self.cluster = LocalCluster(  # type: ignore[no-untyped-call]  # distributed is not fully typed
-                n_workers=n,
-                threads_per_worker=1,
-                processes=True,
-                host="127.0.0.1",
-                protocol="tls://",
-                security=security,
-                dashboard_address=None,
-                env={ENV_HOME: str(self.home)},
-            )
-        if not str(self.cluster.scheduler_address).startswith("tls://"):  # never: checked rather than trusted
-            raise DrillError("the drill's Dask cluster came up without TLS")
-        self.client = Client(self.cluster, timeout=READY_TIMEOUT)  # type: ignore[no-untyped-call]
-        self.client.wait_for_workers(n, timeout=READY_TIMEOUT)
-        # A Ctrl-C or a hang-up on the terminal reaches every process of its group: the workers leave it to
-        # the drill, which stops the tasks and the cluster itself (a worker killed by it would take its figures
-        # along, and a closed terminal must not leave the drill's clean-up to a cluster half gone).
-        self.client.run(ignore_terminal_signals)
-        return sorted(self.client.scheduler_info()["workers"])[:n]
+            self.agents += [ProcessAgent(_with_parent(s), env, self.control) for s in readers]
+        self.agents.append(ProcessAgent(_with_parent(writer), env, self.control))
 
     def wait_ready(self) -> None:
         """Until every agent has succeeded once; else stop them all and say why, by error class."""
@@ -531,7 +299,7 @@ class _Drill:
                 raise DrillError(f"not one success within {READY_TIMEOUT:.0f} s: {names}")
             time.sleep(POLL)
 
-    def _not_ready(self, agent: _Agent) -> str:
+    def _not_ready(self, agent: Agent) -> str:
         """``NAME (KIND)`` and what stopped it: error class names only (their text may hold data or options)."""
         result = self.results.get(agent.spec.name)
         if result is None:
@@ -589,8 +357,8 @@ class _Drill:
         done["agents_stopped"] = _step(self.say, "stopping the agents", self.stop_agents)
         if self.config.mount and self._home is not None:
             done["unmounted"] = _step(self.say, "unmounting the canary folder", self.stop_mount)
-        if self.client is not None or self.cluster is not None:
-            done["cluster_closed"] = _step(self.say, "closing the Dask cluster", self._close_cluster)
+        if self.dask is not None and self.dask.started:
+            done["cluster_closed"] = _step(self.say, "closing the Dask cluster", self.dask.close)
         if self._home is not None:
             done["key_destroyed"] = _step(self.say, "destroying the scratch key", self._destroy_key)
         if self.folder:
@@ -602,14 +370,6 @@ class _Drill:
             home = self._home
             done["scratch_vault_removed"] = _step(self.say, "removing the scratch vault", lambda: _rmtree(home))
         return done
-
-    def _close_cluster(self) -> None:
-        try:
-            if self.client is not None:
-                self.client.close(timeout=STOP_TIMEOUT)
-        finally:
-            if self.cluster is not None:
-                self.cluster.close(timeout=STOP_TIMEOUT)
 
     def _destroy_key(self) -> None:
         vault = LocalVaultProvider(self.home)
@@ -627,43 +387,12 @@ class _Drill:
             raise OSError(f"{self.folder_url} is still there")
 
 
-def _mount_type(path: Path) -> str | None:
-    from ..mount.runner import mount_type
-
-    return mount_type(str(path))
-
-
-def _lazy_unmount(mountpoint: Path) -> None:
-    tool = shutil.which("fusermount3") or shutil.which("fusermount")
-    command = [tool, "-u", "-z"] if tool else ["umount", "-l"]
-    subprocess.run([*command, str(mountpoint)], stdin=subprocess.DEVNULL, capture_output=True, timeout=UNMOUNT_TIMEOUT)
-
-
-def check_fuse() -> None:
-    """``--mount`` can run here: /dev/fuse, fusermount (or root's umount) and mfusepy with libfuse."""
-    if not sys.platform.startswith("linux") or not os.path.exists("/dev/fuse"):
-        raise ConfigurationError(
-            "--mount needs /dev/fuse: load the fuse module (modprobe fuse); in a container, "
-            "pass the device (--device /dev/fuse --cap-add SYS_ADMIN)"
-        )
-    if not (shutil.which("fusermount3") or shutil.which("fusermount")) and not (
-        os.geteuid() == 0 and shutil.which("umount")
-    ):
-        raise ConfigurationError("--mount needs fusermount3: apt-get install fuse3")
-    from ..mount.runner import load_fuse
-
-    try:
-        load_fuse()
-    except ImportError as exc:
-        raise ConfigurationError(f"--mount: {exc}") from None
-
-
 def _with_parent(spec: AgentSpec) -> AgentSpec:
     """``spec`` for a process agent: it stops by itself if this process goes away."""
     return dataclasses.replace(spec, parent_pid=os.getpid())
 
 
-def _named(agent: _Agent) -> str:
+def _named(agent: Agent) -> str:
     return f"{agent.spec.name} ({agent.spec.kind})"
 
 
