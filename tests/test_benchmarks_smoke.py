@@ -7,6 +7,9 @@ fast anything is: timings are never asserted in tests.
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +19,14 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.slow
+
+_NO_FUSE = (
+    "needs /dev/fuse"
+    if not os.path.exists("/dev/fuse")
+    else "needs fusermount3 (apt-get install fuse3)"
+    if (shutil.which("fusermount3") or shutil.which("fusermount")) is None
+    else None
+)
 
 
 def _run(*args: str) -> str:
@@ -52,3 +63,22 @@ def test_key_benchmark_runs_every_provider():
     for provider in ("local://", "https://", "pkcs11:"):
         assert provider in out
     assert "not measured" not in out
+
+
+@pytest.mark.skipif(_NO_FUSE is not None, reason=_NO_FUSE or "")
+def test_mount_benchmark_runs_and_unmounts(tmp_path):
+    work, saved = tmp_path / "work", tmp_path / "mount.json"
+    work.mkdir()
+    out = _run("benchmarks/bench_mount.py", "--quick", "--rounds", "1", "--dir", str(work), "--json", str(saved))
+    assert "not measured" not in out, out
+    for heading in ("Sequential write", "Sequential read", "One column of 8 (sum(c0))"):
+        assert heading in out, out
+    for case in ("plain disk, Python", "cmk::file://, fsspec", "mount, Python", "mount, cp", "mount, cat"):
+        assert case in out, out
+    for case in ("duckdb: plain file", "duckdb: mount", "pyarrow: mount", "pyarrow: cmk::file://, fsspec"):
+        assert case in out, out
+    assert set(json.loads(saved.read_text())["tables"]) == {"write", "read", "parquet"}
+    # The script unmounted and removed its folders, its vault included.
+    with open("/proc/self/mounts") as mounts:
+        assert str(work) not in mounts.read()
+    assert list(work.iterdir()) == []
