@@ -25,12 +25,15 @@ orphaned, as POSIX does), and when the program that closed it last was being kil
 
 Every method runs on one of libfuse's worker threads; the handle tables are guarded by one
 lock, and each handle has its own lock (a reader's seek and read go together).
+
+This module is the operations class: paths, the handle table, settling and listings.  The errno
+of each failure comes from :mod:`.errnos`, the state of one open file from :mod:`.handles`, and
+the ``stat``/``statfs`` dictionaries from :mod:`.metadata`.
 """
 
 from __future__ import annotations
 
 import errno
-import io
 import logging
 import os
 import posixpath
@@ -38,20 +41,13 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from typing import Any
 
-from ..admin.walk import mtime_of
-from ..errors import (
-    CMKError,
-    ConfigurationError,
-    FormatError,
-    IntegrityError,
-    KeyNotFoundError,
-    KeyRevokedError,
-    UnsupportedOperationError,
-    VaultUnavailableError,
-)
+from ..errors import CMKError, FormatError, IntegrityError
 from ..targets import is_partial_name
+from .errnos import ERRNO_TABLE, QUIET, errno_for, errno_name, error
+from .handles import FileInfo, ReadHandle, WriteHandle, confirm_write_key, killed_by_signal
+from .metadata import BLOCK_SIZE, Attributes, statfs_of
 
 __all__ = [
     "ATTR_TIMEOUT",
@@ -68,9 +64,6 @@ log = logging.getLogger("cmkfs.mount")
 #: the age of a listing that ``getattr`` may still answer from.  Metadata only: file contents
 #: are never cached by the kernel (``direct_io``).
 ATTR_TIMEOUT = 1.0
-#: ``st_blksize``: the I/O size ``cp``, ``cat`` and stdio choose.  Large requests mean few trips
-#: through the kernel and Python per MiB; the kernel splits them at its own maximum anyway.
-BLOCK_SIZE = 1024 * 1024
 # A writer whose last descriptor was closed (flush done) has its RELEASE already queued in the
 # kernel: the next open, rename or listing of its path waits this long for it to be picked up ...
 SETTLE_QUEUED = 1.0
@@ -79,115 +72,9 @@ SETTLE_PUBLISHING = 120.0
 # The same failure (operation, path, errno) is logged at most once per this many seconds.
 LOG_INTERVAL = 10.0
 
-FILE_MODE = 0o644
-DIR_MODE = 0o755
-READ_ONLY_FILE_MODE = 0o444
-READ_ONLY_DIR_MODE = 0o555
 # renameat2 flags (linux/fs.h).
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
-# Task flags in /proc/PID/stat (linux/sched.h): the task is exiting; a fatal signal made it exit.
-PF_EXITING = 0x4
-PF_SIGNALED = 0x400
-
-#: Exception class -> errno; the first match wins.  The cmkfs errors come first: some of them are
-#: also OSErrors (``KeyRevokedError`` is a ``PermissionError``) without an errno of their own.
-ERRNO_TABLE: tuple[tuple[type[BaseException], int], ...] = (
-    (KeyRevokedError, errno.EACCES),  # key disabled, revoked or destroyed: "Permission denied"
-    (KeyNotFoundError, errno.EACCES),  # no key to read it with, same outcome for the reader
-    (ConfigurationError, errno.EACCES),  # no key configured for writes, an untrusted vault
-    (IntegrityError, errno.EIO),  # tampered or truncated: never data, never a retryable code
-    (FormatError, errno.EIO),  # not a cmkfs file (or a damaged header)
-    (VaultUnavailableError, errno.EIO),  # fail closed; EAGAIN would send readers into a busy loop
-    (UnsupportedOperationError, errno.EOPNOTSUPP),
-    (CMKError, errno.EIO),
-    (FileNotFoundError, errno.ENOENT),
-    (FileExistsError, errno.EEXIST),
-    (IsADirectoryError, errno.EISDIR),
-    (NotADirectoryError, errno.ENOTDIR),
-    (PermissionError, errno.EACCES),
-    (io.UnsupportedOperation, errno.EOPNOTSUPP),
-    (NotImplementedError, errno.EOPNOTSUPP),
-    (TimeoutError, errno.ETIMEDOUT),
-)
-# Failures that are part of normal traffic (a shell looking for files, mv moving a folder): never logged.
-_QUIET = frozenset({errno.ENOENT, errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR, errno.EXDEV})
-# errno.errorcode says ENOTSUP for 95 on Linux; the name programs and docs use is EOPNOTSUPP.
-_NAMES = {errno.EOPNOTSUPP: "EOPNOTSUPP"}
-
-
-def errno_for(exc: BaseException) -> int:
-    """The errno a program sees for ``exc`` (see :data:`ERRNO_TABLE`): a storage error keeps its own."""
-    if not isinstance(exc, CMKError) and isinstance(exc, OSError) and isinstance(exc.errno, int) and exc.errno > 0:
-        return exc.errno
-    for cls, code in ERRNO_TABLE:
-        if isinstance(exc, cls):
-            return code
-    return errno.EIO
-
-
-def killed_by_signal(pid: int) -> bool:
-    """Whether task ``pid`` is exiting because a signal killed it (the kernel closes its files).
-
-    Read from ``/proc/PID/stat``: the flags (field 9) show ``PF_EXITING`` and ``PF_SIGNALED``, and
-    the exit status (field 52) holds the signal.  ``PF_SIGNALED`` alone is not enough: the other
-    threads of a process that calls ``exit(n)`` are stopped with an internal SIGKILL and carry it,
-    with the exit status ``n << 8``.  False when it cannot tell (pid 0, no /proc, a task gone)."""
-    if pid <= 0:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat_file:
-            text = stat_file.read()
-    except OSError:
-        return False
-    fields = text[text.rfind(b")") + 1 :].split()  # the command name may hold spaces and parentheses
-    try:
-        flags, exit_code = int(fields[6]), int(fields[49])  # fields 9 and 52; fields[0] is field 3
-    except (IndexError, ValueError):
-        return False
-    return bool(flags & PF_EXITING and flags & PF_SIGNALED and exit_code & 0x7F)
-
-
-def _error(code: int, reason: str | None = None) -> OSError:
-    """The error an operation raises; ``reason`` is for the log (the program sees the errno)."""
-    return OSError(code, reason or os.strerror(code))
-
-
-class FileInfo(Protocol):
-    """The part of libfuse's ``struct fuse_file_info`` this module uses (mfusepy, ``raw_fi=True``)."""
-
-    flags: int
-    fh: int
-    direct_io: int
-    keep_cache: int
-
-
-class _Handle:
-    def __init__(self, path: str, file: Any) -> None:
-        self.path = path
-        self.file = file
-        self.lock = threading.Lock()
-
-
-class _ReadHandle(_Handle):
-    pass
-
-
-class _WriteHandle(_Handle):
-    def __init__(self, path: str, file: Any) -> None:
-        super().__init__(path, file)
-        self.failed = False  # a write failed or was refused: released, it is discarded
-        self.orphaned = False  # the path was removed or renamed over while open: released, it is discarded
-        self.killed = False  # the last close came from a task killed by a signal: released, it is discarded
-        self.flushed = False  # a close(2) came and no write since: its release is on its way
-        self.flushes = 0  # close(2)s so far ...
-        self.waited = 0  # ... and the last one a listing or an open already waited a release for
-        self.releasing = False
-        self.mtime = time.time()
-
-    @property
-    def size(self) -> int:
-        return int(self.file.tell())
 
 
 def _fuse_op(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -236,14 +123,10 @@ class MountOperations:
         self.attr_timeout = attr_timeout
         self._clock = clock
         self._caller = caller
-        self._uid = os.getuid()
-        self._gid = os.getgid()
-        self._file_mode = READ_ONLY_FILE_MODE if read_only else FILE_MODE
-        self._dir_mode = READ_ONLY_DIR_MODE if read_only else DIR_MODE
-        self._started = time.time()
+        self._attrs = Attributes(read_only=read_only, started=time.time())
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)  # a writer was flushed, released or written to
-        self._handles: dict[int, _ReadHandle | _WriteHandle] = {}
+        self._handles: dict[int, ReadHandle | WriteHandle] = {}
         self._next_fh = 1
         # Listing entries by mount path: (deadline on the clock, entry); metadata only, never content.
         self._listed: dict[str, tuple[float, dict[str, Any]]] = {}
@@ -266,26 +149,26 @@ class MountOperations:
             return self.root or "/"
         return self.root + path if self.root else path.lstrip("/")
 
-    def _new_handle(self, handle: _ReadHandle | _WriteHandle) -> int:
+    def _new_handle(self, handle: ReadHandle | WriteHandle) -> int:
         with self._lock:
             fh = self._next_fh
             self._next_fh += 1
             self._handles[fh] = handle
-            if isinstance(handle, _WriteHandle):
+            if isinstance(handle, WriteHandle):
                 self._listed.clear()  # a file appears or changes size
         return fh
 
-    def _handle(self, fi: FileInfo | None) -> _ReadHandle | _WriteHandle:
+    def _handle(self, fi: FileInfo | None) -> ReadHandle | WriteHandle:
         handle = self._handles.get(fi.fh) if fi is not None else None
         if handle is None:
-            raise _error(errno.EBADF)
+            raise error(errno.EBADF)
         return handle
 
-    def _writers(self, match: Callable[[str], bool]) -> list[_WriteHandle]:
+    def _writers(self, match: Callable[[str], bool]) -> list[WriteHandle]:
         with self._lock:
-            return [h for h in self._handles.values() if isinstance(h, _WriteHandle) and match(h.path)]
+            return [h for h in self._handles.values() if isinstance(h, WriteHandle) and match(h.path)]
 
-    def _writer_for(self, path: str) -> _WriteHandle | None:
+    def _writer_for(self, path: str) -> WriteHandle | None:
         found = [w for w in self._writers(lambda p: p == path) if not w.orphaned]
         return found[-1] if found else None
 
@@ -302,7 +185,7 @@ class MountOperations:
                 pending = [
                     h
                     for h in self._handles.values()
-                    if isinstance(h, _WriteHandle)
+                    if isinstance(h, WriteHandle)
                     and (h.releasing or (h.flushed and h.waited != h.flushes))
                     and match(h.path)
                 ]
@@ -323,7 +206,7 @@ class MountOperations:
 
     def _check_writable(self) -> None:
         if self.read_only:
-            raise _error(errno.EROFS)
+            raise error(errno.EROFS)
 
     # -- errors ---------------------------------------------------------------------------------
 
@@ -335,9 +218,9 @@ class MountOperations:
                 if handle is not None:
                     path = handle.path
                     break
-        if code not in _QUIET:
+        if code not in QUIET:
             self._log(op, path or "?", code, exc)
-        return _error(code)
+        return error(code)
 
     def _log(self, op: str, path: str, code: int, exc: Exception) -> None:
         now = self._clock()
@@ -349,7 +232,7 @@ class MountOperations:
             if len(self._logged) > 1024:
                 self._logged.clear()
             self._logged[key] = now
-        name = _NAMES.get(code) or errno.errorcode.get(code, str(code))
+        name = errno_name(code)
         if isinstance(exc, (CMKError, OSError)):
             # cmkfs messages name paths and key URIs, never key material or content.
             if isinstance(exc, OSError) and not isinstance(exc, CMKError) and exc.strerror:
@@ -363,29 +246,6 @@ class MountOperations:
             log.debug("traceback", exc_info=exc)
 
     # -- metadata -------------------------------------------------------------------------------
-
-    def _attrs(self, kind: str, size: int = 0, mtime: float | None = None) -> dict[str, Any]:
-        when = int((self._started if mtime is None else mtime) * 1e9)
-        if kind == "directory":
-            mode, nlink, size = stat.S_IFDIR | self._dir_mode, 2, 0
-        else:
-            mode, nlink = stat.S_IFREG | self._file_mode, 1
-        return {
-            "st_mode": mode,
-            "st_nlink": nlink,
-            "st_size": size,
-            "st_uid": self._uid,
-            "st_gid": self._gid,
-            "st_blksize": BLOCK_SIZE,
-            "st_blocks": (size + 511) // 512,
-            "st_atime": when,
-            "st_mtime": when,
-            "st_ctime": when,
-        }
-
-    def _entry_attrs(self, entry: dict[str, Any]) -> dict[str, Any]:
-        kind = "directory" if entry.get("type") == "directory" else "file"
-        return self._attrs(kind, int(entry.get("size") or 0), mtime_of(entry))
 
     def _info(self, path: str) -> dict[str, Any]:
         """``info`` of a mount path, from a fresh listing if there is one."""
@@ -414,20 +274,20 @@ class MountOperations:
     def getattr(self, path: str | None, fi: FileInfo | None = None) -> dict[str, Any]:
         if fi is not None:
             handle = self._handle(fi)
-            if isinstance(handle, _WriteHandle):
-                return self._attrs("file", handle.size, handle.mtime)
-            return self._attrs("file", int(handle.file.size))
+            if isinstance(handle, WriteHandle):
+                return self._attrs.of("file", handle.size, handle.mtime)
+            return self._attrs.of("file", int(handle.file.size))
         assert path is not None
         if path == "/":
             try:
-                return self._entry_attrs(self.fs.info(self._store(path)))
+                return self._attrs.of_entry(self.fs.info(self._store(path)))
             except FileNotFoundError:
-                return self._attrs("directory")
+                return self._attrs.of("directory")
         writer = self._writer_for(path)
         if writer is not None:
             # Being written: the size so far (the store still holds the previous version, if any).
-            return self._attrs("file", writer.size, writer.mtime)
-        return self._entry_attrs(self._info(path))
+            return self._attrs.of("file", writer.size, writer.mtime)
+        return self._attrs.of_entry(self._info(path))
 
     @_fuse_op
     def readdir(self, path: str | None, fh: int) -> Iterable[str | tuple[str, dict[str, int], int]]:
@@ -465,42 +325,13 @@ class MountOperations:
 
     @_fuse_op
     def statfs(self, path: str | None) -> dict[str, int]:
-        if self._local_root is not None:
-            try:
-                st = os.statvfs(self._local_root)
-            except OSError:
-                pass
-            else:
-                return {
-                    "f_bsize": st.f_bsize,
-                    "f_frsize": st.f_frsize,
-                    "f_blocks": st.f_blocks,
-                    "f_bfree": st.f_bfree,
-                    "f_bavail": st.f_bavail,
-                    "f_files": st.f_files,
-                    "f_ffree": st.f_ffree,
-                    "f_favail": st.f_favail,
-                    "f_namemax": st.f_namemax,
-                }
-        # An object store has no capacity to report: plenty, as other object-store mounts say.
-        blocks = 1 << 40
-        return {
-            "f_bsize": BLOCK_SIZE,
-            "f_frsize": 4096,
-            "f_blocks": blocks,
-            "f_bfree": blocks,
-            "f_bavail": blocks,
-            "f_files": 1 << 30,
-            "f_ffree": 1 << 30,
-            "f_favail": 1 << 30,
-            "f_namemax": 255,
-        }
+        return statfs_of(self._local_root)
 
     # -- opening and closing --------------------------------------------------------------------
 
     def _check_serving(self) -> None:
         if self.draining:
-            raise _error(errno.ESHUTDOWN, "the mount is stopping: no new opens")
+            raise error(errno.ESHUTDOWN, "the mount is stopping: no new opens")
 
     def _check_shared_write(self, path: str, flags: int) -> None:
         """Refuse a second writer that POSIX would have share one file (no ``O_TRUNC``)."""
@@ -508,7 +339,7 @@ class MountOperations:
             return
         # Each writer streams a file of its own and the last close wins: two descriptors that a
         # program expects to write one file together would publish neither's view of it.
-        raise _error(errno.EBUSY, "opened for writing without O_TRUNC while another writer has it open")
+        raise error(errno.EBUSY, "opened for writing without O_TRUNC while another writer has it open")
 
     @_fuse_op
     def open(self, path: str | None, fi: FileInfo) -> int:
@@ -517,12 +348,12 @@ class MountOperations:
         flags = fi.flags
         if flags & os.O_ACCMODE == os.O_RDONLY:
             self._settle(lambda p: p == path)
-            handle: _ReadHandle | _WriteHandle = _ReadHandle(path, self.fs.open(self._store(path), "rb"))
+            handle: ReadHandle | WriteHandle = ReadHandle(path, self.fs.open(self._store(path), "rb"))
         else:
             self._check_writable()
             if is_partial_name(path):
                 # A writer's temp file is made once (O_EXCL, see create) and never reopened.
-                raise _error(errno.EINVAL, "the name of an in-progress temp file")
+                raise error(errno.EINVAL, "the name of an in-progress temp file")
             self._settle(lambda p: p == path)
             if not flags & os.O_TRUNC:
                 # Appending or overwriting in place: the final segment is sealed as last and every
@@ -530,9 +361,9 @@ class MountOperations:
                 writer = self._writer_for(path)
                 size = writer.size if writer is not None else int(self._info(path).get("size") or 0)
                 if size:
-                    raise _error(errno.EOPNOTSUPP, "opened for writing without O_TRUNC: a file is only rewritten whole")
+                    raise error(errno.EOPNOTSUPP, "opened for writing without O_TRUNC: a file is only rewritten whole")
                 self._check_shared_write(path, flags)
-            handle = _WriteHandle(path, self.fs.open(self._store(path), "wb"))
+            handle = WriteHandle(path, self.fs.open(self._store(path), "wb"))
         self._serve(fi, handle)
         return 0
 
@@ -546,15 +377,15 @@ class MountOperations:
             # Named like an in-progress temp file: hidden from listings, removed by `cmkfs clean`.
             # Only a new one made exclusively passes: a cmk writer layered on this mount makes its
             # own temp file so (and renames it away when done).
-            raise _error(errno.EINVAL, "the name of an in-progress temp file")
+            raise error(errno.EINVAL, "the name of an in-progress temp file")
         self._settle(lambda p: p == path)
         if flags & os.O_EXCL and self._writer_for(path) is not None:
-            raise _error(errno.EEXIST)  # created by another program a moment ago, not published yet
+            raise error(errno.EEXIST)  # created by another program a moment ago, not published yet
         self._check_shared_write(path, flags)
-        self._serve(fi, _WriteHandle(path, self.fs.open(self._store(path), "wb")))
+        self._serve(fi, WriteHandle(path, self.fs.open(self._store(path), "wb")))
         return 0
 
-    def _serve(self, fi: FileInfo, handle: _ReadHandle | _WriteHandle) -> None:
+    def _serve(self, fi: FileInfo, handle: ReadHandle | WriteHandle) -> None:
         # Every read and write reaches this process: the kernel keeps no page of plaintext, and
         # every read passes the key cache's TTL check.
         fi.direct_io = 1
@@ -564,8 +395,8 @@ class MountOperations:
     @_fuse_op
     def read(self, path: str | None, size: int, offset: int, fi: FileInfo) -> bytes:
         handle = self._handle(fi)
-        if not isinstance(handle, _ReadHandle):
-            raise _error(errno.EOPNOTSUPP, "reading a file opened for writing")  # O_RDWR
+        if not isinstance(handle, ReadHandle):
+            raise error(errno.EOPNOTSUPP, "reading a file opened for writing")  # O_RDWR
         with handle.lock:
             handle.file.seek(offset)
             data: bytes = handle.file.read(size)
@@ -574,16 +405,16 @@ class MountOperations:
     @_fuse_op
     def write(self, path: str | None, data: bytes, offset: int, fi: FileInfo) -> int:
         handle = self._handle(fi)
-        if not isinstance(handle, _WriteHandle):
-            raise _error(errno.EBADF)
+        if not isinstance(handle, WriteHandle):
+            raise error(errno.EBADF)
         with handle.lock:
             if handle.failed:
-                raise _error(errno.EIO)
+                raise error(errno.EIO)
             if offset != handle.size:
                 # Only appending to what this handle wrote: a write elsewhere cannot be done, and
                 # the file must not be published without it (a header patched later, say).
                 handle.failed = True
-                raise _error(
+                raise error(
                     errno.EOPNOTSUPP,
                     f"write at offset {offset}, not at the end ({handle.size}): the file will not be published",
                 )
@@ -604,9 +435,9 @@ class MountOperations:
         if handle is None and path is not None:
             handle = self._writer_for(path)
         if handle is not None:
-            size = handle.size if isinstance(handle, _WriteHandle) else int(handle.file.size)
+            size = handle.size if isinstance(handle, WriteHandle) else int(handle.file.size)
             if length != size:
-                raise _error(errno.EOPNOTSUPP, f"truncate to {length} of an open file of {size} bytes")
+                raise error(errno.EOPNOTSUPP, f"truncate to {length} of an open file of {size} bytes")
             return 0
         assert path is not None
         self._check_writable()
@@ -614,7 +445,7 @@ class MountOperations:
         if length == size:
             return 0
         if length:
-            raise _error(errno.EOPNOTSUPP, f"truncate to {length}: only to 0 (a new, empty version)")
+            raise error(errno.EOPNOTSUPP, f"truncate to {length}: only to 0 (a new, empty version)")
         # truncate -s 0: a new, empty version, published at once.
         self.fs.pipe_file(self._store(path), b"")
         self._forget()
@@ -623,15 +454,15 @@ class MountOperations:
     @_fuse_op
     def flush(self, path: str | None, fi: FileInfo) -> int:
         handle = self._handle(fi)
-        if isinstance(handle, _WriteHandle):
+        if isinstance(handle, WriteHandle):
             if handle.failed:
-                raise _error(errno.EIO, "an earlier write failed or was refused: the file is not published")
+                raise error(errno.EIO, "an earlier write failed or was refused: the file is not published")
             # FLUSH is synchronous, in the closing task: a task dying of a signal closes its files
             # this way too, and its last close must not publish a partial file.
             killed = self._caller is not None and killed_by_signal(self._caller())
             try:
                 with handle.lock:
-                    _confirm_write_key(handle.file)
+                    confirm_write_key(handle.file)
             except BaseException:
                 # The key was refused (or its vault is unreachable): the program hears it at
                 # close(2), not only the log at release.
@@ -648,14 +479,14 @@ class MountOperations:
     @_fuse_op
     def fsync(self, path: str | None, datasync: int, fi: FileInfo) -> int:
         handle = self._handle(fi)
-        if isinstance(handle, _WriteHandle) and handle.failed:
-            raise _error(errno.EIO)
+        if isinstance(handle, WriteHandle) and handle.failed:
+            raise error(errno.EIO)
         return 0  # durable when published, at the last close (docs/MOUNT.md)
 
     @_fuse_op
     def release(self, path: str | None, fi: FileInfo) -> int:
         handle = self._handle(fi)
-        if isinstance(handle, _ReadHandle):
+        if isinstance(handle, ReadHandle):
             with self._lock:
                 self._handles.pop(fi.fh, None)
             with handle.lock:
@@ -707,34 +538,34 @@ class MountOperations:
         assert old is not None
         self._check_writable()
         if flags & RENAME_EXCHANGE or flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE):
-            raise _error(errno.EINVAL)
+            raise error(errno.EINVAL)
         if is_partial_name(new):
-            raise _error(errno.EINVAL, "renaming to the name of an in-progress temp file")
+            raise error(errno.EINVAL, "renaming to the name of an in-progress temp file")
         if old == new:
             return 0  # a copy and a delete of one name would delete it
         self._settle(lambda p: p in (old, new))
         if self._writer_for(old) is not None:
             # Still being written: its publish is bound to the old name.
-            raise _error(errno.EBUSY, "renaming a file that is still open for writing")
+            raise error(errno.EBUSY, "renaming a file that is still open for writing")
         source = self._info(old)
         if source.get("type") == "directory":
             # Moving a folder is a copy of every file on an object store: no atomic rename to
             # offer.  EXDEV makes mv, shutil.move and friends copy and delete instead.
-            raise _error(errno.EXDEV)
+            raise error(errno.EXDEV)
         try:
             target = self._info(new)
         except FileNotFoundError:
             target = None
         if target is not None:
             if flags & RENAME_NOREPLACE:
-                raise _error(errno.EEXIST)
+                raise error(errno.EEXIST)
             if target.get("type") == "directory":
-                raise _error(errno.EISDIR)
+                raise error(errno.EISDIR)
         # Writers still open on the new name lose it, as an unlinked file would: POSIX orphans
         # that inode, so their last close must not put the old content back over the moved file.
         orphaned = [w for w in self._writers(lambda p: p == new) if not w.orphaned]
         if orphaned and flags & RENAME_NOREPLACE:
-            raise _error(errno.EEXIST)
+            raise error(errno.EEXIST)
         for writer in orphaned:
             writer.orphaned = True
         try:
@@ -767,10 +598,10 @@ class MountOperations:
         assert path is not None
         self._check_writable()
         if is_partial_name(path):
-            raise _error(errno.EINVAL, "the name of an in-progress temp file")  # hidden from listings
+            raise error(errno.EINVAL, "the name of an in-progress temp file")  # hidden from listings
         store_path = self._store(path)
         if self.fs.exists(store_path) or path in self._made_dirs:
-            raise _error(errno.EEXIST)
+            raise error(errno.EEXIST)
         self.fs.mkdir(store_path, create_parents=False)
         if not self.fs.isdir(store_path):
             with self._lock:
@@ -785,11 +616,11 @@ class MountOperations:
         self._settle(lambda p: posixpath.dirname(p) == path)
         store_path = self._store(path)
         if self._writers(lambda p: posixpath.dirname(p) == path):
-            raise _error(errno.ENOTEMPTY)
+            raise error(errno.ENOTEMPTY)
         made = path in self._made_dirs
         try:
             if self.fs.ls(store_path, detail=False):
-                raise _error(errno.ENOTEMPTY)
+                raise error(errno.ENOTEMPTY)
             self.fs.rmdir(store_path)
         except FileNotFoundError:
             if not made:
@@ -805,33 +636,33 @@ class MountOperations:
     @_fuse_op
     def chmod(self, path: str | None, mode: int) -> int:
         if self.read_only:
-            raise _error(errno.EROFS)
+            raise error(errno.EROFS)
         return 0
 
     @_fuse_op
     def chown(self, path: str | None, uid: int, gid: int) -> int:
         if self.read_only:
-            raise _error(errno.EROFS)
+            raise error(errno.EROFS)
         return 0
 
     @_fuse_op
     def utimens(self, path: str | None, times: tuple[int, int] | None = None) -> int:
         if self.read_only:
-            raise _error(errno.EROFS)
+            raise error(errno.EROFS)
         return 0
 
     # Links and special files have no encrypted form: refused outright rather than ENOSYS.
     @_fuse_op
     def symlink(self, target: str | None, source: str) -> int:
-        raise _error(errno.EROFS if self.read_only else errno.EOPNOTSUPP)
+        raise error(errno.EROFS if self.read_only else errno.EOPNOTSUPP)
 
     @_fuse_op
     def link(self, target: str | None, source: str) -> int:
-        raise _error(errno.EROFS if self.read_only else errno.EOPNOTSUPP)
+        raise error(errno.EROFS if self.read_only else errno.EOPNOTSUPP)
 
     @_fuse_op
     def mknod(self, path: str | None, mode: int, dev: int) -> int:
-        raise _error(errno.EROFS if self.read_only else errno.EOPNOTSUPP)
+        raise error(errno.EROFS if self.read_only else errno.EOPNOTSUPP)
 
     # -- teardown -------------------------------------------------------------------------------
 
@@ -846,7 +677,7 @@ class MountOperations:
             self._handles.clear()
         for handle in handles:
             try:
-                if isinstance(handle, _WriteHandle):
+                if isinstance(handle, WriteHandle):
                     log.warning("%s: unfinished write discarded at unmount; the previous version stays", handle.path)
                     handle.file.discard()
                 else:
@@ -858,16 +689,3 @@ class MountOperations:
     def open_files(self) -> int:
         with self._lock:
             return len(self._handles)
-
-
-def _confirm_write_key(file: Any) -> None:
-    """Re-confirm the key of a cmk writer with its vault if its TTL passed (raises if refused).
-
-    A small write is only buffered, and the key is checked again when a segment is sealed: at
-    release, whose result the kernel ignores.  ``confirm_key`` is the check a reader makes before
-    each read; the encrypting writer inside a ``CMKWriteFile`` has it too (the write file itself
-    offers none: tests/test_mount.py's close-after-revocation test fails if it moves).  A file of
-    another filesystem has no key to confirm."""
-    confirm = getattr(getattr(file, "_writer", None), "confirm_key", None)
-    if confirm is not None:
-        confirm()
