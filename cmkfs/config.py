@@ -20,7 +20,16 @@ except ImportError:  # Windows: edits are not serialised there
 
 from .errors import ConfigurationError
 
-__all__ = ["config_lock", "cmkfs_home", "default_key_uri", "load_config", "ENV_HOME", "ENV_KEY", "ENV_AUDIT"]
+__all__ = [
+    "config_lock",
+    "cmkfs_home",
+    "default_key_uri",
+    "environment",
+    "load_config",
+    "ENV_HOME",
+    "ENV_KEY",
+    "ENV_AUDIT",
+]
 
 ENV_HOME = "CMKFS_HOME"
 ENV_KEY = "CMKFS_KEY"
@@ -87,3 +96,24 @@ def config_lock(home: str | os.PathLike[str] | None = None) -> Iterator[Path]:
         yield where
     finally:
         os.close(fd)  # closing releases the lock
+
+
+@contextlib.contextmanager
+def environment(**changes: str | None) -> Iterator[None]:
+    """Set (a string) or remove (``None``) environment variables for the block, and put every one of them
+    back as it was afterwards.  Process-wide: the demo, the drill and ``cmkfs.testing`` use it for a
+    scratch home or to keep the user's key settings away from the processes they start."""
+    saved = {var: os.environ.get(var) for var in changes}
+    try:
+        for var, value in changes.items():
+            if value is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = value
+        yield
+    finally:
+        for var, value in saved.items():
+            if value is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = value

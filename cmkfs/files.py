@@ -434,6 +434,12 @@ class CMKWriteFile:
             raise ValueError(f"{self.path}: cannot commit a write that was {self._state.value}; nothing was published")
         self._publish()
 
+    def confirm_key(self) -> int:
+        """Re-confirm the key with its vault if the TTL passed, as a reader does before each read (raises
+        if the vault refuses).  Buffered writes otherwise meet the key only when a segment is sealed, so a
+        caller about to report success for them (a mount answering ``close(2)``) asks first."""
+        return self._writer.confirm_key()
+
     def discard(self) -> None:
         """Drop everything written so far; the previous version (if any) stays."""
         if self._pid != os.getpid():

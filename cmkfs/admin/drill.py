@@ -57,7 +57,7 @@ from pathlib import Path
 from typing import Any
 
 from ..clock import key_clock
-from ..config import ENV_HOME, ENV_KEY
+from ..config import ENV_HOME, ENV_KEY, environment
 from ..errors import ConfigurationError
 from ..keycache import purge_key
 from ..policy import normalize_url
@@ -457,11 +457,8 @@ def _withheld_environment() -> Iterator[None]:
     Out of this process's environment rather than only out of the agents' copies: a Dask nanny starts
     its worker with this process's environment as it is at that moment.
     """
-    saved = {var: os.environ.pop(var) for var in WITHHELD_ENV if var in os.environ}
-    try:
+    with environment(**dict.fromkeys(WITHHELD_ENV)):
         yield
-    finally:
-        os.environ.update(saved)
 
 
 def _no_say(_message: str) -> None:

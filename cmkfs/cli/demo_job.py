@@ -22,7 +22,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.dataset as ds
 
-from ..config import ENV_AUDIT, ENV_HOME, ENV_KEY
+from ..config import ENV_AUDIT, ENV_HOME, ENV_KEY, environment
 from ..errors import ConfigurationError, KeyRevokedError
 from ..format import MAGIC, ContentClass
 
@@ -110,18 +110,8 @@ def prepare_directory(directory: Path) -> None:
 @contextmanager
 def demo_environment(home: Path) -> Iterator[None]:
     """``$CMKFS_HOME`` names the demo's home, its audit log is ``home/audit.log``, and no ambient key applies."""
-    saved = {var: os.environ.get(var) for var in (ENV_HOME, ENV_KEY, ENV_AUDIT)}
-    os.environ[ENV_HOME] = str(home)
-    os.environ[ENV_AUDIT] = str(home / AUDIT_LOG)
-    os.environ.pop(ENV_KEY, None)
-    try:
+    with environment(**{ENV_HOME: str(home), ENV_AUDIT: str(home / AUDIT_LOG), ENV_KEY: None}):
         yield
-    finally:
-        for var, value in saved.items():
-            if value is None:
-                os.environ.pop(var, None)
-            else:
-                os.environ[var] = value
 
 
 def set_up_keys_and_capacities(home: Path, store: Path) -> dict[str, str]:

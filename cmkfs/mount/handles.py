@@ -83,10 +83,7 @@ def confirm_write_key(file: Any) -> None:
     """Re-confirm the key of a cmk writer with its vault if its TTL passed (raises if refused).
 
     A small write is only buffered, and the key is checked again when a segment is sealed: at
-    release, whose result the kernel ignores.  ``confirm_key`` is the check a reader makes before
-    each read; the encrypting writer inside a ``CMKWriteFile`` has it too (the write file itself
-    offers none: tests/test_mount.py's close-after-revocation test fails if it moves).  A file of
-    another filesystem has no key to confirm."""
-    confirm = getattr(getattr(file, "_writer", None), "confirm_key", None)
+    release, whose result the kernel ignores.  A file of another filesystem has no key to confirm."""
+    confirm = getattr(file, "confirm_key", None)
     if confirm is not None:
         confirm()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -21,24 +20,18 @@ def temporary_home(name: str = "test") -> Iterator[str]:
     put back, this process's cached data keys of the key are dropped and the directory is removed.
     Environment variables are process-wide: do not run two of these at once in one process.
     """
-    from ..config import ENV_HOME, ENV_KEY
+    from ..config import ENV_HOME, ENV_KEY, environment
     from ..keycache import purge_key
     from ..providers.local import LocalVaultProvider
 
     home = Path(tempfile.mkdtemp(prefix="cmkfs-home-"))  # 0700, as the embedded vault wants its home
-    saved = {var: os.environ.get(var) for var in (ENV_HOME, ENV_KEY)}
     key_uri = ""
     try:
         # No passphrase protection: a test key needs none, and scrypt would make every test slower.
         key_uri = LocalVaultProvider(home=home).create(name, protect=False).key_uri
-        os.environ[ENV_HOME], os.environ[ENV_KEY] = str(home), key_uri
-        yield key_uri
+        with environment(**{ENV_HOME: str(home), ENV_KEY: key_uri}):
+            yield key_uri
     finally:
-        for var, value in saved.items():
-            if value is None:
-                os.environ.pop(var, None)
-            else:
-                os.environ[var] = value
         if key_uri:
             purge_key(key_uri)  # the next temporary home's key has the same URI, but not the same material
         shutil.rmtree(home, ignore_errors=True)
