@@ -340,17 +340,11 @@ def test_dask_drill_passes_on_a_cluster_no_one_else_can_use(scratch_tmp, tmp_pat
     report_path = tmp_path / "reports" / "dask.json"
     # The user's default key and vault passphrase: no worker (nor agent) may inherit them.
     secrets = {"CMKFS_PASSPHRASE": "passphrase-SECRET-0815", "CMKFS_KEY": "local://key-SECRET-0815"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "cmkfs", "drill", "--ttl", str(ttl), "--dask", "--readers", "3"]
-        + ["--report", str(report_path), "--json"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=dict(_env(scratch_tmp), **secrets),
-    )
-    seen: list[str] = []
-    try:
-        lines = _stderr_lines(process)
+    with _running_drill(
+        scratch_tmp,
+        *("--ttl", str(ttl), "--dask", "--readers", "3", "--report", str(report_path), "--json"),
+        env=secrets,
+    ) as (process, lines, seen):
         _until(lines, " ready", seen)  # the cluster is up, its workers running the readers
         processes = _tree(process.pid)
         ports = _listening_ports(processes)
@@ -362,10 +356,6 @@ def test_dask_drill_passes_on_a_cluster_no_one_else_can_use(scratch_tmp, tmp_pat
                 environments.append(child.environ())
         stdout = process.stdout.read()
         process.wait(timeout=RUN_TIMEOUT)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
     _drain(lines, seen)
     assert process.returncode == 0, "".join(seen)
     assert running
@@ -426,32 +416,21 @@ def test_an_agent_stalled_across_the_bound_fails_the_drill(scratch_tmp, isolated
     # A real stall: reader-1 stopped (SIGSTOP) as soon as it is ready, so before the key is disabled, and
     # let go after the bound.  It is refused then, and got no data after the bound; but the drill never
     # saw it refused within the bound, and must not pass it.
-    process = subprocess.Popen(
-        [sys.executable, "-m", "cmkfs", "drill", "--ttl", str(TTL)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=_env(scratch_tmp),
-    )
-    seen: list[str] = []
     stalled: int | None = None
-    try:
-        lines = _stderr_lines(process)
-        _until(lines, "reader-1 (held-open) pid", seen)
-        stalled = _ready_pids(seen[-1:])[0]
-        os.kill(stalled, signal.SIGSTOP)
-        _until(lines, "key disabled", seen)
-        time.sleep(TTL + TOLERANCE + 0.5)  # past the bound, before the bound plus the margin (1.5 s)
-        os.kill(stalled, signal.SIGCONT)
-        stdout = process.stdout.read()
-        process.wait(timeout=RUN_TIMEOUT)
-    finally:
-        if stalled is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(stalled, signal.SIGCONT)
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+    with _running_drill(scratch_tmp, "--ttl", str(TTL)) as (process, lines, seen):
+        try:
+            _until(lines, "reader-1 (held-open) pid", seen)
+            stalled = _ready_pids(seen[-1:])[0]
+            os.kill(stalled, signal.SIGSTOP)
+            _until(lines, "key disabled", seen)
+            time.sleep(TTL + TOLERANCE + 0.5)  # past the bound, before the bound plus the margin (1.5 s)
+            os.kill(stalled, signal.SIGCONT)
+            stdout = process.stdout.read()
+            process.wait(timeout=RUN_TIMEOUT)
+        finally:
+            if stalled is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(stalled, signal.SIGCONT)
     _drain(lines, seen)
     assert process.returncode == 1, "".join(seen)
     assert stdout.splitlines()[-2].startswith("FAILED: 1 of 4 agent(s) did not pass")
@@ -462,6 +441,27 @@ def test_an_agent_stalled_across_the_bound_fails_the_drill(scratch_tmp, isolated
     assert reader["reasons"] == [NOT_OBSERVED]
     assert reader["ok_started_after_bound"] == 0
     _assert_cleaned_up(scratch_tmp, [a["pid"] for a in report["agents"]])
+
+
+@contextlib.contextmanager
+def _running_drill(scratch_tmp: Path, *args: str, env: dict[str, str] | None = None):
+    """``cmkfs drill ARGS`` started, its stderr pumped line by line; killed if the test leaves it running.
+
+    Yields ``(process, lines, seen)`` for :func:`_until` and :func:`_drain`."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cmkfs", "drill", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(_env(scratch_tmp), **(env or {})),
+    )
+    seen: list[str] = []
+    try:
+        yield process, _stderr_lines(process), seen
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 def _stderr_lines(process: subprocess.Popen) -> queue.Queue:
@@ -498,26 +498,13 @@ def _ready_pids(seen: list[str]) -> list[int]:
 def test_an_interrupted_drill_cleans_up(scratch_tmp, tmp_path, isolated_cmkfs_home, signum):
     target = tmp_path / "target"
     target.mkdir()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "cmkfs", "drill", "--ttl", "30", "--target", str(target)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=_env(scratch_tmp),
-    )
-    seen: list[str] = []
-    try:
-        lines = _stderr_lines(process)
+    with _running_drill(scratch_tmp, "--ttl", "30", "--target", str(target)) as (process, lines, seen):
         _until(lines, "key disabled", seen)  # mid-drill: agents running, key disabled, canaries in place
         pids = _ready_pids(seen)
         assert len(pids) == 4 and all(_agent_alive(pid) for pid in pids)
         assert [p.name for p in target.iterdir()] != []
         process.send_signal(signum)
         process.wait(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
     _drain(lines, seen)
     assert process.returncode == 1
     assert "drill interrupted" in "".join(seen)
@@ -529,27 +516,9 @@ def test_an_interrupted_drill_cleans_up(scratch_tmp, tmp_path, isolated_cmkfs_ho
 @pytest.mark.azurite
 def test_drill_on_azurite_passes_and_keeps_secrets_out(scratch_tmp, isolated_cmkfs_home, azurite, abfs_container):
     options = json.dumps({"abfs": {"connection_string": azurite.connection_string}})
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cmkfs",
-            "drill",
-            "--ttl",
-            str(TTL),
-            "--target",
-            f"abfs://{abfs_container}/drills",
-            "--storage-options",
-            options,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=_env(scratch_tmp),
-    )
-    seen: list[str] = []
-    try:
-        lines = _stderr_lines(process)
+    with _running_drill(
+        scratch_tmp, "--ttl", str(TTL), "--target", f"abfs://{abfs_container}/drills", "--storage-options", options
+    ) as (process, lines, seen):
         _until(lines, "key disabled", seen)
         # The agents got the storage options on stdin: not in their command lines, nor their environment.
         for pid in _ready_pids(seen):
@@ -557,10 +526,6 @@ def test_drill_on_azurite_passes_and_keeps_secrets_out(scratch_tmp, isolated_cmk
             assert azurite.account_key not in " ".join(agent.cmdline())
             assert azurite.account_key not in json.dumps(agent.environ())
         stdout, _ = process.communicate(timeout=RUN_TIMEOUT)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
     _drain(lines, seen)
     stderr = "".join(seen)
     assert process.returncode == 0, stderr
@@ -651,26 +616,13 @@ def test_mount_drill_configuration_errors(scratch_tmp, isolated_cmkfs_home, args
 
 @needs_fuse
 def test_an_interrupted_mount_drill_unmounts(scratch_tmp, isolated_cmkfs_home):
-    process = subprocess.Popen(
-        [sys.executable, "-m", "cmkfs", "drill", "--ttl", "30", "--mount", "--readers", "1"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=_env(scratch_tmp),
-    )
-    seen: list[str] = []
-    try:
-        lines = _stderr_lines(process)
+    with _running_drill(scratch_tmp, "--ttl", "30", "--mount", "--readers", "1") as (process, lines, seen):
         _until(lines, "key disabled", seen)  # mid-drill: mounted, a descriptor held open through it
         pids = _ready_pids(seen)
         assert len(pids) == 2 and all(_agent_alive(pid) for pid in pids)
         assert len(_cmkfs_mounts_under(scratch_tmp)) == 1
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
     _drain(lines, seen)
     assert process.returncode == 1
     assert "drill interrupted" in "".join(seen)
